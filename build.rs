@@ -1,0 +1,39 @@
+//! Build script: fixes the version string at build time and (later) generates the logpb types.
+
+use std::process::Command;
+
+fn main() {
+    build_info();
+}
+
+/// Bakes the version, build date and git ref into the binary.
+///
+/// `BUTLER_BUILD_VERSION` overrides the Cargo version so tests can build a cheap "newer" butler.
+fn build_info() {
+    println!("cargo:rerun-if-env-changed=BUTLER_BUILD_VERSION");
+    println!("cargo:rerun-if-changed=.git/HEAD");
+    let version = std::env::var("BUTLER_BUILD_VERSION")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .map(|v| v.trim().trim_start_matches('v').to_owned())
+        .unwrap_or_else(|| std::env::var("CARGO_PKG_VERSION").unwrap_or_default());
+    println!("cargo:rustc-env=BUTLER_VERSION={version}");
+
+    let date = Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    println!("cargo:rustc-env=BUTLER_BUILD_DATE={date}");
+
+    let git_ref = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    println!("cargo:rustc-env=BUTLER_GIT_REF={git_ref}");
+}

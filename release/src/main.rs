@@ -1,0 +1,3 @@
+//! The release tool: writes the broth tree (LATEST, versions, archives, signed manifests).
+
+fn main() {}

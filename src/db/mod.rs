@@ -1,0 +1,263 @@
+//! The one SQLite database: where it lives, how it is opened, its migrations, and the daemon lock.
+//!
+//! Every command and the daemon share it (WAL, busy timeout). Migrations are forward-only and
+//! numbered by `PRAGMA user_version`; a database from a newer butler is refused, never rewritten.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+
+/// Migration `i` moves the schema from version `i` to `i + 1`. Append only; never edit a shipped one.
+const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_core.sql")];
+
+/// How long a statement waits for another writer (CLI commands and the daemon share the file).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("cannot create the database folder {path}: {source}")]
+    CreateDir { path: PathBuf, source: std::io::Error },
+    #[error("cannot open the database {path}: {source}")]
+    Open { path: String, source: rusqlite::Error },
+    #[error(
+        "the database {path} has schema version {found}, newer than this butler knows ({known}); upgrade butler"
+    )]
+    TooNew { path: String, found: i64, known: i64 },
+    #[error("migrating the database {path} to version {version}: {source}")]
+    Migrate { path: String, version: usize, source: rusqlite::Error },
+    #[error(
+        "database {path} is in use by another butler daemon (pid {pid}); stop it or use another --dbpath"
+    )]
+    Locked { path: String, pid: String },
+    #[error("cannot lock the database {path}: {source}")]
+    Lock { path: String, source: std::io::Error },
+    #[error("the database folder cannot be found: set BUTLER_HOME or pass --dbpath")]
+    NoHome,
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+/// Where the database is: a file, or one of SQLite's in-memory forms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DbPath {
+    File(PathBuf),
+    /// `:memory:` or a `file:` URI such as `file::memory:?cache=shared`, passed to SQLite as is.
+    Special(String),
+}
+
+impl DbPath {
+    /// `--dbpath` if given, else `$BUTLER_HOME/butler.db`, else the platform data folder.
+    pub fn resolve(flag: Option<&str>) -> Result<DbPath, DbError> {
+        if let Some(p) = flag {
+            return Ok(DbPath::from_arg(p));
+        }
+        Ok(DbPath::File(home_dir()?.join("butler.db")))
+    }
+
+    pub fn from_arg(p: &str) -> DbPath {
+        if p == ":memory:" || p.starts_with("file:") {
+            DbPath::Special(p.to_owned())
+        } else {
+            DbPath::File(PathBuf::from(p))
+        }
+    }
+
+    fn display(&self) -> String {
+        match self {
+            DbPath::File(p) => p.display().to_string(),
+            DbPath::Special(s) => s.clone(),
+        }
+    }
+}
+
+/// butler's own folder: `$BUTLER_HOME`, else the platform data directory.
+pub fn home_dir() -> Result<PathBuf, DbError> {
+    if let Some(home) = std::env::var_os("BUTLER_HOME").filter(|h| !h.is_empty()) {
+        return Ok(PathBuf::from(home));
+    }
+    directories::ProjectDirs::from("io", "itch", "butler")
+        .map(|d| d.data_dir().to_path_buf())
+        .ok_or(DbError::NoHome)
+}
+
+/// Opens (creating if needed) and migrates the database.
+pub fn open(path: &DbPath) -> Result<Connection, DbError> {
+    let name = path.display();
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_URI
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = match path {
+        DbPath::File(p) => {
+            if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+                fs_err::create_dir_all(dir)
+                    .map_err(|source| DbError::CreateDir { path: dir.to_owned(), source })?;
+            }
+            Connection::open_with_flags(p, flags)
+        }
+        DbPath::Special(s) => Connection::open_with_flags(s, flags),
+    }
+    .map_err(|source| DbError::Open { path: name.clone(), source })?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    // In-memory databases answer "memory" here; that is fine.
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    migrate(&conn, &name)?;
+    Ok(conn)
+}
+
+/// Applies every migration the database has not seen, each in its own transaction.
+fn migrate(conn: &Connection, name: &str) -> Result<(), DbError> {
+    migrate_to(conn, name, MIGRATIONS.len())
+}
+
+fn migrate_to(conn: &Connection, name: &str, target: usize) -> Result<(), DbError> {
+    let current: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let known = MIGRATIONS.len() as i64;
+    if current > known {
+        return Err(DbError::TooNew { path: name.to_owned(), found: current, known });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().take(target).skip(current as usize) {
+        let version = i + 1;
+        let err = |source| DbError::Migrate { path: name.to_owned(), version, source };
+        let tx = conn.unchecked_transaction().map_err(err)?;
+        tx.execute_batch(sql).map_err(err)?;
+        tx.pragma_update(None, "user_version", version as i64).map_err(err)?;
+        tx.commit().map_err(err)?;
+    }
+    Ok(())
+}
+
+/// A shared handle for async code: work runs on the blocking pool, one statement batch at a time.
+#[derive(Debug, Clone)]
+pub struct Db {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl Db {
+    pub fn new(conn: Connection) -> Self {
+        Db { conn: Arc::new(Mutex::new(conn)) }
+    }
+
+    /// Runs `f` with the connection on a blocking thread.
+    pub async fn call<T, F>(&self, f: F) -> Result<T, DbError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, DbError> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.conn);
+        tokio::task::spawn_blocking(move || {
+            // A panic in another caller poisons the lock but leaves SQLite consistent.
+            let guard = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&guard)
+        })
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    }
+}
+
+/// Held by a running daemon so a second daemon on the same database fails at once.
+///
+/// The lock is an OS file lock on `<db>.daemon-lock`, released by the kernel when the process dies
+/// however it dies, so a crash never leaves a stale lock. CLI commands do not take it.
+#[derive(Debug)]
+pub struct DaemonLock {
+    _file: Option<std::fs::File>,
+}
+
+impl DaemonLock {
+    pub fn acquire(path: &DbPath) -> Result<DaemonLock, DbError> {
+        let DbPath::File(db) = path else {
+            // In-memory databases belong to this process alone.
+            return Ok(DaemonLock { _file: None });
+        };
+        let lock_path = lock_path(db);
+        let name = db.display().to_string();
+        if let Some(dir) = lock_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            fs_err::create_dir_all(dir)
+                .map_err(|source| DbError::CreateDir { path: dir.to_owned(), source })?;
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(|source| DbError::Lock { path: name.clone(), source })?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let pid = std::fs::read_to_string(&lock_path).unwrap_or_default();
+                let pid = pid.trim();
+                let pid = if pid.is_empty() { "unknown" } else { pid };
+                return Err(DbError::Locked { path: name, pid: pid.to_owned() });
+            }
+            Err(std::fs::TryLockError::Error(source)) => {
+                return Err(DbError::Lock { path: name, source });
+            }
+        }
+        use std::io::{Seek, Write};
+        let _ = file.set_len(0);
+        let _ = file.seek(std::io::SeekFrom::Start(0));
+        let _ = write!(file, "{}", std::process::id());
+        let _ = file.flush();
+        Ok(DaemonLock { _file: Some(file) })
+    }
+}
+
+fn lock_path(db: &Path) -> PathBuf {
+    let mut name = db.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".daemon-lock");
+    db.with_file_name(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn version(conn: &Connection) -> i64 {
+        conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap()
+    }
+
+    #[test]
+    fn migrates_an_empty_database_to_the_latest_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open(&DbPath::File(dir.path().join("sub/butler.db"))).unwrap();
+        assert_eq!(version(&conn), MIGRATIONS.len() as i64);
+        let mode: String = conn.pragma_query_value(None, "journal_mode", |r| r.get(0)).unwrap();
+        assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn migrates_from_every_earlier_version() {
+        for start in 0..=MIGRATIONS.len() {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("butler.db");
+            {
+                let conn = Connection::open(&path).unwrap();
+                migrate_to(&conn, "test", start).unwrap();
+                assert_eq!(version(&conn), start as i64);
+            }
+            let conn = open(&DbPath::File(path)).unwrap();
+            assert_eq!(version(&conn), MIGRATIONS.len() as i64, "from version {start}");
+        }
+    }
+
+    #[test]
+    fn refuses_a_database_from_a_newer_butler() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("butler.db");
+        Connection::open(&path).unwrap().pragma_update(None, "user_version", 999).unwrap();
+        let err = open(&DbPath::File(path)).unwrap_err();
+        assert!(matches!(err, DbError::TooNew { found: 999, .. }), "{err}");
+    }
+
+    #[test]
+    fn in_memory_forms_open() {
+        open(&DbPath::from_arg(":memory:")).unwrap();
+        open(&DbPath::from_arg("file::memory:?cache=shared")).unwrap();
+    }
+}

@@ -1,0 +1,48 @@
+//! The version this binary was built as, fixed at build time by `build.rs`.
+
+use serde::Serialize;
+
+/// Semver of this build, without a leading `v` (Cargo's, or `BUTLER_BUILD_VERSION`).
+pub const VERSION: &str = env!("BUTLER_VERSION");
+/// UTC build time, RFC 3339, empty when unknown.
+pub const BUILD_DATE: &str = env!("BUTLER_BUILD_DATE");
+/// Short git commit the build came from, empty when unknown.
+pub const GIT_REF: &str = env!("BUTLER_GIT_REF");
+
+/// `v0.1.0`, the shape butlerd clients expect in `Version.Get`.
+pub fn tagged() -> String {
+    format!("v{VERSION}")
+}
+
+/// `v0.1.0, built on 2026-11-21T10:00:00Z, ref 0123abcd`: for humans and bug reports.
+pub fn long() -> String {
+    let mut s = tagged();
+    if !BUILD_DATE.is_empty() {
+        s.push_str(", built on ");
+        s.push_str(BUILD_DATE);
+    }
+    if !GIT_REF.is_empty() {
+        s.push_str(", ref ");
+        s.push_str(GIT_REF);
+    }
+    s
+}
+
+/// What `butler version --json` prints as its result value.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VersionInfo {
+    pub version: String,
+    pub version_string: String,
+    pub build_date: &'static str,
+    pub git_ref: &'static str,
+}
+
+pub fn info() -> VersionInfo {
+    VersionInfo {
+        version: tagged(),
+        version_string: long(),
+        build_date: BUILD_DATE,
+        git_ref: GIT_REF,
+    }
+}
