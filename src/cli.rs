@@ -168,6 +168,24 @@ fn long_flag_names() -> Vec<String> {
     names
 }
 
+/// Parses Go-style durations as flags carry them: `250ms`, `5s`, `2m`, `1h`, or bare seconds.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let n: f64 = number.parse().map_err(|_| format!("'{s}' is not a duration (e.g. 5s, 250ms)"))?;
+    let scale = match unit {
+        "" | "s" => 1.0,
+        "ms" => 1e-3,
+        "us" | "µs" => 1e-6,
+        "ns" => 1e-9,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => return Err(format!("'{s}' has an unknown unit '{unit}' (use ms, s, m or h)")),
+    };
+    std::time::Duration::try_from_secs_f64(n * scale).map_err(|e| format!("'{s}': {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,6 +217,17 @@ mod tests {
             ["butler", "run", "--", "prog", "-project"].map(OsString::from).to_vec(),
         );
         assert_eq!(args.last().unwrap(), "-project");
+    }
+
+    #[test]
+    fn durations() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1.5m"), Ok(Duration::from_secs(90)));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("").is_err());
     }
 
     #[test]

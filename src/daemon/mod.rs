@@ -1,12 +1,317 @@
-//! The butlerd-compatible JSON-RPC 2.0 daemon.
+//! The butlerd-compatible JSON-RPC 2.0 daemon: process lifecycle, listening, shutdown.
+//!
+//! Layers, bottom up: [`framing`] (bounded lines) → [`jsonrpc`] (messages) → [`connection`]
+//! (auth, concurrency, replies) → [`router`] (typed handlers) → [`methods`] (what we answer).
+//! [`state`] is what every connection shares.
 
-use clap::Args;
+mod connection;
+mod framing;
+pub mod jsonrpc;
+mod methods;
+pub mod router;
+pub mod state;
 
-use crate::cli::GlobalArgs;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, ValueEnum};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+
+use crate::cli::{GlobalArgs, parse_duration};
+use crate::db::{self, DaemonLock, Db, DbPath};
+use crate::report::{Level, Reporter};
+use state::{Config, Daemon, DbState};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Transport {
+    Tcp,
+    Stdio,
+}
 
 #[derive(Debug, Args)]
-pub struct DaemonArgs {}
+pub struct DaemonArgs {
+    /// How clients connect: loopback TCP (with a secret) or this process's stdin/stdout.
+    #[arg(long, value_enum, default_value = "tcp")]
+    pub transport: Transport,
 
-pub fn run(_args: DaemonArgs, _global: &GlobalArgs) -> anyhow::Result<u8> {
-    anyhow::bail!("not yet")
+    /// TCP: serve any number of connections until shut down (else exactly one).
+    #[arg(long)]
+    pub keep_alive: bool,
+
+    /// Shut down when this process exits (repeatable).
+    #[arg(long = "destiny-pid", value_name = "PID")]
+    pub destiny_pids: Vec<u32>,
+
+    /// Log every JSON-RPC message in and out to stderr (secrets redacted).
+    #[arg(long)]
+    pub log: bool,
+
+    /// itch.io API base URL, kept for features that call it.
+    #[arg(long, value_name = "URL")]
+    pub address: Option<String>,
+
+    /// HTTP user agent suffix, kept for features that call out.
+    #[arg(long, value_name = "UA")]
+    pub user_agent: Option<String>,
+
+    /// Close connections that have not authenticated within this time.
+    #[arg(long, hide = true, default_value = "10s", value_parser = parse_duration)]
+    pub auth_timeout: Duration,
+
+    /// Longest accepted message line in bytes.
+    #[arg(long, hide = true, default_value_t = 16 * 1024 * 1024)]
+    pub max_line_bytes: usize,
+
+    /// Most connections open at once.
+    #[arg(long, hide = true, default_value_t = 4096)]
+    pub max_connections: usize,
+
+    /// How long shutdown waits for in-flight work before exiting anyway.
+    #[arg(long, hide = true, default_value = "3s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+}
+
+/// Runs the daemon until it shuts down; exit code 0 on any graceful shutdown.
+pub fn run(args: DaemonArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let result = runtime.block_on(serve(args, global));
+    // stdin readers and database work may still sit on blocking threads; do not wait for them.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    result
+}
+
+async fn serve(args: DaemonArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
+    let stdio = args.transport == Transport::Stdio;
+    // On stdio, stdout is the JSON-RPC channel: every message for people goes to stderr.
+    let reporter = Reporter::new(global.json && !stdio, global.verbose, global.quiet);
+
+    let db_path = DbPath::resolve(global.dbpath.as_deref())?;
+    // Taken before listening, so a second daemon on the same database fails at once.
+    let _lock = DaemonLock::acquire(&db_path)?;
+
+    let (db_tx, db_rx) = watch::channel(DbState::Opening);
+    let daemon = Arc::new(Daemon::new(
+        Config {
+            require_auth: !stdio,
+            auth_timeout: args.auth_timeout,
+            max_line_bytes: args.max_line_bytes,
+            max_in_flight: 256,
+            log_traffic: args.log,
+            address: args.address.clone(),
+            user_agent: args.user_agent.clone(),
+        },
+        methods::router(),
+        new_secret()?,
+        db_rx,
+    ));
+
+    let listener = if stdio {
+        None
+    } else {
+        let listener = TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .context("listening on 127.0.0.1 (loopback)")?;
+        Some(listener)
+    };
+
+    reporter.log(
+        Level::Info,
+        &format!(
+            "butler {} daemon starting ({} transport)",
+            crate::version::tagged(),
+            transport_name(stdio)
+        ),
+    );
+    if let Some(listener) = &listener {
+        let address = listener.local_addr().context("reading the listening address")?;
+        crate::report::print_json_line(
+            "butlerd/listen-notification",
+            json!({ "secret": daemon.secret_for_listen_notification(), "tcp": { "address": address.to_string() } }),
+        );
+    }
+
+    // The database opens in the background; requests that need it wait for it.
+    tokio::task::spawn_blocking(move || {
+        let state = match db::open(&db_path) {
+            Ok(conn) => DbState::Ready(Db::new(conn)),
+            Err(e) => {
+                tracing::error!(error = %e, "The database could not be opened");
+                DbState::Failed(e.to_string())
+            }
+        };
+        let _ = db_tx.send(state);
+    });
+
+    watch_signals(&daemon);
+    for &pid in &args.destiny_pids {
+        watch_destiny(&daemon, pid, reporter);
+    }
+
+    match listener {
+        Some(listener) => accept_loop(&daemon, listener, &args).await,
+        None => {
+            connection::serve(Arc::clone(&daemon), 0, tokio::io::stdin(), tokio::io::stdout())
+                .await;
+            daemon.shutdown.cancel();
+        }
+    }
+
+    daemon.shutdown.cancel();
+    daemon.tracker.close();
+    if tokio::time::timeout(args.drain_timeout, daemon.tracker.wait()).await.is_err() {
+        reporter.log(Level::Warning, "In-flight work did not finish in time; exiting anyway");
+    }
+    reporter.log(Level::Info, "butler daemon stopped");
+    Ok(0)
+}
+
+fn transport_name(stdio: bool) -> &'static str {
+    if stdio { "stdio" } else { "tcp" }
+}
+
+async fn accept_loop(daemon: &Arc<Daemon>, listener: TcpListener, args: &DaemonArgs) {
+    let slots = Arc::new(Semaphore::new(args.max_connections));
+    let next_id = AtomicU64::new(1);
+    loop {
+        let socket = tokio::select! {
+            _ = daemon.shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((socket, _)) => socket,
+                Err(e) => {
+                    // Usually EMFILE: back off instead of spinning.
+                    tracing::warn!(error = %e, "Accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = socket.set_nodelay(true);
+        let conn_id = next_id.fetch_add(1, Ordering::Relaxed);
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            daemon.tracker.spawn(refuse(socket, args.max_connections));
+            continue;
+        };
+        let (reader, writer) = socket.into_split();
+        let conn =
+            daemon.tracker.spawn(connection::serve(Arc::clone(daemon), conn_id, reader, writer));
+        if !args.keep_alive {
+            // Upstream's one-connection mode: no more accepts; exit when this one closes.
+            drop(listener);
+            let _ = conn.await;
+            drop(slot);
+            return;
+        }
+        daemon.tracker.spawn(async move {
+            let _ = conn.await;
+            drop(slot);
+        });
+    }
+}
+
+/// Over the connection cap: say why, then close.
+async fn refuse(mut socket: tokio::net::TcpStream, max: usize) {
+    use tokio::io::AsyncWriteExt;
+    let err = jsonrpc::RpcError::new(
+        jsonrpc::code::TOO_MANY_CONNECTIONS,
+        format!("too many connections (limit {max}); try again later"),
+    );
+    let line = jsonrpc::to_line(&jsonrpc::Response::new(&serde_json::Value::Null, &Err(err)));
+    let _ = socket.write_all(&line).await;
+    let _ = socket.shutdown().await;
+}
+
+/// SIGINT/SIGTERM start the graceful shutdown; a second one exits at once.
+fn watch_signals(daemon: &Arc<Daemon>) {
+    let daemon = Arc::clone(daemon);
+    // Not tracked: it must outlive the drain to catch the second signal, and dies with the runtime.
+    tokio::spawn(async move {
+        let mut seen = 0;
+        loop {
+            wait_for_signal().await;
+            seen += 1;
+            if seen > 1 {
+                std::process::exit(130);
+            }
+            tracing::info!("Signal received; shutting down");
+            daemon.shutdown.cancel();
+        }
+    });
+}
+
+#[cfg(unix)]
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) =
+        (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
+    else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => {},
+        _ = term.recv() => {},
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_for_signal() {
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Shuts the daemon down when `pid` exits (the launcher that spawned us died).
+fn watch_destiny(daemon: &Arc<Daemon>, pid: u32, reporter: Reporter) {
+    let daemon = Arc::clone(daemon);
+    daemon.tracker.clone().spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tokio::select! {
+                _ = daemon.shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            if !process_alive(pid) {
+                reporter.log(Level::Info, &format!("destiny process {pid} exited; shutting down"));
+                daemon.shutdown.cancel();
+                return;
+            }
+        }
+    });
+}
+
+#[cfg(unix)]
+fn process_alive(pid: u32) -> bool {
+    let Ok(pid_t) = libc::pid_t::try_from(pid) else { return false };
+    // SAFETY: kill with signal 0 only checks that the process exists; it sends nothing.
+    let rc = unsafe { libc::kill(pid_t, 0) };
+    let exists = rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+    exists && !is_zombie(pid)
+}
+
+/// A dead child nobody has reaped yet still answers `kill(0)`; it is dead all the same.
+#[cfg(unix)]
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .unwrap_or(false)
+}
+
+#[cfg(not(unix))]
+fn process_alive(_pid: u32) -> bool {
+    // Windows would wait on the process handle; destiny pids are not watched there yet.
+    true
+}
+
+/// 256 random bits, hex-encoded so it is printable and safe in any client.
+fn new_secret() -> anyhow::Result<String> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| anyhow::anyhow!("no OS randomness for the secret: {e}"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }

@@ -1,0 +1,411 @@
+//! One connection: read lines, authenticate, run requests concurrently, write replies in order of
+//! completion through a single writer, and route the peer's replies to our own requests.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures_util::FutureExt;
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::framing::{Frame, LineReader};
+use super::jsonrpc::{self, Incoming, Outgoing, Response, RpcError, code};
+use super::router::Ctx;
+use super::state::Daemon;
+
+type PendingCalls = HashMap<i64, oneshot::Sender<Result<Value, RpcError>>>;
+
+/// The sending side of a connection, shared by its reader and every request running on it.
+pub struct Peer {
+    pub id: u64,
+    out: mpsc::Sender<Vec<u8>>,
+    pending: Mutex<PendingCalls>,
+    next_call_id: AtomicI64,
+    log_traffic: bool,
+}
+
+impl Peer {
+    /// Queues one line for the writer; a closed connection drops it silently (nobody to tell).
+    async fn send_line(&self, line: Vec<u8>) {
+        if self.log_traffic {
+            traffic(self.id, "->", &line);
+        }
+        let _ = self.out.send(line).await;
+    }
+
+    pub async fn notify(&self, method: &str, params: impl Serialize) {
+        let msg = Outgoing { jsonrpc: "2.0", id: None, method, params };
+        self.send_line(jsonrpc::to_line(&msg)).await;
+    }
+
+    /// Sends a request to the peer with our own id sequence (from 0) and waits for the reply.
+    pub async fn call(
+        &self,
+        method: &str,
+        params: impl Serialize,
+        cancel: &CancellationToken,
+    ) -> Result<Value, RpcError> {
+        let id = self.next_call_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.pending_calls().insert(id, tx);
+        let msg = Outgoing { jsonrpc: "2.0", id: Some(id), method, params };
+        self.send_line(jsonrpc::to_line(&msg)).await;
+        let reply = tokio::select! {
+            r = rx => r.unwrap_or_else(|_| Err(RpcError::cancelled())),
+            _ = cancel.cancelled() => Err(RpcError::cancelled()),
+        };
+        self.pending_calls().remove(&id);
+        reply
+    }
+
+    fn resolve(&self, id: &Value, result: Result<Value, RpcError>) {
+        let waiter = id.as_i64().and_then(|id| self.pending_calls().remove(&id));
+        match waiter {
+            Some(tx) => {
+                let _ = tx.send(result);
+            }
+            None => tracing::warn!(conn = self.id, %id, "Reply to a request we did not send"),
+        }
+    }
+
+    fn pending_calls(&self) -> std::sync::MutexGuard<'_, PendingCalls> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Serves one connection until the peer closes it, it fails to authenticate in time, or the
+/// daemon shuts down. Requests still running when it ends are cancelled.
+pub async fn serve<R, W>(daemon: Arc<Daemon>, conn_id: u64, reader: R, writer: W)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(256);
+    let writer_task = daemon.tracker.spawn(write_loop(writer, rx));
+    let peer = Arc::new(Peer {
+        id: conn_id,
+        out: tx,
+        pending: Mutex::default(),
+        next_call_id: AtomicI64::new(0),
+        log_traffic: daemon.config.log_traffic,
+    });
+    let token = daemon.shutdown.child_token();
+    let mut conn = Connection {
+        daemon: Arc::clone(&daemon),
+        peer,
+        token: token.clone(),
+        authenticated: !daemon.config.require_auth,
+        in_flight: Arc::new(Semaphore::new(daemon.config.max_in_flight)),
+    };
+    conn.read_loop(reader).await;
+    // Closing a connection cancels everything running on it (how butlerd clients cancel).
+    token.cancel();
+    drop(conn);
+    let _ = writer_task.await;
+}
+
+struct Connection {
+    daemon: Arc<Daemon>,
+    peer: Arc<Peer>,
+    token: CancellationToken,
+    authenticated: bool,
+    in_flight: Arc<Semaphore>,
+}
+
+impl Connection {
+    async fn read_loop<R: AsyncRead + Unpin>(&mut self, reader: R) {
+        let config = &self.daemon.config;
+        let mut lines = LineReader::new(reader, config.max_line_bytes);
+        let auth_deadline = Instant::now() + config.auth_timeout;
+        loop {
+            let frame = tokio::select! {
+                biased;
+                _ = self.token.cancelled() => return,
+                _ = tokio::time::sleep_until(auth_deadline), if !self.authenticated => {
+                    let err = RpcError::new(
+                        code::AUTHENTICATION_TIMEOUT,
+                        "no Meta.Authenticate within the time allowed; closing the connection",
+                    );
+                    self.reply(&Value::Null, Err(err)).await;
+                    return;
+                }
+                frame = lines.next() => frame,
+            };
+            match frame {
+                Ok(Frame::Line(line)) => self.on_line(&line).await,
+                Ok(Frame::TooLong(n)) => {
+                    let err = RpcError::invalid_request(format!(
+                        "message of {n}+ bytes exceeds the limit of {} bytes; skipped",
+                        self.daemon.config.max_line_bytes
+                    ))
+                    .with("limit", self.daemon.config.max_line_bytes);
+                    self.reply(&Value::Null, Err(err)).await;
+                }
+                Ok(Frame::Eof) => return,
+                Err(e) => {
+                    tracing::debug!(conn = self.peer.id, error = %e, "Connection read failed");
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn on_line(&mut self, line: &[u8]) {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            return;
+        }
+        let value = match serde_json::from_slice::<Value>(line) {
+            Ok(v) => v,
+            Err(e) => {
+                if self.daemon.config.log_traffic {
+                    // Unparseable text could hold a secret; log only its size.
+                    let note = format!("(unparseable message, {} bytes)", line.len());
+                    traffic(self.peer.id, "<-", note.as_bytes());
+                }
+                return self.reply(&Value::Null, Err(RpcError::parse_error(e))).await;
+            }
+        };
+        if self.daemon.config.log_traffic {
+            traffic(self.peer.id, "<-", &jsonrpc::to_line(&redact(&value)));
+        }
+        match value {
+            Value::Array(items) if items.is_empty() => {
+                let err = RpcError::invalid_request("invalid request: empty batch");
+                self.reply(&Value::Null, Err(err)).await;
+            }
+            Value::Array(items) => self.on_batch(items).await,
+            single => match self.on_message(jsonrpc::classify(single)).await {
+                Some(Reply::Ready(id, result)) => self.reply(&id, result).await,
+                Some(Reply::Running(id, request)) => {
+                    let peer = Arc::clone(&self.peer);
+                    self.daemon.tracker.spawn(async move {
+                        let (result, after) = request.await;
+                        peer.send_line(jsonrpc::to_line(&Response::new(&id, &result))).await;
+                        after.run();
+                    });
+                }
+                None => {}
+            },
+        }
+    }
+
+    /// Answers a batch with one array, in the order of its requests, once all have finished.
+    /// Its requests run concurrently, like single ones.
+    async fn on_batch(&mut self, items: Vec<Value>) {
+        let mut replies = Vec::new();
+        for item in items {
+            match self.on_message(jsonrpc::classify(item)).await {
+                Some(Reply::Ready(id, result)) => replies.push((id, Err(result))),
+                Some(Reply::Running(id, request)) => {
+                    replies.push((id, Ok(self.daemon.tracker.spawn(request))));
+                }
+                None => {}
+            }
+        }
+        if replies.is_empty() {
+            return;
+        }
+        let peer = Arc::clone(&self.peer);
+        self.daemon.tracker.spawn(async move {
+            let mut out = Vec::with_capacity(replies.len());
+            let mut afters = Vec::new();
+            for (id, reply) in replies {
+                let result = match reply {
+                    Err(ready) => ready,
+                    Ok(handle) => match handle.await {
+                        Ok((result, after)) => {
+                            afters.push(after);
+                            result
+                        }
+                        Err(e) => Err(RpcError::internal(e)),
+                    },
+                };
+                out.push(serde_json::to_value(Response::new(&id, &result)).unwrap_or(Value::Null));
+            }
+            peer.send_line(jsonrpc::to_line(&out)).await;
+            afters.into_iter().for_each(AfterReply::run);
+        });
+    }
+
+    /// Handles one message; requests that need a reply return it (immediate or still running).
+    async fn on_message(&mut self, msg: Incoming) -> Option<Reply> {
+        match msg {
+            Incoming::Request { id, method, params } => {
+                if method == "Meta.Authenticate" {
+                    let result = self.authenticate(&params);
+                    return Some(Reply::Ready(id, result));
+                }
+                if !self.authenticated {
+                    let err = RpcError::invalid_request(
+                        "not authenticated: call Meta.Authenticate with the secret from the listen notification first",
+                    );
+                    return Some(Reply::Ready(id, Err(err)));
+                }
+                Some(self.start_request(id, method, params).await)
+            }
+            Incoming::Notification { method, params } => {
+                if method == "Meta.Authenticate" {
+                    // The old protocol doc sends it as a notification: no reply, but it counts.
+                    let _ = self.authenticate(&params);
+                } else {
+                    tracing::debug!(conn = self.peer.id, method, "Ignoring a client notification");
+                }
+                None
+            }
+            Incoming::Response { id, result } => {
+                self.peer.resolve(&id, result);
+                None
+            }
+            Incoming::Invalid { id, error } => Some(Reply::Ready(id, Err(error))),
+        }
+    }
+
+    fn authenticate(&mut self, params: &Value) -> Result<Value, RpcError> {
+        if !self.daemon.config.require_auth {
+            return Err(RpcError::invalid_request(
+                "Meta.Authenticate is not needed (and not valid) on the stdio transport",
+            ));
+        }
+        let Some(secret) = params.get("secret").and_then(Value::as_str) else {
+            return Err(RpcError::invalid_params("Meta.Authenticate", "missing string \"secret\""));
+        };
+        if self.daemon.secret_matches(secret) {
+            self.authenticated = true;
+            Ok(json!({ "ok": true }))
+        } else {
+            Err(RpcError::invalid_request(
+                "invalid secret: it does not match the listen notification's",
+            ))
+        }
+    }
+
+    /// Prepares a request to run as its own task, after waiting for a free in-flight slot so a
+    /// client that pipelines without reading replies is slowed down, not buffered without bound.
+    async fn start_request(&self, id: Value, method: String, params: Value) -> Reply {
+        let permit = tokio::select! {
+            p = Arc::clone(&self.in_flight).acquire_owned() => p.ok(),
+            _ = self.token.cancelled() => None,
+        };
+        let cancel = self.token.child_token();
+        let shutdown_after = Arc::new(AtomicBool::new(false));
+        let ctx = Ctx {
+            peer: Arc::clone(&self.peer),
+            daemon: Arc::clone(&self.daemon),
+            cancel: cancel.clone(),
+            shutdown_after_reply: Arc::clone(&shutdown_after),
+        };
+        let daemon = Arc::clone(&self.daemon);
+        let operation = match (&params, method.as_str()) {
+            (_, "Operation.Cancel") => None,
+            (Value::Object(p), _) => p.get("id").and_then(Value::as_str).map(str::to_owned),
+            _ => None,
+        };
+        let task = async move {
+            let _permit = permit;
+            let ticket = operation.as_ref().map(|op| daemon.register_operation(op, cancel.clone()));
+            let result = match daemon.router.dispatch(&method, ctx, params) {
+                None => Err(RpcError::method_not_found(&method)),
+                Some(fut) => tokio::select! {
+                    biased;
+                    r = std::panic::AssertUnwindSafe(fut).catch_unwind() => r.unwrap_or_else(|p| {
+                        let what = p.downcast_ref::<&str>().map(|s| s.to_string())
+                            .or_else(|| p.downcast_ref::<String>().cloned())
+                            .unwrap_or_default();
+                        Err(RpcError::internal(format!("{method} panicked: {what}")))
+                    }),
+                    _ = cancel.cancelled() => Err(RpcError::cancelled()),
+                },
+            };
+            if let (Some(op), Some(ticket)) = (&operation, ticket) {
+                daemon.unregister_operation(op, ticket);
+            }
+            let after = AfterReply {
+                daemon: Some(daemon),
+                shutdown: shutdown_after.load(Ordering::Acquire),
+            };
+            (result, after)
+        };
+        Reply::Running(id, Box::pin(task))
+    }
+
+    async fn reply(&self, id: &Value, result: Result<Value, RpcError>) {
+        self.peer.send_line(jsonrpc::to_line(&Response::new(id, &result))).await;
+    }
+}
+
+type Request = std::pin::Pin<
+    Box<dyn std::future::Future<Output = (Result<Value, RpcError>, AfterReply)> + Send>,
+>;
+
+/// A reply that is ready now, or a request yet to run.
+enum Reply {
+    Ready(Value, Result<Value, RpcError>),
+    Running(Value, Request),
+}
+
+/// Work a handler asked for once its reply is queued (so `Meta.Shutdown` is answered first).
+struct AfterReply {
+    daemon: Option<Arc<Daemon>>,
+    shutdown: bool,
+}
+
+impl AfterReply {
+    fn run(self) {
+        if let (true, Some(daemon)) = (self.shutdown, self.daemon) {
+            daemon.shutdown.cancel();
+        }
+    }
+}
+
+/// The single writer: batches whatever is queued into one write, flushes when the queue is empty.
+async fn write_loop<W: AsyncWrite + Unpin>(mut writer: W, mut rx: mpsc::Receiver<Vec<u8>>) {
+    const BATCH: usize = 64 * 1024;
+    let mut buf = Vec::new();
+    while let Some(first) = rx.recv().await {
+        buf.extend_from_slice(&first);
+        while buf.len() < BATCH {
+            match rx.try_recv() {
+                Ok(more) => buf.extend_from_slice(&more),
+                Err(_) => break,
+            }
+        }
+        if writer.write_all(&buf).await.is_err() || writer.flush().await.is_err() {
+            return;
+        }
+        buf.clear();
+        if buf.capacity() > 4 * BATCH {
+            buf = Vec::new();
+        }
+    }
+    let _ = writer.shutdown().await;
+}
+
+/// `Meta.Authenticate`'s secret never reaches a log.
+fn redact(value: &Value) -> Value {
+    let mut v = value.clone();
+    let redact_one = |m: &mut Value| {
+        if m.get("method").and_then(Value::as_str) == Some("Meta.Authenticate")
+            && let Some(p) = m.get_mut("params").and_then(Value::as_object_mut)
+            && p.contains_key("secret")
+        {
+            p.insert("secret".into(), Value::String("[redacted]".into()));
+        }
+    };
+    match &mut v {
+        Value::Array(items) => items.iter_mut().for_each(redact_one),
+        other => redact_one(other),
+    }
+    v
+}
+
+/// `--log`: one stderr line per message, direction-tagged.
+fn traffic(conn: u64, dir: &str, line: &[u8]) {
+    use std::io::Write;
+    let text = String::from_utf8_lossy(line);
+    let _ = writeln!(std::io::stderr().lock(), "[rpc] conn {conn} {dir} {}", text.trim_end());
+}

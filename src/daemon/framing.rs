@@ -1,0 +1,112 @@
+//! Newline-delimited framing with a length limit: memory stays bounded whatever the peer sends.
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+
+/// What the next read produced.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Frame {
+    /// One line, without its `\n` (a final line without `\n` at EOF counts too).
+    Line(Vec<u8>),
+    /// A line longer than the limit was skipped up to and including its `\n`; `usize` is how
+    /// many bytes were dropped (at least the limit).
+    TooLong(usize),
+    Eof,
+}
+
+pub struct LineReader<R> {
+    inner: BufReader<R>,
+    max: usize,
+    line: Vec<u8>,
+}
+
+impl<R: AsyncRead + Unpin> LineReader<R> {
+    /// `max` is the longest line accepted, in bytes, not counting the `\n`.
+    pub fn new(inner: R, max: usize) -> Self {
+        // A small buffer keeps idle connections cheap; long lines grow `line` instead.
+        LineReader { inner: BufReader::with_capacity(8 * 1024, inner), max, line: Vec::new() }
+    }
+
+    pub async fn next(&mut self) -> std::io::Result<Frame> {
+        let mut skipped: Option<usize> = None;
+        loop {
+            let buf = self.inner.fill_buf().await?;
+            if buf.is_empty() {
+                if let Some(n) = skipped {
+                    return Ok(Frame::TooLong(n));
+                }
+                if self.line.is_empty() {
+                    return Ok(Frame::Eof);
+                }
+                return Ok(Frame::Line(std::mem::take(&mut self.line)));
+            }
+            let (chunk, found) = match memchr::memchr(b'\n', buf) {
+                Some(i) => (&buf[..i], true),
+                None => (buf, false),
+            };
+            let used = chunk.len() + usize::from(found);
+            match skipped.as_mut() {
+                Some(n) => *n += chunk.len(),
+                None if self.line.len() + chunk.len() > self.max => {
+                    skipped = Some(self.line.len() + chunk.len());
+                    self.line = Vec::new();
+                }
+                None => self.line.extend_from_slice(chunk),
+            }
+            self.inner.consume(used);
+            if found {
+                return Ok(match skipped {
+                    Some(n) => Frame::TooLong(n),
+                    None => {
+                        let line = std::mem::take(&mut self.line);
+                        Frame::Line(line)
+                    }
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn frames(input: &[u8], max: usize) -> Vec<Frame> {
+        let mut r = LineReader::new(input, max);
+        let mut out = Vec::new();
+        loop {
+            let f = r.next().await.unwrap();
+            if f == Frame::Eof {
+                return out;
+            }
+            out.push(f);
+        }
+    }
+
+    #[tokio::test]
+    async fn splits_lines_and_keeps_a_final_unterminated_one() {
+        let got = frames(b"a\nbb\n\nccc", 10).await;
+        assert_eq!(
+            got,
+            vec![
+                Frame::Line(b"a".to_vec()),
+                Frame::Line(b"bb".to_vec()),
+                Frame::Line(vec![]),
+                Frame::Line(b"ccc".to_vec())
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn skips_an_oversized_line_and_recovers_at_the_next_newline() {
+        let mut input = vec![b'x'; 100_000];
+        input.extend_from_slice(b"\nok\n");
+        let got = frames(&input, 1000).await;
+        assert_eq!(got, vec![Frame::TooLong(100_000), Frame::Line(b"ok".to_vec())]);
+    }
+
+    #[tokio::test]
+    async fn a_line_exactly_at_the_limit_is_accepted() {
+        let got = frames(b"12345\n123456\n", 5).await;
+        assert_eq!(got, vec![Frame::Line(b"12345".to_vec()), Frame::TooLong(6)]);
+    }
+}

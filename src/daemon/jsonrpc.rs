@@ -1,0 +1,272 @@
+//! JSON-RPC 2.0 messages: classifying what a peer sent, and the shapes we write back.
+//!
+//! This is the only place besides the router that sees raw `serde_json::Value`s. Ids are kept
+//! as the exact JSON the client sent (a number or a string), so they are echoed back unchanged.
+
+use serde::Serialize;
+use serde::ser::SerializeMap;
+use serde_json::{Map, Value};
+
+use crate::version;
+
+/// Error codes. The negative ones are JSON-RPC 2.0's; the positive ones are butlerd's
+/// application codes, kept where the meaning matches upstream.
+pub mod code {
+    pub const PARSE_ERROR: i64 = -32700;
+    pub const INVALID_REQUEST: i64 = -32600;
+    pub const METHOD_NOT_FOUND: i64 = -32601;
+    pub const INVALID_PARAMS: i64 = -32602;
+    pub const INTERNAL_ERROR: i64 = -32603;
+    /// The connection limit is reached; the connection is closed after this reply.
+    pub const TOO_MANY_CONNECTIONS: i64 = -32001;
+    /// The daemon is shutting down and takes no new requests.
+    pub const SHUTTING_DOWN: i64 = -32002;
+    /// No `Meta.Authenticate` arrived in time; the connection is closed after this reply.
+    pub const AUTHENTICATION_TIMEOUT: i64 = -32003;
+    /// The database could not be opened or migrated.
+    pub const DATABASE_UNAVAILABLE: i64 = -32004;
+    /// Upstream's `OperationCancelled`.
+    pub const OPERATION_CANCELLED: i64 = 499;
+    /// Upstream's `NetworkDisconnected`.
+    pub const NETWORK_DISCONNECTED: i64 = 9000;
+    /// Upstream's `DatabaseBusy`.
+    pub const DATABASE_BUSY: i64 = 16000;
+}
+
+/// An error reply. `data` always carries `butlerVersion`, plus any details given.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RpcError {
+    pub code: i64,
+    pub message: String,
+    pub details: Map<String, Value>,
+}
+
+impl RpcError {
+    pub fn new(code: i64, message: impl Into<String>) -> Self {
+        RpcError { code, message: message.into(), details: Map::new() }
+    }
+
+    pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.details.insert(key.to_owned(), value.into());
+        self
+    }
+
+    pub fn parse_error(reason: impl std::fmt::Display) -> Self {
+        Self::new(code::PARSE_ERROR, format!("parse error: {reason}"))
+    }
+
+    pub fn invalid_request(reason: impl Into<String>) -> Self {
+        Self::new(code::INVALID_REQUEST, reason)
+    }
+
+    pub fn method_not_found(method: &str) -> Self {
+        Self::new(code::METHOD_NOT_FOUND, format!("method '{method}' not found"))
+    }
+
+    pub fn invalid_params(method: &str, reason: impl std::fmt::Display) -> Self {
+        Self::new(code::INVALID_PARAMS, format!("invalid params for {method}: {reason}"))
+    }
+
+    pub fn internal(reason: impl std::fmt::Display) -> Self {
+        Self::new(code::INTERNAL_ERROR, format!("internal error: {reason}"))
+    }
+
+    pub fn cancelled() -> Self {
+        Self::new(code::OPERATION_CANCELLED, "the operation was cancelled")
+    }
+}
+
+impl Serialize for RpcError {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        struct Data<'a>(&'a Map<String, Value>);
+        impl Serialize for Data<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let mut m = s.serialize_map(Some(self.0.len() + 1))?;
+                m.serialize_entry("butlerVersion", &version::tagged())?;
+                for (k, v) in self.0 {
+                    m.serialize_entry(k, v)?;
+                }
+                m.end()
+            }
+        }
+        let mut m = s.serialize_map(Some(3))?;
+        m.serialize_entry("code", &self.code)?;
+        m.serialize_entry("message", &self.message)?;
+        m.serialize_entry("data", &Data(&self.details))?;
+        m.end()
+    }
+}
+
+/// One message from the peer, classified.
+#[derive(Debug, PartialEq)]
+pub enum Incoming {
+    Request {
+        id: Value,
+        method: String,
+        params: Value,
+    },
+    Notification {
+        method: String,
+        params: Value,
+    },
+    /// A reply to a request we sent the peer.
+    Response {
+        id: Value,
+        result: Result<Value, RpcError>,
+    },
+    /// Valid JSON that is not a JSON-RPC message; `id` is echoed when it could be read.
+    Invalid {
+        id: Value,
+        error: RpcError,
+    },
+}
+
+/// Classifies one element (an object, or anything else found in a line or a batch).
+pub fn classify(value: Value) -> Incoming {
+    let Value::Object(mut obj) = value else {
+        return invalid(Value::Null, "a JSON-RPC message must be an object");
+    };
+    let id = obj.remove("id");
+    let id_ok = matches!(id, Some(Value::Number(_) | Value::String(_)));
+    let echo = if id_ok { id.clone().unwrap_or(Value::Null) } else { Value::Null };
+    if obj.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+        return invalid(echo, "\"jsonrpc\" must be \"2.0\"");
+    }
+    match obj.remove("method") {
+        Some(Value::String(method)) => {
+            let params = match obj.remove("params") {
+                None | Some(Value::Null) => Value::Object(Map::new()),
+                Some(p @ (Value::Object(_) | Value::Array(_))) => p,
+                Some(_) => return invalid(echo, "\"params\" must be an object or an array"),
+            };
+            match id {
+                None | Some(Value::Null) => Incoming::Notification { method, params },
+                Some(_) if id_ok => Incoming::Request { id: echo, method, params },
+                Some(_) => invalid(Value::Null, "\"id\" must be a number or a string"),
+            }
+        }
+        Some(_) => invalid(echo, "\"method\" must be a string"),
+        None => {
+            if !id_ok {
+                return invalid(
+                    Value::Null,
+                    "a message needs a \"method\" (or an \"id\" if a reply)",
+                );
+            }
+            let result = match (obj.remove("result"), obj.remove("error")) {
+                (Some(r), None) => Ok(r),
+                (None, Some(e)) => Err(error_from_value(e)),
+                _ => return invalid(echo, "a reply needs exactly one of \"result\" or \"error\""),
+            };
+            Incoming::Response { id: echo, result }
+        }
+    }
+}
+
+fn invalid(id: Value, reason: &str) -> Incoming {
+    Incoming::Invalid { id, error: RpcError::invalid_request(format!("invalid request: {reason}")) }
+}
+
+fn error_from_value(e: Value) -> RpcError {
+    let code = e.get("code").and_then(Value::as_i64).unwrap_or(code::INTERNAL_ERROR);
+    let message = e.get("message").and_then(Value::as_str).unwrap_or("error from peer");
+    RpcError::new(code, message)
+}
+
+/// A reply line body.
+#[derive(Debug, Serialize)]
+pub struct Response<'a> {
+    pub jsonrpc: &'static str,
+    pub id: &'a Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<&'a RpcError>,
+}
+
+impl<'a> Response<'a> {
+    pub fn new(id: &'a Value, result: &'a Result<Value, RpcError>) -> Self {
+        let (result, error) = match result {
+            Ok(v) => (Some(v), None),
+            Err(e) => (None, Some(e)),
+        };
+        Response { jsonrpc: "2.0", id, result, error }
+    }
+}
+
+/// A request or notification we send the peer.
+#[derive(Debug, Serialize)]
+pub struct Outgoing<'a, P: Serialize> {
+    pub jsonrpc: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<i64>,
+    pub method: &'a str,
+    pub params: P,
+}
+
+/// Serializes `msg` followed by `\n`.
+pub fn to_line(msg: &impl Serialize) -> Vec<u8> {
+    let mut line = serde_json::to_vec(msg).unwrap_or_else(|e| {
+        // Only non-string map keys can fail here, and our types have none.
+        format!(r#"{{"jsonrpc":"2.0","id":null,"error":{{"code":-32603,"message":"{e}"}}}}"#)
+            .into_bytes()
+    });
+    line.push(b'\n');
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn requests_keep_their_id_exactly() {
+        for id in [json!(7), json!("abc"), json!(1.5), json!(-3)] {
+            let msg = classify(json!({"jsonrpc":"2.0","id":id,"method":"X"}));
+            assert_eq!(msg, Incoming::Request { id, method: "X".into(), params: json!({}) });
+        }
+    }
+
+    #[test]
+    fn missing_or_null_id_is_a_notification() {
+        assert!(matches!(
+            classify(json!({"jsonrpc":"2.0","method":"X"})),
+            Incoming::Notification { .. }
+        ));
+        assert!(matches!(
+            classify(json!({"jsonrpc":"2.0","method":"X","id":null})),
+            Incoming::Notification { .. }
+        ));
+    }
+
+    #[test]
+    fn not_a_request() {
+        for v in [json!(1), json!({"jsonrpc":"2.0"}), json!({"method":"X","id":1})] {
+            assert!(matches!(classify(v), Incoming::Invalid { .. }));
+        }
+        let Incoming::Invalid { id, .. } = classify(json!({"jsonrpc":"2.0","id":{},"method":"X"}))
+        else {
+            panic!()
+        };
+        assert_eq!(id, Value::Null);
+    }
+
+    #[test]
+    fn replies_from_the_peer() {
+        let Incoming::Response { id, result } =
+            classify(json!({"jsonrpc":"2.0","id":0,"result":{"n":1}}))
+        else {
+            panic!()
+        };
+        assert_eq!((id, result), (json!(0), Ok(json!({"n":1}))));
+    }
+
+    #[test]
+    fn error_data_always_carries_the_version() {
+        let e = RpcError::new(1, "x").with("path", "p");
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["data"]["butlerVersion"], version::tagged());
+        assert_eq!(v["data"]["path"], "p");
+    }
+}

@@ -1,0 +1,106 @@
+//! The butlerd core methods: `Meta.*`, `Version.Get`, `Test.*`, `Operation.Cancel`.
+//!
+//! Each family registers its typed handlers here; later features add their own `register` calls.
+
+use serde::{Deserialize, Serialize};
+
+use super::jsonrpc::RpcError;
+use super::router::{Ctx, Router};
+use crate::version;
+
+/// The method table for this build.
+pub fn router() -> Router {
+    let mut r = Router::default();
+    r.method("Meta.Shutdown", meta_shutdown);
+    r.method("Meta.Flow", meta_flow);
+    r.method("Version.Get", version_get);
+    r.method("Test.Double", test_double);
+    r.method("Test.DoubleTwice", test_double_twice);
+    r.method("Operation.Cancel", operation_cancel);
+    r
+}
+
+/// `{}` in and out; unknown fields are tolerated as upstream does.
+#[derive(Debug, Default, Deserialize, Serialize)]
+pub struct Empty {}
+
+async fn meta_shutdown(ctx: Ctx, _: Empty) -> Result<Empty, RpcError> {
+    ctx.shutdown_after_reply();
+    Ok(Empty {})
+}
+
+#[derive(Debug, Serialize)]
+struct FlowEstablished {
+    pid: u32,
+}
+
+/// Never returns: the connection becomes the daemon's event channel, and closing it shuts the
+/// daemon down (upstream's contract for "switching daemons").
+async fn meta_flow(ctx: Ctx, _: Empty) -> Result<Empty, RpcError> {
+    ctx.daemon().add_flow(ctx.peer());
+    ctx.notify("MetaFlowEstablished", FlowEstablished { pid: std::process::id() }).await;
+    ctx.cancelled().await;
+    if !ctx.daemon().shutdown.is_cancelled() {
+        tracing::info!("Meta.Flow connection closed; shutting down");
+        ctx.daemon().shutdown.cancel();
+    }
+    Err(RpcError::cancelled())
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct VersionGetResult {
+    version: String,
+    version_string: String,
+}
+
+async fn version_get(_: Ctx, _: Empty) -> Result<VersionGetResult, RpcError> {
+    Ok(VersionGetResult { version: version::tagged(), version_string: version::long() })
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+struct Number {
+    number: serde_json::Number,
+}
+
+impl Number {
+    /// Integers stay integers (upstream's type is int64); others double as floats.
+    fn doubled(&self) -> Result<Number, RpcError> {
+        let n = &self.number;
+        let number = match n.as_i64() {
+            Some(i) => i.checked_mul(2).map(serde_json::Number::from),
+            None => n.as_f64().and_then(|f| serde_json::Number::from_f64(f * 2.0)),
+        };
+        number
+            .map(|number| Number { number })
+            .ok_or_else(|| RpcError::invalid_params("Test.Double", "number overflows when doubled"))
+    }
+}
+
+async fn test_double(_: Ctx, p: Number) -> Result<Number, RpcError> {
+    p.doubled()
+}
+
+/// The protocol self-test: asks the client to double, reports progress, doubles the answer.
+async fn test_double_twice(ctx: Ctx, p: Number) -> Result<Number, RpcError> {
+    let doubled: Number = ctx.call("Test.Double", p).await?;
+    for progress in [0.3, 0.6, 0.9] {
+        ctx.progress(progress, 0.0, 0.0).await;
+    }
+    doubled.doubled()
+}
+
+#[derive(Debug, Deserialize)]
+struct CancelParams {
+    id: String,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CancelResult {
+    did_cancel: bool,
+}
+
+async fn operation_cancel(ctx: Ctx, p: CancelParams) -> Result<CancelResult, RpcError> {
+    Ok(CancelResult { did_cancel: ctx.daemon().cancel_operation(&p.id) })
+}

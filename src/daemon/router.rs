@@ -1,0 +1,121 @@
+//! Method table: typed handlers registered by name, and the context each request runs with.
+//!
+//! Handlers take and return plain structs; this module is where JSON becomes those structs
+//! (bad params give -32602 with serde's reason) and results become JSON again.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use super::connection::Peer;
+use super::jsonrpc::RpcError;
+use super::state::Daemon;
+use crate::report::Level;
+
+type BoxFuture = Pin<Box<dyn Future<Output = Result<Value, RpcError>> + Send>>;
+type Handler = Box<dyn Fn(Ctx, Value) -> BoxFuture + Send + Sync>;
+
+/// Every method the daemon answers.
+#[derive(Default)]
+pub struct Router {
+    methods: HashMap<&'static str, Handler>,
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router").field("methods", &self.methods.len()).finish()
+    }
+}
+
+impl Router {
+    /// Registers `name`; `params` missing from the request arrive as `{}`.
+    pub fn method<P, R, F, Fut>(&mut self, name: &'static str, handler: F)
+    where
+        P: DeserializeOwned + Send + 'static,
+        R: Serialize + Send + 'static,
+        F: Fn(Ctx, P) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R, RpcError>> + Send + 'static,
+    {
+        let handler = Arc::new(handler);
+        let boxed: Handler = Box::new(move |ctx, raw| {
+            let handler = Arc::clone(&handler);
+            Box::pin(async move {
+                let params: P =
+                    serde_json::from_value(raw).map_err(|e| RpcError::invalid_params(name, e))?;
+                let result = handler(ctx, params).await?;
+                serde_json::to_value(result).map_err(RpcError::internal)
+            })
+        });
+        self.methods.insert(name, boxed);
+    }
+
+    /// The future answering `method`, or `None` if there is no such method.
+    pub fn dispatch(&self, method: &str, ctx: Ctx, params: Value) -> Option<BoxFuture> {
+        self.methods.get(method).map(|h| h(ctx, params))
+    }
+}
+
+/// What a handler can reach: its connection (notifications, server→client calls), the daemon's
+/// shared state, and its own cancellation.
+#[derive(Clone)]
+pub struct Ctx {
+    pub(super) peer: Arc<Peer>,
+    pub(super) daemon: Arc<Daemon>,
+    pub(super) cancel: CancellationToken,
+    pub(super) shutdown_after_reply: Arc<AtomicBool>,
+}
+
+impl Ctx {
+    pub fn daemon(&self) -> &Arc<Daemon> {
+        &self.daemon
+    }
+
+    /// Sends a notification on this request's connection.
+    pub async fn notify(&self, method: &str, params: impl Serialize) {
+        self.peer.notify(method, params).await;
+    }
+
+    /// Sends the peer a request on this connection and waits for its reply (or cancellation).
+    pub async fn call<R: DeserializeOwned>(
+        &self,
+        method: &str,
+        params: impl Serialize,
+    ) -> Result<R, RpcError> {
+        let value = self.peer.call(method, params, &self.cancel).await?;
+        serde_json::from_value(value).map_err(|e| {
+            RpcError::internal(format!("the client's reply to {method} does not fit: {e}"))
+        })
+    }
+
+    /// A `Progress` notification: `progress` in 0..1, `eta` in seconds, `bps` bytes per second.
+    pub async fn progress(&self, progress: f64, eta: f64, bps: f64) {
+        self.notify("Progress", serde_json::json!({"progress": progress, "eta": eta, "bps": bps}))
+            .await;
+    }
+
+    /// A `Log` notification to this request's connection.
+    pub async fn log(&self, level: Level, message: &str) {
+        self.notify("Log", serde_json::json!({"level": level, "message": message})).await;
+    }
+
+    /// Completes when this request is cancelled (connection closed, `Operation.Cancel`, shutdown).
+    pub async fn cancelled(&self) {
+        self.cancel.cancelled().await;
+    }
+
+    pub fn peer(&self) -> &Arc<Peer> {
+        &self.peer
+    }
+
+    /// Starts the daemon's graceful shutdown once this request's reply has been queued.
+    pub fn shutdown_after_reply(&self) {
+        self.shutdown_after_reply.store(true, Ordering::Release);
+    }
+}
