@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::jsonrpc::RpcError;
 use super::router::{Ctx, Router};
+use crate::report::Level;
 use crate::version;
 
 /// The method table for this build.
@@ -83,6 +84,8 @@ async fn test_double(_: Ctx, p: Number) -> Result<Number, RpcError> {
 
 /// The protocol self-test: asks the client to double, reports progress, doubles the answer.
 async fn test_double_twice(ctx: Ctx, p: Number) -> Result<Number, RpcError> {
+    ctx.log(Level::Debug, &format!("Test.DoubleTwice: asking the client to double {}", p.number))
+        .await;
     let doubled: Number = ctx.call("Test.Double", p).await?;
     for progress in [0.3, 0.6, 0.9] {
         ctx.progress(progress, 0.0, 0.0).await;

@@ -81,8 +81,8 @@ impl Daemon {
     pub fn secret_matches(&self, candidate: &str) -> bool {
         let (a, b) = (self.secret.as_bytes(), candidate.as_bytes());
         let mut diff = a.len() ^ b.len();
-        for i in 0..a.len() {
-            diff |= usize::from(a[i] ^ b.get(i).copied().unwrap_or(0));
+        for (i, x) in a.iter().enumerate() {
+            diff |= usize::from(x ^ b.get(i).copied().unwrap_or(0));
         }
         diff == 0
     }

@@ -1,0 +1,497 @@
+//! The daemon, driven over raw sockets and pipes as butlerd clients drive it.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::util::{DaemonProc, RpcClient, TestHome};
+
+fn db_arg(home: &TestHome) -> String {
+    home.path().join("db/butler.db").display().to_string()
+}
+
+fn keep_alive(home: &TestHome, extra: &[&str]) -> DaemonProc {
+    let db = db_arg(home);
+    let mut args = vec!["--keep-alive", "--dbpath", &db];
+    args.extend_from_slice(extra);
+    DaemonProc::start(home, &args)
+}
+
+fn error_code(reply: &Value) -> i64 {
+    reply["error"]["code"].as_i64().unwrap_or_else(|| panic!("not an error: {reply}"))
+}
+
+#[test]
+fn prints_log_lines_then_exactly_one_listen_notification() {
+    let home = TestHome::new();
+    let d = keep_alive(&home, &[]);
+    let (last, before) = d.stdout_lines.split_last().unwrap();
+    for line in before {
+        let v: Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["type"], "log", "{line}");
+        assert!(v["time"].is_u64() && v["message"].is_string() && v["level"].is_string());
+    }
+    let v: Value = serde_json::from_str(last).unwrap();
+    let secret = v["secret"].as_str().unwrap();
+    assert!(secret.len() >= 64 && secret.chars().all(|c| c.is_ascii_graphic()), "{secret}");
+    assert!(d.address.starts_with("127.0.0.1:") && !d.address.ends_with(":0"), "{}", d.address);
+    assert!(v["time"].is_u64());
+
+    d.client().request(json!(1), "Meta.Shutdown", json!({}));
+    let (code, rest, _) = d.wait_exit(5);
+    assert_eq!(code, Some(0));
+    for line in rest.lines() {
+        let v: Value = serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+        assert_ne!(v["type"], "butlerd/listen-notification", "a second listen notification");
+    }
+}
+
+#[test]
+fn secrets_differ_between_runs() {
+    let home = TestHome::new();
+    let a = DaemonProc::start(&home, &["--keep-alive", "--dbpath", ":memory:"]);
+    let b = DaemonProc::start(&home, &["--keep-alive", "--dbpath", ":memory:"]);
+    assert_ne!(a.secret, b.secret);
+}
+
+#[test]
+fn authentication_rules() {
+    let home = TestHome::new();
+    let d = keep_alive(&home, &[]);
+    let mut c = d.connect();
+
+    // Anything before authenticating is refused at once (upstream hangs here).
+    let started = Instant::now();
+    let r = c.request(json!(1), "Version.Get", json!({}));
+    assert_eq!(error_code(&r), -32600);
+    assert!(r["error"]["message"].as_str().unwrap().contains("Meta.Authenticate"));
+    assert!(started.elapsed() < Duration::from_secs(2));
+
+    let r = c.request(json!(2), "Meta.Authenticate", json!({"secret": "wrong"}));
+    assert_eq!(error_code(&r), -32600);
+    assert!(r["error"]["message"].as_str().unwrap().contains("secret"));
+    assert!(!r.to_string().contains(&d.secret));
+
+    // A secret that shares a prefix is still wrong.
+    let prefix = &d.secret[..10];
+    assert_eq!(
+        error_code(&c.request(json!(3), "Meta.Authenticate", json!({"secret": prefix}))),
+        -32600
+    );
+
+    let r = c.request(json!(4), "Meta.Authenticate", json!({"secret": d.secret}));
+    assert_eq!(r, json!({"jsonrpc": "2.0", "id": 4, "result": {"ok": true}}));
+    let r = c.request(json!(5), "Version.Get", json!({}));
+    assert_eq!(r["result"]["version"], format!("v{}", env!("CARGO_PKG_VERSION")));
+
+    // Authentication is per connection.
+    let mut other = d.connect();
+    assert_eq!(error_code(&other.request(json!(1), "Version.Get", json!({}))), -32600);
+}
+
+#[test]
+fn authenticate_as_a_notification_is_accepted() {
+    let home = TestHome::new();
+    let d = keep_alive(&home, &[]);
+    let mut c = d.connect();
+    c.send(
+        &json!({"jsonrpc": "2.0", "method": "Meta.Authenticate", "params": {"secret": d.secret}}),
+    );
+    let r = c.request(json!(1), "Version.Get", json!({}));
+    assert!(r["result"]["versionString"].as_str().unwrap().starts_with('v'), "{r}");
+}
+
+#[test]
+fn unauthenticated_connections_are_closed_after_the_timeout() {
+    let home = TestHome::new();
+    let d = keep_alive(&home, &["--auth-timeout", "300ms"]);
+    let mut c = d.connect();
+    let started = Instant::now();
+    let r = c.recv();
+    assert_eq!(error_code(&r), -32003);
+    assert_eq!(r["id"], Value::Null);
+    assert!(c.try_recv().is_none(), "connection should be closed");
+    assert!(started.elapsed() >= Duration::from_millis(250));
+
+    // An authenticated connection is not subject to it.
+    let mut ok = d.client();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(ok.request(json!(1), "Version.Get", json!({}))["result"].is_object());
+}
+
+#[test]
+fn error_codes() {
+    let home = TestHome::new();
+    let d = keep_alive(&home, &[]);
+    let mut c = d.client();
+
+    c.send_raw(b"{not json\n");
+    let r = c.recv();
+    assert_eq!((error_code(&r), r["id"].clone()), (-32700, Value::Null));
+    assert_eq!(r["error"]["data"]["butlerVersion"], format!("v{}", env!("CARGO_PKG_VERSION")));
+
+    for not_a_request in
+        [json!(5), json!({"jsonrpc": "2.0", "id": 7}), json!({"id": 8, "method": "Version.Get"})]
+    {
+        c.send(&not_a_request);
+        assert_eq!(error_code(&c.recv()), -32600, "{not_a_request}");
+    }
+
+    let r = c.request(json!(9), "No.Such", json!({}));
+    assert_eq!(error_code(&r), -32601);
+    assert!(r["error"]["message"].as_str().unwrap().contains("No.Such"));
+
+    let r = c.request(json!(10), "Test.Double", json!({"number": "ten"}));
+    assert_eq!(error_code(&r), -32602);
+    assert!(r["error"]["message"].as_str().unwrap().contains("number"), "{r}");
+
+    // A client reply that does not fit what the daemon asked for is an internal error.
+    c.send(
+        &json!({"jsonrpc": "2.0", "id": 11, "method": "Test.DoubleTwice", "params": {"number": 1}}),
+    );
+    let call = next_request(&mut c);
+    c.send(&json!({"jsonrpc": "2.0", "id": call["id"], "result": {"number": "x"}}));
+    let r = until_id(&mut c, &json!(11));
+    assert_eq!(error_code(&r), -32603, "{r}");
+}
+
+/// The next server→client request, skipping notifications.
+fn next_request(c: &mut RpcClient) -> Value {
+    loop {
+        let m = c.recv();
+        if m.get("id").is_some() && m.get("method").is_some() {
+            return m;
+        }
+    }
+}
+
+/// The reply with `id`, skipping notifications.
+fn until_id(c: &mut RpcClient, id: &Value) -> Value {
+    loop {
+        let m = c.recv();
+        if m.get("method").is_none() && &m["id"] == id {
+            return m;
+        }
+    }
+}
+
+#[test]
+fn ids_are_echoed_exactly_and_params_may_be_missing() {
+    let home = TestHome::new();
+    let d = keep_alive(&home, &[]);
+    let mut c = d.client();
+    for id in
+        [json!(0), json!(-1), json!(9007199254740993u64), json!("0"), json!("a b"), json!(1.5)]
+    {
+        c.send(&json!({"jsonrpc": "2.0", "id": id, "method": "Version.Get"}));
+        let r = c.recv();
+        assert_eq!(r["id"], id);
+        assert!(r["result"].is_object(), "{r}");
+    }
+    c.send_raw(b"{\"jsonrpc\":\"2.0\",\"id\":3,\"method\":\"Version.Get\",\"params\":null}\n");
+    assert!(c.recv()["result"].is_object());
+}
+
+#[test]
+fn notifications_are_never_answered() {
+    let home = TestHome::new();
+    let d = keep_alive(&home, &[]);
+    let mut c = d.client();
+    c.send(&json!({"jsonrpc": "2.0", "method": "Version.Get"}));
+    c.send(&json!({"jsonrpc": "2.0", "method": "No.Such", "params": {}}));
+    let r = c.request(json!("after"), "Version.Get", json!({}));
+    assert_eq!(r["id"], "after");
+}
+
+#[test]
+fn batches() {
+    let home = TestHome::new();
+    let d = keep_alive(&home, &[]);
+    let mut c = d.client();
+    c.send(&json!([
+        {"jsonrpc": "2.0", "id": 1, "method": "Test.Double", "params": {"number": 21}},
+        {"jsonrpc": "2.0", "method": "Test.Double", "params": {"number": 1}},
+        {"jsonrpc": "2.0", "id": "b", "method": "No.Such"},
+        7
+    ]));
+    let r = c.recv();
+    let replies = r.as_array().unwrap();
+    assert_eq!(replies.len(), 3, "{r}");
+    assert_eq!(replies[0]["result"], json!({"number": 42}));
+    assert_eq!((replies[1]["id"].clone(), error_code(&replies[1])), (json!("b"), -32601));
+    assert_eq!(error_code(&replies[2]), -32600);
+
+    // A batch of notifications gets no reply at all; an empty batch is invalid.
+    c.send(&json!([{"jsonrpc": "2.0", "method": "Version.Get"}]));
+    c.send(&json!([]));
+    let r = c.recv();
+    assert_eq!((error_code(&r), r["id"].clone()), (-32600, Value::Null));
+}
+
+#[test]
+fn an_oversized_line_is_refused_and_the_connection_recovers() {
+    let home = TestHome::new();
+    let d = keep_alive(&home, &["--max-line-bytes", "4096"]);
+    let mut c = d.client();
+    let mut big =
+        b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"Test.Double\",\"params\":{\"pad\":\"".to_vec();
+    big.extend(std::iter::repeat_n(b'x', 1 << 20));
+    big.extend_from_slice(b"\"}}\n");
+    c.send_raw(&big);
+    c.send(&json!({"jsonrpc": "2.0", "id": 2, "method": "Version.Get"}));
+    let r = c.recv();
+    assert_eq!(error_code(&r), -32600);
+    assert!(r["error"]["message"].as_str().unwrap().contains("limit"), "{r}");
+    assert_eq!(r["error"]["data"]["limit"], 4096);
+    assert!(c.recv()["result"]["version"].is_string());
+}
+
+#[test]
+fn double_twice_calls_back_and_reports_progress_in_order() {
+    let home = TestHome::new();
+    let d = keep_alive(&home, &[]);
+    let mut c = d.client();
+    c.send(
+        &json!({"jsonrpc": "2.0", "id": 77, "method": "Test.DoubleTwice", "params": {"number": 7}}),
+    );
+    let call = next_request(&mut c);
+    assert_eq!(call["method"], "Test.Double");
+    assert_eq!(call["params"], json!({"number": 7}));
+    c.send(&json!({"jsonrpc": "2.0", "id": call["id"], "result": {"number": 14}}));
+    let mut progress = Vec::new();
+    let reply = loop {
+        let m = c.recv();
+        match m["method"].as_str() {
+            Some("Progress") => progress.push(m["params"]["progress"].as_f64().unwrap()),
+            Some("Log") => assert!(m["params"]["message"].is_string()),
+            Some(other) => panic!("unexpected {other}"),
+            None => break m,
+        }
+    };
+    assert_eq!(progress, vec![0.3, 0.6, 0.9]);
+    assert_eq!(reply, json!({"jsonrpc": "2.0", "id": 77, "result": {"number": 28}}));
+}
+
+#[test]
+fn log_notifications_reach_the_requesting_connection() {
+    let home = TestHome::new();
+    let d = keep_alive(&home, &[]);
+    let mut c = d.client();
+    c.send(
+        &json!({"jsonrpc": "2.0", "id": 1, "method": "Test.DoubleTwice", "params": {"number": 1}}),
+    );
+    let first = c.recv();
+    assert_eq!(first["method"], "Log", "{first}");
+    assert_eq!(first["params"]["level"], "debug");
+    assert!(first.get("id").is_none());
+}
+
+#[test]
+fn operation_cancel_from_another_connection() {
+    let home = TestHome::new();
+    let d = keep_alive(&home, &[]);
+    let mut a = d.client();
+    a.send(&json!({"jsonrpc": "2.0", "id": 1, "method": "Test.DoubleTwice", "params": {"number": 1, "id": "op-1"}}));
+    next_request(&mut a); // never answered
+    let mut b = d.client();
+    let r = b.request(json!(1), "Operation.Cancel", json!({"id": "op-1"}));
+    assert_eq!(r["result"], json!({"didCancel": true}));
+    let r = until_id(&mut a, &json!(1));
+    assert_eq!(error_code(&r), 499, "{r}");
+    let r = b.request(json!(2), "Operation.Cancel", json!({"id": "op-1"}));
+    assert_eq!(r["result"], json!({"didCancel": false}));
+}
+
+#[test]
+fn closing_a_connection_cancels_its_requests() {
+    let home = TestHome::new();
+    let d = keep_alive(&home, &[]);
+    let mut a = d.client();
+    a.send(&json!({"jsonrpc": "2.0", "id": 1, "method": "Test.DoubleTwice", "params": {"number": 1, "id": "op-2"}}));
+    next_request(&mut a);
+    drop(a);
+    // Once the daemon has seen the close, the operation is gone: nothing is left to cancel.
+    // (Operation.Cancel itself cancels, so it can be asked only once.)
+    std::thread::sleep(Duration::from_millis(300));
+    let mut b = d.client();
+    let r = b.request(json!(1), "Operation.Cancel", json!({"id": "op-2"}));
+    assert_eq!(r["result"], json!({"didCancel": false}), "still running after its connection closed");
+}
+
+#[test]
+fn meta_flow_establishes_and_its_close_shuts_down() {
+    let home = TestHome::new();
+    let d = keep_alive(&home, &[]);
+    let mut c = d.client();
+    c.send(&json!({"jsonrpc": "2.0", "id": 1, "method": "Meta.Flow", "params": {}}));
+    let m = c.recv();
+    assert_eq!(m["method"], "MetaFlowEstablished");
+    assert_eq!(m["params"]["pid"], d.child.id());
+    drop(c);
+    let (code, _, _) = d.wait_exit(5);
+    assert_eq!(code, Some(0));
+}
+
+#[test]
+fn meta_shutdown_replies_then_exits_zero_and_cancels_in_flight_work() {
+    let home = TestHome::new();
+    let d = keep_alive(&home, &[]);
+    let mut busy = d.client();
+    busy.send(
+        &json!({"jsonrpc": "2.0", "id": 5, "method": "Test.DoubleTwice", "params": {"number": 1}}),
+    );
+    next_request(&mut busy);
+    let mut c = d.client();
+    let r = c.request(json!(1), "Meta.Shutdown", json!({}));
+    assert_eq!(r, json!({"jsonrpc": "2.0", "id": 1, "result": {}}));
+    assert_eq!(error_code(&until_id(&mut busy, &json!(5))), 499);
+    let (code, _, _) = d.wait_exit(5);
+    assert_eq!(code, Some(0));
+}
+
+#[test]
+fn sigint_and_sigterm_exit_zero() {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        let home = TestHome::new();
+        let d = keep_alive(&home, &[]);
+        let _open = d.client();
+        d.signal(sig);
+        let (code, _, _) = d.wait_exit(5);
+        assert_eq!(code, Some(0), "signal {sig}");
+    }
+}
+
+#[test]
+fn destiny_pid_death_shuts_down() {
+    let home = TestHome::new();
+    let mut launcher = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+    let pid = launcher.id().to_string();
+    let other = std::process::id().to_string();
+    let d = keep_alive(&home, &["--destiny-pid", &other, "--destiny-pid", &pid]);
+    let mut c = d.client();
+    assert!(c.request(json!(1), "Version.Get", json!({}))["result"].is_object());
+    launcher.kill().unwrap();
+    launcher.wait().unwrap();
+    let (code, _, _) = d.wait_exit(5);
+    assert_eq!(code, Some(0));
+}
+
+#[test]
+fn without_keep_alive_one_connection_is_served_then_the_daemon_exits() {
+    let home = TestHome::new();
+    let d = DaemonProc::start(&home, &["--dbpath", ":memory:"]);
+    let mut c = d.client();
+    assert!(c.request(json!(1), "Version.Get", json!({}))["result"].is_object());
+    drop(c);
+    let (code, _, _) = d.wait_exit(5);
+    assert_eq!(code, Some(0));
+}
+
+#[test]
+fn a_second_daemon_on_the_same_database_is_refused_at_once() {
+    let home = TestHome::new();
+    let d = keep_alive(&home, &[]);
+    let started = Instant::now();
+    let out = home
+        .butler()
+        .args(["--json", "daemon", "--keep-alive", "--dbpath", &db_arg(&home)])
+        .output()
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("butler.db") && err.contains(&d.child.id().to_string()), "{err}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("listen-notification"));
+    // The first one is unaffected.
+    assert!(d.client().request(json!(1), "Version.Get", json!({}))["result"].is_object());
+}
+
+#[test]
+fn in_memory_databases_are_accepted() {
+    let home = TestHome::new();
+    for db in [":memory:", "file::memory:?cache=shared"] {
+        let d = DaemonProc::start(&home, &["--keep-alive", "--dbpath", db]);
+        assert!(d.client().request(json!(1), "Version.Get", json!({}))["result"].is_object());
+    }
+}
+
+#[test]
+fn the_database_is_created_and_migrated() {
+    let home = TestHome::new();
+    let d = keep_alive(&home, &[]);
+    d.client().request(json!(1), "Meta.Shutdown", json!({}));
+    assert_eq!(d.wait_exit(5).0, Some(0));
+    let conn = butler::db::open(&butler::db::DbPath::from_arg(&db_arg(&home))).unwrap();
+    let tables: i64 = conn
+        .query_row("SELECT count(*) FROM sqlite_master WHERE name = 'settings'", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(tables, 1);
+}
+
+#[test]
+fn the_default_database_lives_in_butler_home() {
+    let home = TestHome::new();
+    let d = DaemonProc::start(&home, &["--keep-alive"]);
+    d.client().request(json!(1), "Meta.Shutdown", json!({}));
+    assert_eq!(d.wait_exit(5).0, Some(0));
+    assert!(home.path().join("butler.db").exists());
+}
+
+#[test]
+fn log_flag_logs_traffic_but_never_the_secret() {
+    let home = TestHome::new();
+    let d = keep_alive(&home, &["--log"]);
+    let mut c = d.client();
+    c.request(json!(1), "Version.Get", json!({}));
+    c.request(json!(2), "Meta.Shutdown", json!({}));
+    let secret = d.secret.clone();
+    let (code, _, stderr) = d.wait_exit(5);
+    assert_eq!(code, Some(0));
+    assert!(stderr.contains("Version.Get") && stderr.contains("Meta.Authenticate"), "{stderr}");
+    assert!(!stderr.contains(&secret), "secret leaked to stderr");
+}
+
+#[test]
+fn connection_cap() {
+    let home = TestHome::new();
+    let d = keep_alive(&home, &["--max-connections", "2"]);
+    let _a = d.client();
+    let _b = d.client();
+    let mut c = d.connect();
+    let r = c.recv();
+    assert_eq!(error_code(&r), -32001, "{r}");
+    assert!(c.try_recv().is_none());
+}
+
+#[test]
+fn stdio_transport_speaks_on_stdin_and_stdout_without_a_secret() {
+    let home = TestHome::new();
+    let mut child = home
+        .butler()
+        .args(["--json", "daemon", "--transport", "stdio", "--dbpath", ":memory:"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut ask = |msg: Value| -> Value {
+        writeln!(stdin, "{msg}").unwrap();
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
+    };
+    let r = ask(json!({"jsonrpc": "2.0", "id": 1, "method": "Version.Get"}));
+    assert!(r["result"]["version"].is_string(), "{r}");
+    let r = ask(
+        json!({"jsonrpc": "2.0", "id": 2, "method": "Meta.Authenticate", "params": {"secret": "x"}}),
+    );
+    assert_eq!(error_code(&r), -32600);
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(out.stdout.is_empty(), "nothing but replies on stdout");
+}
