@@ -317,7 +317,11 @@ fn closing_a_connection_cancels_its_requests() {
     std::thread::sleep(Duration::from_millis(300));
     let mut b = d.client();
     let r = b.request(json!(1), "Operation.Cancel", json!({"id": "op-2"}));
-    assert_eq!(r["result"], json!({"didCancel": false}), "still running after its connection closed");
+    assert_eq!(
+        r["result"],
+        json!({"didCancel": false}),
+        "still running after its connection closed"
+    );
 }
 
 #[test]
