@@ -181,7 +181,13 @@ impl Connection {
             Value::Array(items) => self.on_batch(items).await,
             single => match self.on_message(jsonrpc::classify(single)).await {
                 Some(Reply::Ready(id, result)) => self.reply(&id, result).await,
-                Some(Reply::Running(id, request)) => {
+                Some(Reply::Running(id, mut request)) => {
+                    // Most methods finish without waiting: answer those here and save a task.
+                    if let Some((result, after)) = (&mut request).now_or_never() {
+                        self.reply(&id, result).await;
+                        after.run();
+                        return;
+                    }
                     let peer = Arc::clone(&self.peer);
                     self.daemon.tracker.spawn(async move {
                         let (result, after) = request.await;
@@ -291,7 +297,14 @@ impl Connection {
             p = Arc::clone(&self.in_flight).acquire_owned() => p.ok(),
             _ = self.token.cancelled() => None,
         };
-        let cancel = self.token.child_token();
+        let operation = match (&params, method.as_str()) {
+            (_, "Operation.Cancel") => None,
+            (Value::Object(p), _) => p.get("id").and_then(Value::as_str).map(str::to_owned),
+            _ => None,
+        };
+        // Only a named operation can be cancelled on its own; others share the connection's fate.
+        let cancel =
+            if operation.is_some() { self.token.child_token() } else { self.token.clone() };
         let shutdown_after = Arc::new(AtomicBool::new(false));
         let ctx = Ctx {
             peer: Arc::clone(&self.peer),
@@ -300,11 +313,6 @@ impl Connection {
             shutdown_after_reply: Arc::clone(&shutdown_after),
         };
         let daemon = Arc::clone(&self.daemon);
-        let operation = match (&params, method.as_str()) {
-            (_, "Operation.Cancel") => None,
-            (Value::Object(p), _) => p.get("id").and_then(Value::as_str).map(str::to_owned),
-            _ => None,
-        };
         let task = async move {
             let _permit = permit;
             let ticket = operation.as_ref().map(|op| daemon.register_operation(op, cancel.clone()));

@@ -77,6 +77,7 @@ pub struct DaemonArgs {
 
 /// Runs the daemon until it shuts down; exit code 0 on any graceful shutdown.
 pub fn run(args: DaemonArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
+    raise_fd_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -306,6 +307,22 @@ fn is_zombie(pid: u32) -> bool {
 fn process_alive(_pid: u32) -> bool {
     // Windows would wait on the process handle; destiny pids are not watched there yet.
     true
+}
+
+/// Each connection is a descriptor; the default soft limit (often 1024) is too low for a daemon
+/// many launchers talk to, and the hard limit is ours to take.
+fn raise_fd_limit() {
+    #[cfg(unix)]
+    {
+        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit/setrlimit on a valid, stack-owned struct.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+                lim.rlim_cur = lim.rlim_max;
+                libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            }
+        }
+    }
 }
 
 /// 256 random bits, hex-encoded so it is printable and safe in any client.

@@ -1,3 +1,59 @@
-//! `make bench`: the figures from `shared/spec/quality.md`, each a median over several runs.
+//! `make bench`: the figures from `shared/spec/quality.md`, each a median over several runs,
+//! measured against the real release binary with baselines taken in the same run.
 
-fn main() {}
+mod daemon;
+
+use std::time::Duration;
+
+fn main() {
+    raise_fd_limit();
+    println!(
+        "butler bench ({} cores)",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    daemon::run();
+}
+
+/// The release `butler` executable this bench target was built with.
+pub fn butler_bin() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_BIN_EXE_butler"))
+}
+
+pub fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+pub fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+/// One result line: what, the median, the target, and the baseline when there is one.
+pub fn report(what: &str, value: String, target: &str, verdict: bool, baseline: Option<String>) {
+    let mark = if verdict { "ok" } else { "MISSED" };
+    let baseline = baseline.map(|b| format!("; baseline {b}")).unwrap_or_default();
+    println!("{what:<58} {value:>14}  (target {target}: {mark}{baseline})");
+}
+
+/// Resident memory of `pid` in MiB, from /proc.
+pub fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// A thousand sockets on each side need more than the usual 1024 descriptors.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: plain getrlimit/setrlimit on a stack struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}

@@ -1,0 +1,238 @@
+//! Daemon figures: spawn → listen, round trips against a bare loopback echo, pipelining, the
+//! node-client connect-per-call pattern, and memory idle and with 1,000 idle connections.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{butler_bin, median, micros, report, rss_mib};
+
+struct Daemon {
+    child: Child,
+    address: String,
+    secret: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts a daemon on a fresh database; returns it and the time to its listen notification.
+fn spawn() -> (Daemon, Duration) {
+    let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let mut child = Command::new(butler_bin())
+        .args(["--json", "daemon", "--transport", "tcp", "--keep-alive", "--dbpath"])
+        .arg(dir.path().join("butler.db"))
+        .env("BUTLER_HOME", dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "daemon exited before listening");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if v["type"] == "butlerd/listen-notification" {
+            let elapsed = started.elapsed();
+            let d = Daemon {
+                child,
+                address: v["tcp"]["address"].as_str().unwrap().to_owned(),
+                secret: v["secret"].as_str().unwrap().to_owned(),
+                _dir: dir,
+            };
+            return (d, elapsed);
+        }
+    }
+}
+
+struct Conn {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+    line: String,
+}
+
+impl Conn {
+    fn open(address: &str) -> Conn {
+        let s = TcpStream::connect(address).unwrap();
+        s.set_nodelay(true).unwrap();
+        Conn { reader: BufReader::new(s.try_clone().unwrap()), writer: s, line: String::new() }
+    }
+
+    fn authenticated(d: &Daemon) -> Conn {
+        let mut c = Conn::open(&d.address);
+        let auth = format!(
+            "{{\"jsonrpc\":\"2.0\",\"id\":0,\"method\":\"Meta.Authenticate\",\"params\":{{\"secret\":\"{}\"}}}}\n",
+            d.secret
+        );
+        c.round_trip(auth.as_bytes());
+        c
+    }
+
+    fn round_trip(&mut self, msg: &[u8]) -> &str {
+        self.writer.write_all(msg).unwrap();
+        self.line.clear();
+        self.reader.read_line(&mut self.line).unwrap();
+        assert!(!self.line.contains("\"error\""), "{}", self.line);
+        &self.line
+    }
+}
+
+const VERSION_GET: &[u8] =
+    b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"Version.Get\",\"params\":{}}\n";
+
+pub fn run() {
+    spawn_to_listen();
+    let (d, _) = spawn();
+    round_trips(&d);
+    pipelined(&d);
+    connect_per_call(&d);
+    memory();
+}
+
+fn spawn_to_listen() {
+    let times: Vec<f64> = (0..21).map(|_| spawn().1.as_secs_f64() * 1e3).collect();
+    let m = median(times);
+    report(
+        "daemon spawn -> listen notification (fresh db)",
+        format!("{m:.2} ms"),
+        "<= 20 ms",
+        m <= 20.0,
+        None,
+    );
+}
+
+/// A line echo server on loopback: the floor any request/response over TCP pays.
+fn echo_server() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            std::thread::spawn(move || {
+                stream.set_nodelay(true).unwrap();
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut writer = stream;
+                let mut line = Vec::new();
+                while reader.read_until(b'\n', &mut line).map(|n| n > 0).unwrap_or(false) {
+                    if writer.write_all(&line).is_err() {
+                        return;
+                    }
+                    line.clear();
+                }
+            });
+        }
+    });
+    address
+}
+
+fn sample_round_trips(c: &mut Conn, msg: &[u8]) -> f64 {
+    for _ in 0..2000 {
+        c.round_trip(msg);
+    }
+    let samples: Vec<f64> = (0..20_000)
+        .map(|_| {
+            let t = Instant::now();
+            c.round_trip(msg);
+            micros(t.elapsed())
+        })
+        .collect();
+    median(samples)
+}
+
+fn round_trips(d: &Daemon) {
+    let mut echo = Conn::open(&echo_server());
+    let floor = sample_round_trips(&mut echo, VERSION_GET);
+    let mut c = Conn::authenticated(d);
+    let m = sample_round_trips(&mut c, VERSION_GET);
+    report(
+        "Version.Get round trip, sequential, one connection",
+        format!("{m:.1} us"),
+        "<= 40 us",
+        m <= 40.0,
+        Some(format!("bare loopback echo {floor:.1} us")),
+    );
+}
+
+fn pipelined(d: &Daemon) {
+    const N: usize = 200_000;
+    let rates: Vec<f64> = (0..5)
+        .map(|_| {
+            let c = Conn::authenticated(d);
+            let mut writer = c.writer.try_clone().unwrap();
+            let mut reader = c.reader;
+            let started = Instant::now();
+            let sender = std::thread::spawn(move || {
+                let mut buf = Vec::with_capacity(VERSION_GET.len() * 1000);
+                for _ in 0..N / 1000 {
+                    buf.clear();
+                    for _ in 0..1000 {
+                        buf.extend_from_slice(VERSION_GET);
+                    }
+                    writer.write_all(&buf).unwrap();
+                }
+            });
+            let mut line = Vec::new();
+            for _ in 0..N {
+                line.clear();
+                reader.read_until(b'\n', &mut line).unwrap();
+            }
+            sender.join().unwrap();
+            N as f64 / started.elapsed().as_secs_f64()
+        })
+        .collect();
+    let m = median(rates);
+    report(
+        "pipelined Version.Get on one connection",
+        format!("{:.0} /s", m),
+        ">= 150000 /s",
+        m >= 150_000.0,
+        None,
+    );
+}
+
+fn connect_per_call(d: &Daemon) {
+    let samples: Vec<f64> = (0..1000)
+        .map(|_| {
+            let t = Instant::now();
+            let mut c = Conn::authenticated(d);
+            c.round_trip(VERSION_GET);
+            drop(c);
+            micros(t.elapsed())
+        })
+        .collect();
+    let m = median(samples);
+    report(
+        "node-client pattern: connect, authenticate, call, close",
+        format!("{m:.0} us"),
+        "<= 300 us",
+        m <= 300.0,
+        None,
+    );
+}
+
+fn memory() {
+    let (d, _) = spawn();
+    std::thread::sleep(Duration::from_millis(200));
+    let idle = rss_mib(d.child.id());
+    report("idle daemon RSS", format!("{idle:.1} MiB"), "<= 10 MiB", idle <= 10.0, None);
+    let conns: Vec<Conn> = (0..1000).map(|_| Conn::authenticated(&d)).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let busy = rss_mib(d.child.id());
+    report(
+        "daemon RSS with 1,000 idle authenticated connections",
+        format!("{busy:.1} MiB"),
+        "<= 50 MiB",
+        busy <= 50.0,
+        None,
+    );
+    drop(conns);
+}
