@@ -23,6 +23,7 @@ impl Drop for Daemon {
 }
 
 /// Starts a daemon on a fresh database; returns it and the time to its listen notification.
+#[allow(clippy::zombie_processes)] // `Daemon` reaps it on drop
 fn spawn() -> (Daemon, Duration) {
     let dir = tempfile::tempdir().unwrap();
     let started = Instant::now();
