@@ -123,6 +123,7 @@ async fn serve(args: DaemonArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
         Some(listener)
     };
 
+    watch_signals(&daemon)?;
     reporter.log(
         Level::Info,
         &format!(
@@ -151,7 +152,6 @@ async fn serve(args: DaemonArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
         let _ = db_tx.send(state);
     });
 
-    watch_signals(&daemon);
     for &pid in &args.destiny_pids {
         watch_destiny(&daemon, pid, reporter);
     }
@@ -230,40 +230,59 @@ async fn refuse(mut socket: tokio::net::TcpStream, max: usize) {
 }
 
 /// SIGINT/SIGTERM start the graceful shutdown; a second one exits at once.
-fn watch_signals(daemon: &Arc<Daemon>) {
+///
+/// The handlers are installed before this returns, so a client that signals as soon as it sees
+/// the listen notification (the node client's cancel) always gets a graceful exit.
+fn watch_signals(daemon: &Arc<Daemon>) -> anyhow::Result<()> {
+    let mut signals = Signals::install().context("installing signal handlers")?;
     let daemon = Arc::clone(daemon);
     // Not tracked: it must outlive the drain to catch the second signal, and dies with the runtime.
     tokio::spawn(async move {
-        let mut seen = 0;
-        loop {
-            wait_for_signal().await;
-            seen += 1;
-            if seen > 1 {
-                std::process::exit(130);
-            }
-            tracing::info!("Signal received; shutting down");
-            daemon.shutdown.cancel();
-        }
+        signals.recv().await;
+        tracing::info!("Signal received; shutting down");
+        daemon.shutdown.cancel();
+        signals.recv().await;
+        std::process::exit(130);
     });
+    Ok(())
 }
 
 #[cfg(unix)]
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) =
-        (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
-    else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => {},
-        _ = term.recv() => {},
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+#[cfg(unix)]
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {},
+            _ = self.term.recv() => {},
+        }
     }
 }
 
 #[cfg(not(unix))]
-async fn wait_for_signal() {
-    let _ = tokio::signal::ctrl_c().await;
+struct Signals;
+
+#[cfg(not(unix))]
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        Ok(Signals)
+    }
+
+    async fn recv(&mut self) {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 /// Shuts the daemon down when `pid` exits (the launcher that spawned us died).
