@@ -69,6 +69,8 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::collection::vec;
+    use proptest::prelude::*;
 
     async fn frames(input: &[u8], max: usize) -> Vec<Frame> {
         let mut r = LineReader::new(input, max);
@@ -108,5 +110,63 @@ mod tests {
     async fn a_line_exactly_at_the_limit_is_accepted() {
         let got = frames(b"12345\n123456\n", 5).await;
         assert_eq!(got, vec![Frame::Line(b"12345".to_vec()), Frame::TooLong(6)]);
+    }
+
+    /// Hands out its bytes in the chunk sizes given, like a socket would.
+    struct Chunked {
+        data: Vec<u8>,
+        pos: usize,
+        sizes: Vec<usize>,
+        next: usize,
+    }
+
+    impl AsyncRead for Chunked {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            let size = self.sizes.get(self.next % self.sizes.len().max(1)).copied().unwrap_or(1);
+            self.next += 1;
+            let end = (self.pos + size.max(1)).min(self.data.len()).min(self.pos + buf.remaining());
+            buf.put_slice(&self.data[self.pos..end]);
+            self.pos = end;
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn every_line_comes_out_whole_or_is_reported_too_long(
+            lines in vec(vec(any::<u8>().prop_filter("no newline", |b| *b != b'\n'), 0..300), 0..20),
+            max in 1usize..200,
+            sizes in vec(1usize..70, 1..10),
+            terminated in any::<bool>(),
+        ) {
+            let mut data = lines.join(&b'\n');
+            if terminated && !lines.is_empty() {
+                data.push(b'\n');
+            }
+            let reader = Chunked { data, pos: 0, sizes, next: 0 };
+            let got = tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+                let mut r = LineReader::new(reader, max);
+                let mut out = Vec::new();
+                loop {
+                    match r.next().await.unwrap() {
+                        Frame::Eof => return out,
+                        f => out.push(f),
+                    }
+                }
+            });
+            // A trailing empty unterminated line is no line at all.
+            let mut expected: Vec<Frame> = lines
+                .iter()
+                .map(|l| if l.len() > max { Frame::TooLong(l.len()) } else { Frame::Line(l.clone()) })
+                .collect();
+            if !terminated && lines.last().is_some_and(Vec::is_empty) {
+                expected.pop();
+            }
+            prop_assert_eq!(got, expected);
+        }
     }
 }

@@ -269,4 +269,57 @@ mod tests {
         assert_eq!(v["data"]["butlerVersion"], version::tagged());
         assert_eq!(v["data"]["path"], "p");
     }
+
+    fn any_json() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+            "[a-zA-Z.2]{0,8}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 6, |inner| {
+            let key = prop_oneof![
+                Just("jsonrpc".to_owned()),
+                Just("id".to_owned()),
+                Just("method".to_owned()),
+                Just("params".to_owned()),
+                Just("result".to_owned()),
+                Just("error".to_owned()),
+                "[a-z]{1,3}",
+            ];
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::btree_map(key, inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn classification_is_total_and_ids_are_only_numbers_or_strings(v in any_json()) {
+            match classify(v) {
+                Incoming::Request { id, .. } | Incoming::Response { id, .. } => {
+                    proptest::prop_assert!(id.is_number() || id.is_string());
+                }
+                Incoming::Invalid { id, error } => {
+                    proptest::prop_assert!(id.is_null() || id.is_number() || id.is_string());
+                    proptest::prop_assert_eq!(error.code, code::INVALID_REQUEST);
+                }
+                Incoming::Notification { params, .. } => {
+                    proptest::prop_assert!(params.is_object() || params.is_array());
+                }
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            if let Ok(v) = serde_json::from_slice::<Value>(&bytes) {
+                let _ = classify(v);
+            }
+        }
+    }
 }
