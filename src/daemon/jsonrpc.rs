@@ -19,8 +19,6 @@ pub mod code {
     pub const INTERNAL_ERROR: i64 = -32603;
     /// The connection limit is reached; the connection is closed after this reply.
     pub const TOO_MANY_CONNECTIONS: i64 = -32001;
-    /// The daemon is shutting down and takes no new requests.
-    pub const SHUTTING_DOWN: i64 = -32002;
     /// No `Meta.Authenticate` arrived in time; the connection is closed after this reply.
     pub const AUTHENTICATION_TIMEOUT: i64 = -32003;
     /// The database could not be opened or migrated.
