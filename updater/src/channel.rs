@@ -59,7 +59,7 @@ impl Channel {
         }
         if v.len() > 128 {
             return Err(ErrorKind::BadVersion {
-                version: format!("{}...", &v[..v.floor_char_boundary(32)]),
+                version: format!("{}...", v.chars().take(32).collect::<String>()),
                 why: "it is longer than 128 bytes".into(),
             });
         }

@@ -285,6 +285,9 @@ fn preserve(from: &Path, to: &Path, dir: &Path) -> Result<(), ErrorKind> {
     }
     crate::hook::point("preserve-linked");
     fs_err::rename(&tmp, to)?;
+    // rename() between two links to the same file succeeds without doing anything (POSIX), which
+    // happens when a killed run already linked `to`; the temp name must still go.
+    let _ = std::fs::remove_file(&tmp);
     Ok(())
 }
 
@@ -397,6 +400,7 @@ pub fn rollback_in_place(exe: &Path) -> Result<(), ErrorKind> {
         replace_file(&b, &t)?;
         if tmp.exists() {
             fs_err::rename(&tmp, &b)?;
+            let _ = std::fs::remove_file(&tmp);
         }
     }
     sync_dir(dir)?;

@@ -655,3 +655,20 @@ pub fn rollback(target: &Target) -> Result<String, Error> {
         Target::Versioned { root } => install::rollback_versioned(root).at(Step::Rollback),
     }
 }
+
+/// Best effort: removes what a killed update left in the install folder, unless an update is
+/// running there now. Call at start-up (every `butler upgrade`, the daemon).
+pub fn tidy(target: &Target) {
+    let dir = target.dir();
+    if !dir.is_dir() {
+        return;
+    }
+    match install::InstallLock::acquire(dir) {
+        Ok(_lock) => {
+            if let Err(e) = install::clean_leftovers(dir) {
+                tracing::warn!("could not remove leftovers of an interrupted update: {e}");
+            }
+        }
+        Err(e) => tracing::debug!("not tidying {}: {e}", dir.display()),
+    }
+}
