@@ -2,7 +2,7 @@
 CARGO ?= cargo
 SHELL := /bin/bash
 
-.PHONY: help build run test test-node lint fmt fmt-check bench release clean
+.PHONY: help build run test test-node it-fixtures lint fmt fmt-check bench release clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -14,7 +14,7 @@ run: ## build and start the daemon on the embedded default database
 	$(CARGO) build --locked --bin butler
 	./target/debug/butler --json daemon --transport tcp --keep-alive
 
-test: ## every test, then fmt and clippy with warnings denied
+test: it-fixtures ## every test, then fmt and clippy with warnings denied
 	$(CARGO) test --workspace --locked
 	$(MAKE) test-node
 	$(MAKE) lint
@@ -26,6 +26,18 @@ test-node: ## the @itchio/butlerd npm client's own test suite, run against our d
 	  if PATH="$(CURDIR)/target/debug:$$PATH" node $(CURDIR)/tests/node/node_modules/@itchio/butlerd/lib/tests/index.js > node.log 2>&1; \
 	  then echo "node client suite (@itchio/butlerd 15.0.0): passed"; rm -rf $$tmp; \
 	  else cat node.log; echo "node client suite: FAILED"; exit 1; fi
+
+# Two real butler builds for the updater's tests: the same source built as a newer version
+# (BUTLER_BUILD_VERSION; only the butler crate recompiles) and as itself, stripped so the tests
+# move ~20 MB instead of ~100 MB. The normal build goes last so `cargo test` finds it current.
+IT_FIXTURES := $(or $(CARGO_TARGET_DIR),target)/it-fixtures
+IT_NEW_VERSION ?= 0.2.0
+it-fixtures: ## build the old/new butler pair the updater tests upgrade between
+	mkdir -p $(IT_FIXTURES)
+	BUTLER_BUILD_VERSION=$(IT_NEW_VERSION) $(CARGO) build --locked --bin butler
+	strip -o $(IT_FIXTURES)/butler-new $(or $(CARGO_TARGET_DIR),target)/debug/butler 2>/dev/null || cp $(or $(CARGO_TARGET_DIR),target)/debug/butler $(IT_FIXTURES)/butler-new
+	$(CARGO) build --locked --bin butler
+	strip -o $(IT_FIXTURES)/butler-old $(or $(CARGO_TARGET_DIR),target)/debug/butler 2>/dev/null || cp $(or $(CARGO_TARGET_DIR),target)/debug/butler $(IT_FIXTURES)/butler-old
 
 lint: fmt-check ## clippy (warnings denied) and rustfmt check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
@@ -39,8 +51,9 @@ fmt-check:
 bench: ## release build, then the figures from ../shared/spec/quality.md with medians
 	$(CARGO) bench --locked --bench bench
 
-release: ## release binary and the broth tree in dist/broth
-	$(CARGO) run --release --locked -p butler-release -- publish
+release: ## release binary and the broth tree in dist/broth (signed when BUTLER_SIGNING_KEY_FILE names a key)
+	$(CARGO) build --release --locked --bin butler
+	$(CARGO) run --release --locked -p butler-release -- publish --binary $(or $(CARGO_TARGET_DIR),target)/release/butler --out dist/broth
 
 clean:
 	$(CARGO) clean

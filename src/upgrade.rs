@@ -1,17 +1,519 @@
 //! `butler upgrade`: the command-line face of the `butler-updater` crate.
+//!
+//! This file owns what the updater must not know: flags and environment, the prompt and progress
+//! bar, `--json` lines, exit codes, and the database (outcomes, channels that served signatures).
 
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use butler_updater::{
+    Channel, Error as UpdateError, Event, Source, Step, Target, TrustedKeys, Tuning, Updater, Want,
+};
 use clap::Args;
+use serde_json::json;
 
+use crate::ExitError;
 use crate::cli::GlobalArgs;
-use crate::report::Reporter;
+use crate::db::{self, DbPath};
+use crate::report::{Level, Reporter};
+use crate::version::VERSION;
 
 #[derive(Debug, Args)]
 pub struct UpgradeArgs {
     /// Only check whether a newer version exists.
     #[arg(long)]
     pub check: bool,
+    /// Follow the -head channel (commit builds).
+    #[arg(long, conflicts_with = "stable")]
+    pub head: bool,
+    /// Follow the stable channel (the default).
+    #[arg(long)]
+    pub stable: bool,
+    /// Install this version (may downgrade), or the newest matching a semver range like ^15.30.
+    #[arg(long, value_name = "VERSION|RANGE")]
+    pub to: Option<String>,
+    /// Reinstall even when up to date.
+    #[arg(long)]
+    pub force: bool,
+    /// Do not ask for confirmation.
+    #[arg(long, short = 'y', alias = "assume-yes")]
+    pub yes: bool,
+    /// Restore the version the last update replaced.
+    #[arg(long, conflicts_with_all = ["check", "to", "force"])]
+    pub rollback: bool,
+    /// Manage a versioned install (versions/<v>/ and .chosen-version) instead of this executable.
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// The broth server.
+    #[arg(long, env = "BUTLER_BROTH_URL", default_value = butler_updater::DEFAULT_BROTH_URL)]
+    pub broth_url: String,
+    /// Refuse updates that are not signed by a trusted key.
+    #[arg(long)]
+    pub require_signature: bool,
+    /// Extra trusted minisign public key (base64, or a .pub file); repeatable.
+    #[arg(
+        long = "trusted-key",
+        env = "BUTLER_TRUSTED_KEYS",
+        value_delimiter = ',',
+        value_name = "KEY"
+    )]
+    pub trusted_keys: Vec<String>,
+    #[command(flatten)]
+    pub tuning: TuningArgs,
 }
 
-pub fn run(_args: UpgradeArgs, _global: &GlobalArgs, _reporter: Reporter) -> anyhow::Result<u8> {
-    anyhow::bail!("butler upgrade is not implemented yet")
+/// Limits tests shorten so failures show up in milliseconds; hidden from help.
+#[derive(Debug, Args)]
+pub struct TuningArgs {
+    #[arg(long, hide = true, env = "BUTLER_UPGRADE_READ_TIMEOUT_MS")]
+    read_timeout_ms: Option<u64>,
+    #[arg(long, hide = true, env = "BUTLER_UPGRADE_BACKOFF_MS")]
+    backoff_ms: Option<u64>,
+    #[arg(long, hide = true, env = "BUTLER_UPGRADE_RETRIES")]
+    retries: Option<u32>,
+    #[arg(long, hide = true, env = "BUTLER_UPGRADE_MIN_BPS")]
+    min_bps: Option<u64>,
+    #[arg(long, hide = true, env = "BUTLER_UPGRADE_STALL_WINDOW_MS")]
+    stall_window_ms: Option<u64>,
+    #[arg(long, hide = true, env = "BUTLER_UPGRADE_MAX_ARCHIVE")]
+    max_archive: Option<u64>,
+    #[arg(long, hide = true, env = "BUTLER_UPGRADE_MAX_UNPACKED")]
+    max_unpacked: Option<u64>,
+    /// Debug builds only: skip the versioned daemon check.
+    #[arg(long, hide = true, env = "BUTLER_TEST_SKIP_DAEMON_CHECK")]
+    skip_daemon_check: bool,
+}
+
+impl TuningArgs {
+    fn tuning(&self) -> Tuning {
+        let mut t = Tuning::default();
+        let ms = Duration::from_millis;
+        if let Some(v) = self.read_timeout_ms {
+            t.net.read_timeout = ms(v);
+            t.net.connect_timeout = ms(v);
+        }
+        if let Some(v) = self.backoff_ms {
+            t.net.backoff = ms(v);
+            t.net.max_backoff = ms(v * 4);
+        }
+        if let Some(v) = self.retries {
+            t.net.retries = v.max(1);
+        }
+        if let Some(v) = self.min_bps {
+            t.net.min_bps = v;
+        }
+        if let Some(v) = self.stall_window_ms {
+            t.net.stall_window = ms(v);
+        }
+        if let Some(v) = self.max_archive {
+            t.net.max_archive = v;
+        }
+        if let Some(v) = self.max_unpacked {
+            t.unpack.max_total = v;
+        }
+        t.skip_daemon_check = self.skip_daemon_check;
+        t
+    }
+}
+
+/// Exit codes, one per kind of failure, so scripts can tell them apart.
+fn exit_code_for(e: &UpdateError) -> u8 {
+    match e.kind.code() {
+        "network" => 3,
+        "download" => 4,
+        "bad-server-data" => 5,
+        "verification" | "bad-key" => 6,
+        "stale" => 7,
+        "bad-archive" => 8,
+        "smoke-test" => 9,
+        "not-writable" => 10,
+        "locked" => 11,
+        "no-rollback" => 12,
+        _ => 13,
+    }
+}
+
+pub fn run(args: UpgradeArgs, global: &GlobalArgs, reporter: Reporter) -> anyhow::Result<u8> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(run_async(args, global, reporter))
+}
+
+async fn run_async(
+    args: UpgradeArgs,
+    global: &GlobalArgs,
+    reporter: Reporter,
+) -> anyhow::Result<u8> {
+    let channel = Channel::current(args.head);
+    let target = match &args.root {
+        Some(root) => Target::Versioned { root: absolute(root)? },
+        None => Target::InPlace {
+            exe: std::env::current_exe().context("finding the running executable")?,
+        },
+    };
+    let mut history = History::open(global, &args.broth_url, &channel.name(), &target);
+    butler_updater::tidy(&target);
+
+    if args.rollback {
+        return match butler_updater::rollback(&target) {
+            Ok(restored) => {
+                let msg = format!("rolled back: {restored} is active again");
+                reporter.log(Level::Info, &msg);
+                history.record("rollback", None, Some(&restored), "rolled-back", None, false);
+                reporter.result(json!({"rolledBack": true, "restored": restored}));
+                Ok(0)
+            }
+            Err(e) => Err(fail(&reporter, &mut history, "rollback", None, e)),
+        };
+    }
+
+    let keys = TrustedKeys::load(&args.trusted_keys).map_err(|e| {
+        ExitError::new(2, anyhow::anyhow!("--trusted-key / BUTLER_TRUSTED_KEYS: {e}"))
+    })?;
+    let remembered = history.channel_was_signed();
+    let source = Source {
+        base_url: args.broth_url.clone(),
+        package: "butler".into(),
+        channel: channel.clone(),
+        keys,
+        require_signature: args.require_signature || remembered,
+    };
+    let updater = Updater::new(source, args.tuning.tuning()).map_err(|e| ExitError::new(2, e))?;
+    let current = target.current(VERSION).map_err(|e| ExitError::new(13, e))?;
+    let want = match &args.to {
+        None => Want::Latest,
+        Some(v) => parse_want(v, &channel)?,
+    };
+    let check = match updater.check(current.as_deref(), &want, args.force).await {
+        Ok(c) => c,
+        Err(e) => return Err(fail(&reporter, &mut history, "check", current.as_deref(), e)),
+    };
+    if check.signed {
+        history.remember_signed();
+    }
+    let result = json!({
+        "channel": check.channel,
+        "current": check.current,
+        "latest": check.latest,
+        "updateAvailable": check.update_available,
+        "signed": check.signed,
+    });
+    if !check.update_available {
+        let msg = format!(
+            "butler {} is up to date ({} on {})",
+            current.as_deref().unwrap_or("?"),
+            check.latest,
+            check.channel
+        );
+        reporter.log(Level::Info, &msg);
+        history.record(
+            "check",
+            current.as_deref(),
+            Some(&check.latest),
+            "up-to-date",
+            None,
+            check.signed,
+        );
+        reporter.result(merge(
+            result,
+            json!({"installed": null, "verified": check.signed, "upToDate": true}),
+        ));
+        return Ok(0);
+    }
+    if args.check {
+        let msg = format!(
+            "an update is available: {} -> {} on {}",
+            current.as_deref().unwrap_or("(none)"),
+            check.latest,
+            check.channel
+        );
+        reporter.log(Level::Info, &msg);
+        history.record(
+            "check",
+            current.as_deref(),
+            Some(&check.latest),
+            "available",
+            None,
+            check.signed,
+        );
+        reporter.result(merge(
+            result,
+            json!({"installed": null, "verified": check.signed, "upToDate": false}),
+        ));
+        return Ok(0);
+    }
+    let interactive = !global.json
+        && !args.yes
+        && std::io::stdin().is_terminal()
+        && std::io::stderr().is_terminal();
+    if interactive && !confirm(current.as_deref(), &check.latest)? {
+        reporter.log(Level::Info, "not updated");
+        return Err(ExitError::new(1, anyhow::anyhow!("cancelled at the prompt")).into());
+    }
+    let mut ui = Ui::new(reporter, !global.json && std::io::stderr().is_terminal());
+    let applied = updater.apply(&target, &check.latest, &mut |ev| ui.event(ev)).await;
+    ui.finish();
+    match applied {
+        Ok(inst) => {
+            reporter.log(
+                Level::Info,
+                &format!(
+                    "updated butler {} -> {} at {}{}",
+                    current.as_deref().unwrap_or("(none)"),
+                    inst.version,
+                    inst.path.display(),
+                    if inst.verified {
+                        " (signature verified)"
+                    } else {
+                        " (not signature-verified)"
+                    }
+                ),
+            );
+            if inst.verified {
+                history.remember_signed();
+            }
+            history.record(
+                "upgrade",
+                current.as_deref(),
+                Some(&inst.version),
+                "installed",
+                None,
+                inst.verified,
+            );
+            reporter.result(merge(
+                result,
+                json!({"installed": inst.version, "verified": inst.verified, "upToDate": true, "path": inst.path}),
+            ));
+            Ok(0)
+        }
+        Err(e) => Err(fail(&reporter, &mut history, "upgrade", current.as_deref(), e)),
+    }
+}
+
+/// Logs, records and converts an update failure into the exit error `main` prints.
+fn fail(
+    reporter: &Reporter,
+    history: &mut History,
+    action: &str,
+    current: Option<&str>,
+    e: UpdateError,
+) -> anyhow::Error {
+    let code = exit_code_for(&e);
+    if reporter.json {
+        reporter.emit(
+            "log",
+            json!({"level": "error", "message": e.to_string(), "step": e.step, "code": e.kind.code()}),
+        );
+    }
+    history.record(action, current, None, "failed", Some(&e), false);
+    let step = e.step;
+    let err = anyhow::Error::new(e).context(match step {
+        Step::Rollback => "upgrade --rollback".to_string(),
+        _ => "upgrade".to_string(),
+    });
+    ExitError::new(code, err).into()
+}
+
+fn merge(mut a: serde_json::Value, b: serde_json::Value) -> serde_json::Value {
+    if let (Some(a), serde_json::Value::Object(b)) = (a.as_object_mut(), b) {
+        a.extend(b);
+    }
+    a
+}
+
+/// `--to 1.2.3` names a version (downgrades allowed); `--to ^1.2` is a range over `versions`.
+fn parse_want(v: &str, channel: &Channel) -> anyhow::Result<Want> {
+    let plain = v.trim().trim_start_matches('v');
+    if channel.head || semver::Version::parse(plain).is_ok() {
+        return Ok(Want::Exact(plain.to_owned()));
+    }
+    match semver::VersionReq::parse(v) {
+        Ok(req) => Ok(Want::Range(req)),
+        Err(e) => Err(ExitError::new(
+            2,
+            anyhow::anyhow!("--to {v:?} is neither a version nor a semver range: {e}"),
+        )
+        .into()),
+    }
+}
+
+fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
+    if p.is_absolute() {
+        return Ok(p.to_owned());
+    }
+    Ok(std::env::current_dir()?.join(p))
+}
+
+/// Asks on the terminal; anything but y/yes is a no.
+fn confirm(current: Option<&str>, latest: &str) -> anyhow::Result<bool> {
+    let mut err = std::io::stderr().lock();
+    write!(err, "Update butler {} to {latest}? [y/N] ", current.unwrap_or("(none)"))?;
+    err.flush()?;
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    Ok(matches!(line.trim().to_ascii_lowercase().as_str(), "y" | "yes"))
+}
+
+/// Progress for people (a bar on a terminal) and machines (`progress` lines at most every 500 ms).
+struct Ui {
+    reporter: Reporter,
+    bar: bool,
+    last: Option<Instant>,
+    drawn: bool,
+}
+
+impl Ui {
+    fn new(reporter: Reporter, bar: bool) -> Self {
+        Ui { reporter, bar, last: None, drawn: false }
+    }
+
+    fn event(&mut self, ev: Event) {
+        match ev {
+            Event::Info(m) => {
+                self.clear_bar();
+                self.reporter.log(Level::Info, &m);
+            }
+            Event::Warning(m) => {
+                self.clear_bar();
+                self.reporter.log(Level::Warning, &m);
+            }
+            Event::Progress(p) => {
+                let final_report = p.total == Some(p.done);
+                if !final_report
+                    && self.last.is_some_and(|t| t.elapsed() < Duration::from_millis(500))
+                {
+                    return;
+                }
+                self.last = Some(Instant::now());
+                let frac =
+                    p.total.filter(|t| *t > 0).map(|t| p.done as f64 / t as f64).unwrap_or(0.0);
+                let eta = p
+                    .total
+                    .filter(|_| p.bps > 0.0)
+                    .map(|t| t.saturating_sub(p.done) as f64 / p.bps);
+                if self.reporter.json {
+                    self.reporter.emit(
+                        "progress",
+                        json!({"progress": frac.clamp(0.0, 1.0), "eta": eta.unwrap_or(0.0), "bps": p.bps.round(), "done": p.done, "total": p.total}),
+                    );
+                } else if self.bar {
+                    let width = 30usize;
+                    let filled = ((frac * width as f64) as usize).min(width);
+                    let mut err = std::io::stderr().lock();
+                    let _ = write!(
+                        err,
+                        "\r[{}{}] {:>5.1}% {:>8.1} KiB/s",
+                        "#".repeat(filled),
+                        " ".repeat(width - filled),
+                        frac * 100.0,
+                        p.bps / 1024.0
+                    );
+                    let _ = err.flush();
+                    self.drawn = true;
+                }
+            }
+        }
+    }
+
+    fn clear_bar(&mut self) {
+        if self.drawn {
+            let _ = writeln!(std::io::stderr());
+            self.drawn = false;
+        }
+    }
+
+    fn finish(&mut self) {
+        self.clear_bar();
+    }
+}
+
+/// The database side: outcomes and the signed-channel memory. A database that cannot be opened
+/// does not block an update (butler must stay fixable), but it is said.
+struct History {
+    conn: Option<rusqlite::Connection>,
+    base_url: String,
+    channel: String,
+    install: String,
+}
+
+impl History {
+    fn open(global: &GlobalArgs, base_url: &str, channel: &str, target: &Target) -> History {
+        let conn = DbPath::resolve(global.dbpath.as_deref()).and_then(|p| db::open(&p));
+        let conn = match conn {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!("the update history will not be recorded: {e}");
+                None
+            }
+        };
+        let install = match target {
+            Target::InPlace { exe } => exe.display().to_string(),
+            Target::Versioned { root } => root.display().to_string(),
+        };
+        History {
+            conn,
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            channel: channel.to_owned(),
+            install,
+        }
+    }
+
+    fn channel_was_signed(&self) -> bool {
+        let Some(c) = &self.conn else { return false };
+        c.query_row(
+            "SELECT 1 FROM update_signed_channels WHERE base_url = ?1 AND channel = ?2",
+            (&self.base_url, &self.channel),
+            |_| Ok(()),
+        )
+        .is_ok()
+    }
+
+    fn remember_signed(&mut self) {
+        if let Some(c) = &self.conn
+            && let Err(e) = c.execute(
+                "INSERT OR IGNORE INTO update_signed_channels (base_url, channel, first_seen) VALUES (?1, ?2, ?3)",
+                (&self.base_url, &self.channel, crate::report::unix_now() as i64),
+            )
+        {
+            tracing::warn!("could not remember that {} is signed: {e}", self.channel);
+        }
+    }
+
+    fn record(
+        &mut self,
+        action: &str,
+        from: Option<&str>,
+        to: Option<&str>,
+        outcome: &str,
+        err: Option<&UpdateError>,
+        verified: bool,
+    ) {
+        let Some(c) = &self.conn else { return };
+        let step = err.map(|e| e.step.to_string());
+        let code = err.map(|e| e.kind.code());
+        let message = err.map(|e| e.to_string());
+        if let Err(e) = c.execute(
+            "INSERT INTO update_history (time, action, channel, install_path, from_version, to_version, outcome, step, error_code, message, verified)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            rusqlite::params![
+                crate::report::unix_now() as i64,
+                action,
+                self.channel,
+                self.install,
+                from,
+                to,
+                outcome,
+                step,
+                code,
+                message,
+                verified
+            ],
+        ) {
+            tracing::warn!("could not record the update outcome: {e}");
+        }
+    }
 }

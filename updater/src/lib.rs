@@ -1,1 +1,674 @@
 //! Keeps butler current from a broth-style package server; knows nothing of JSON-RPC or log bundles.
+//!
+//! The flow is [`check`] (LATEST, its signature, the version to install) then [`apply`]
+//! (lock, download, verify, unpack, smoke test, swap). Each step's failures are typed
+//! ([`Error`] names the [`Step`]) and leave the installed butler as it was.
+
+pub mod channel;
+mod hook;
+pub mod http;
+pub mod install;
+pub mod manifest;
+pub mod unpack;
+pub mod verify;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use channel::Channel;
+pub use http::{NetConfig, Progress};
+pub use manifest::{LatestStatement, Manifest};
+pub use verify::TrustedKeys;
+
+/// The default broth server.
+pub const DEFAULT_BROTH_URL: &str = "https://broth.itch.zone";
+/// LATEST and its signature are tiny; anything bigger is hostile.
+pub const LATEST_CAP: u64 = 4 * 1024;
+const MANIFEST_CAP: u64 = 1 << 20;
+const VERSIONS_CAP: u64 = 1 << 20;
+
+/// Which step of an update failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Step {
+    Check,
+    Lock,
+    Download,
+    Verify,
+    Unpack,
+    SmokeTest,
+    Swap,
+    Rollback,
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Step::Check => "check",
+            Step::Lock => "lock",
+            Step::Download => "download",
+            Step::Verify => "verify",
+            Step::Unpack => "unpack",
+            Step::SmokeTest => "smoke test",
+            Step::Swap => "swap",
+            Step::Rollback => "rollback",
+        })
+    }
+}
+
+/// What went wrong, without the step.
+#[derive(Debug, thiserror::Error)]
+pub enum ErrorKind {
+    #[error("GET {url}: HTTP {status} {why}")]
+    Http { url: String, status: u16, why: String },
+    #[error("GET {url}: the server is busy (HTTP {status})")]
+    Busy { url: String, status: u16, retry_after: Option<u64> },
+    #[error("GET {url}: {why}")]
+    Network { url: String, why: String },
+    #[error("GET {url}: stalled: {why}")]
+    Stalled { url: String, why: String },
+    #[error("GET {url}: the body is larger than the limit of {limit} bytes")]
+    TooLarge { url: String, limit: u64 },
+    #[error("GET {url}: the body ended after {got} of {expected} bytes")]
+    Truncated { url: String, got: u64, expected: u64 },
+    #[error("{0} was not found on the server (HTTP 404)")]
+    NotFound(String),
+    #[error("the LATEST file is garbage: {0}")]
+    BadLatest(String),
+    #[error("the versions file is garbage: {0}")]
+    BadVersions(String),
+    #[error("no published version matches {0}")]
+    NoMatchingVersion(String),
+    #[error("version {version:?} is invalid: {why}")]
+    BadVersion { version: String, why: String },
+    #[error("bad trusted key: {0}")]
+    BadKey(String),
+    #[error("bad signature: {0}")]
+    BadSignature(String),
+    #[error("untrusted signature: {0}")]
+    UntrustedKey(String),
+    #[error("{0}")]
+    Unsigned(String),
+    #[error(
+        "stale: the signed LATEST for {channel} expired at unix time {expired}; the server may be replaying an old answer"
+    )]
+    Stale { channel: String, expired: u64 },
+    #[error("mismatch: {0}")]
+    Mismatch(String),
+    #[error("the archive is unsafe or corrupt: {0}")]
+    BadArchive(String),
+    #[error("the new butler failed its smoke test: {0}")]
+    SmokeTest(String),
+    #[error("the new butler failed the daemon sanity check: {0}")]
+    DaemonCheck(String),
+    #[error(
+        "cannot update {dir}: the folder is not writable ({why}); run as a user who can write there"
+    )]
+    NotWritable { dir: PathBuf, why: String },
+    #[error("another update of {0} is running; try again when it has finished")]
+    Locked(PathBuf),
+    #[error("there is no previous version to roll back to")]
+    NothingToRollBack,
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl ErrorKind {
+    /// Worth another attempt: connection trouble, timeouts, 429 and 5xx.
+    pub fn retryable(&self) -> bool {
+        matches!(
+            self,
+            ErrorKind::Busy { .. }
+                | ErrorKind::Network { .. }
+                | ErrorKind::Stalled { .. }
+                | ErrorKind::Truncated { .. }
+        )
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ErrorKind::Busy { retry_after: Some(s), .. } => Some(Duration::from_secs(*s)),
+            _ => None,
+        }
+    }
+
+    /// A stable name for scripts and the database.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ErrorKind::Http { .. }
+            | ErrorKind::Busy { .. }
+            | ErrorKind::Network { .. }
+            | ErrorKind::NotFound(_) => "network",
+            ErrorKind::Stalled { .. }
+            | ErrorKind::TooLarge { .. }
+            | ErrorKind::Truncated { .. } => "download",
+            ErrorKind::BadLatest(_)
+            | ErrorKind::BadVersions(_)
+            | ErrorKind::BadVersion { .. }
+            | ErrorKind::NoMatchingVersion(_) => "bad-server-data",
+            ErrorKind::BadKey(_) => "bad-key",
+            ErrorKind::BadSignature(_)
+            | ErrorKind::UntrustedKey(_)
+            | ErrorKind::Unsigned(_)
+            | ErrorKind::Mismatch(_) => "verification",
+            ErrorKind::Stale { .. } => "stale",
+            ErrorKind::BadArchive(_) => "bad-archive",
+            ErrorKind::SmokeTest(_) | ErrorKind::DaemonCheck(_) => "smoke-test",
+            ErrorKind::NotWritable { .. } => "not-writable",
+            ErrorKind::Locked(_) => "locked",
+            ErrorKind::NothingToRollBack => "no-rollback",
+            ErrorKind::Io(_) => "io",
+        }
+    }
+}
+
+/// An update failure: which step, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{step} failed: {kind}")]
+pub struct Error {
+    pub step: Step,
+    #[source]
+    pub kind: ErrorKind,
+}
+
+trait AtStep<T> {
+    fn at(self, step: Step) -> Result<T, Error>;
+}
+
+impl<T, E: Into<ErrorKind>> AtStep<T> for Result<T, E> {
+    fn at(self, step: Step) -> Result<T, Error> {
+        self.map_err(|e| Error { step, kind: e.into() })
+    }
+}
+
+/// Where the server is and what this install trusts.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub base_url: String,
+    pub package: String,
+    pub channel: Channel,
+    pub keys: TrustedKeys,
+    /// Refuse anything unsigned (`--require-signature`, or the channel was signed before).
+    pub require_signature: bool,
+}
+
+impl Source {
+    fn url(&self, rest: &str) -> String {
+        format!(
+            "{}/{}/{}/{}",
+            self.base_url.trim_end_matches('/'),
+            self.package,
+            self.channel.name(),
+            rest
+        )
+    }
+}
+
+/// Which version the user wants.
+#[derive(Debug, Clone)]
+pub enum Want {
+    /// LATEST (never a downgrade).
+    Latest,
+    /// Exactly this version (`--to 1.2.3`): may downgrade.
+    Exact(String),
+    /// The newest entry of `versions` matching the range (`--to ^15.30`).
+    Range(semver::VersionReq),
+}
+
+/// What a check found.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckResult {
+    pub channel: String,
+    pub current: Option<String>,
+    /// What LATEST says (or the version `--to` picked).
+    pub latest: String,
+    pub update_available: bool,
+    /// LATEST came with a valid signature from a trusted key.
+    pub signed: bool,
+}
+
+/// What an applied update did.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Installed {
+    pub version: String,
+    /// Manifest signature, archive hash and every file's hash and mode were checked.
+    pub verified: bool,
+    pub path: PathBuf,
+}
+
+/// Where the update goes.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// Replace this executable (and its sibling files) in place.
+    InPlace { exe: PathBuf },
+    /// Manage a versioned tree (`versions/<v>/`, `.chosen-version`).
+    Versioned { root: PathBuf },
+}
+
+impl Target {
+    pub fn dir(&self) -> &Path {
+        match self {
+            Target::InPlace { exe } => exe.parent().unwrap_or(Path::new(".")),
+            Target::Versioned { root } => root,
+        }
+    }
+
+    /// The version installed now: the running build's for in place, `.chosen-version` otherwise.
+    pub fn current(&self, running: &str) -> Result<Option<String>, Error> {
+        match self {
+            Target::InPlace { .. } => Ok(Some(running.to_owned())),
+            Target::Versioned { root } => install::chosen_version(root).at(Step::Check),
+        }
+    }
+}
+
+/// Events for the user interface.
+#[derive(Debug, Clone)]
+pub enum Event {
+    Info(String),
+    Warning(String),
+    Progress(Progress),
+}
+
+/// Knobs tests shorten; real runs use the defaults.
+#[derive(Debug, Clone)]
+pub struct Tuning {
+    pub net: NetConfig,
+    pub unpack: unpack::Limits,
+    pub smoke_timeout: Duration,
+    pub daemon_timeout: Duration,
+    /// Skip the versioned daemon sanity check (debug builds only honour this; for tests).
+    pub skip_daemon_check: bool,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            net: NetConfig::default(),
+            unpack: unpack::Limits::default(),
+            smoke_timeout: Duration::from_secs(10),
+            daemon_timeout: Duration::from_secs(10),
+            skip_daemon_check: false,
+        }
+    }
+}
+
+/// One update session against one source.
+#[derive(Debug)]
+pub struct Updater {
+    pub source: Source,
+    pub tuning: Tuning,
+    http: http::Http,
+}
+
+impl Updater {
+    pub fn new(source: Source, tuning: Tuning) -> Result<Updater, Error> {
+        let url = reqwest::Url::parse(&source.base_url)
+            .map_err(|e| ErrorKind::Network {
+                url: source.base_url.clone(),
+                why: format!("not a URL: {e}"),
+            })
+            .at(Step::Check)?;
+        if !http::url_allowed(&url) {
+            return Err(ErrorKind::Network {
+                url: source.base_url.clone(),
+                why: "only https URLs are allowed (plain http only to a loopback address)".into(),
+            })
+            .at(Step::Check);
+        }
+        let http = http::Http::new(tuning.net.clone()).at(Step::Check)?;
+        Ok(Updater { source, tuning, http })
+    }
+
+    /// Reads LATEST (and its signature) or `versions`, and decides whether to update.
+    pub async fn check(
+        &self,
+        current: Option<&str>,
+        want: &Want,
+        force: bool,
+    ) -> Result<CheckResult, Error> {
+        let ch = &self.source.channel;
+        let (latest, signed) = match want {
+            Want::Latest => self.latest().await?,
+            Want::Exact(v) => (ch.parse_version(v).at(Step::Check)?, false),
+            Want::Range(req) => {
+                let url = self.source.url("versions");
+                let body = self.http.get_small(&url, VERSIONS_CAP).await.at(Step::Check)?;
+                let body = body.ok_or(ErrorKind::NotFound(url)).at(Step::Check)?;
+                (channel::pick_from_versions(ch, &body, req).at(Step::Check)?, false)
+            }
+        };
+        let update_available = match current {
+            None => true,
+            Some(cur) => {
+                let ord = ch.compare(cur, &latest);
+                match want {
+                    // Only a user who names a version gets a downgrade.
+                    Want::Exact(_) => ord != std::cmp::Ordering::Equal,
+                    _ => ord == std::cmp::Ordering::Greater,
+                }
+            }
+        } || force;
+        Ok(CheckResult {
+            channel: ch.name(),
+            current: current.map(str::to_owned),
+            latest,
+            update_available,
+            signed,
+        })
+    }
+
+    /// GET LATEST and, when published, check `LATEST.minisig` against it.
+    async fn latest(&self) -> Result<(String, bool), Error> {
+        let ch = &self.source.channel;
+        let url = self.source.url("LATEST");
+        let body = self.http.get_small(&url, LATEST_CAP).await.at(Step::Check)?;
+        let body = body.ok_or_else(|| ErrorKind::NotFound(url.clone())).at(Step::Check)?;
+        let latest = channel::parse_latest(ch, &body).at(Step::Check)?;
+        let sig_url = format!("{url}{}", manifest::SIG_SUFFIX);
+        let Some(sig) = self.http.get_small(&sig_url, LATEST_CAP).await.at(Step::Check)? else {
+            if self.source.require_signature {
+                return Err(ErrorKind::Unsigned(format!(
+                    "{url} has no signature and a signed answer is required (--require-signature, or this channel served signatures before)"
+                )))
+                .at(Step::Verify);
+            }
+            return Ok((latest, false));
+        };
+        let comment = self.source.keys.verify("LATEST", &body, &sig).at(Step::Verify)?;
+        let st = LatestStatement::parse(&comment)
+            .ok_or_else(|| {
+                ErrorKind::BadSignature(format!(
+                    "LATEST's trusted comment {comment:?} does not say version, channel and expiry"
+                ))
+            })
+            .at(Step::Verify)?;
+        if ch.compare(&st.version, &latest) != std::cmp::Ordering::Equal {
+            return Err(ErrorKind::Mismatch(format!(
+                "LATEST says {latest} but its signature is for {}",
+                st.version
+            )))
+            .at(Step::Verify);
+        }
+        if st.channel != ch.name() {
+            return Err(ErrorKind::Mismatch(format!(
+                "LATEST for {} carries a signature for channel {}",
+                ch.name(),
+                st.channel
+            )))
+            .at(Step::Verify);
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        if st.expires <= now {
+            return Err(ErrorKind::Stale { channel: ch.name(), expired: st.expires })
+                .at(Step::Verify);
+        }
+        Ok((latest, true))
+    }
+
+    /// Downloads, verifies, unpacks, smoke-tests and installs `version` into `target`.
+    pub async fn apply(
+        &self,
+        target: &Target,
+        version: &str,
+        on_event: &mut (dyn FnMut(Event) + Send),
+    ) -> Result<Installed, Error> {
+        let dir = target.dir().to_owned();
+        if let Target::Versioned { root } = target {
+            fs_err::create_dir_all(root).at(Step::Lock)?;
+        }
+        install::check_writable(&dir).at(Step::Lock)?;
+        let _lock = install::InstallLock::acquire(&dir).at(Step::Lock)?;
+        install::clean_leftovers(&dir).at(Step::Lock)?;
+        let staging = dir.join(format!("{}.staging", install::TEMP_PREFIX));
+        fs_err::create_dir(&staging).at(Step::Download)?;
+        let result = self.apply_staged(target, version, &staging, on_event).await;
+        // Staging goes on every path; a kill before this line is handled by the next run.
+        if let Err(e) = fs_err::remove_dir_all(&staging) {
+            tracing::warn!("could not remove the staging folder: {e}");
+        }
+        result
+    }
+
+    async fn apply_staged(
+        &self,
+        target: &Target,
+        version: &str,
+        staging: &Path,
+        on_event: &mut (dyn FnMut(Event) + Send),
+    ) -> Result<Installed, Error> {
+        let ch = &self.source.channel;
+        let main_exe = ch.executable_name();
+        let manifest = self.manifest(version).await?;
+        let verified = manifest.is_some();
+        if !verified {
+            on_event(Event::Warning(format!(
+                "{} {version} for {} is not signature-verified: the server publishes no signed manifest (relying on TLS, zip CRCs and the smoke test)",
+                self.source.package,
+                ch.name()
+            )));
+        }
+        hook::point("before-download");
+        let url = self.source.url(&format!("{version}/archive/default"));
+        let archive = staging.join("archive.zip");
+        let cap = manifest.as_ref().map(|m| m.archive.size).unwrap_or(self.tuning.net.max_archive);
+        on_event(Event::Info(format!("downloading {url}")));
+        let (size, sha) = self
+            .http
+            .download(&url, &archive, cap, &mut |p| on_event(Event::Progress(p)))
+            .await
+            .map_err(|e| match e {
+                ErrorKind::Http { status: 404, .. } => ErrorKind::NotFound(url.clone()),
+                other => other,
+            })
+            .at(Step::Download)?;
+        hook::point("after-download");
+        if let Some(m) = &manifest {
+            if size != m.archive.size {
+                return Err(ErrorKind::Mismatch(format!(
+                    "the archive is {size} bytes, the manifest says {}",
+                    m.archive.size
+                )))
+                .at(Step::Verify);
+            }
+            let got = manifest::hex(&sha);
+            if !got.eq_ignore_ascii_case(&m.archive.sha256) {
+                return Err(ErrorKind::Mismatch(format!(
+                    "the archive's SHA-256 is {got}, the manifest says {}",
+                    m.archive.sha256
+                )))
+                .at(Step::Verify);
+            }
+        }
+        let unpacked = staging.join("new");
+        fs_err::create_dir(&unpacked).at(Step::Unpack)?;
+        let limits = self.tuning.unpack;
+        let (archive2, unpacked2) = (archive.clone(), unpacked.clone());
+        let files = tokio::task::spawn_blocking(move || {
+            unpack::unpack(&archive2, &unpacked2, main_exe, limits)
+        })
+        .await
+        .map_err(|e| ErrorKind::Io(std::io::Error::other(e.to_string())))
+        .at(Step::Unpack)?
+        .at(Step::Unpack)?;
+        // The archive is no longer needed; freeing its space early matters on small disks.
+        let _ = std::fs::remove_file(&archive);
+        hook::point("after-unpack");
+        if let Some(m) = &manifest {
+            verify_files(m, &files).at(Step::Verify)?;
+        }
+        let exe = unpacked.join(main_exe);
+        let scratch = staging.join("scratch");
+        fs_err::create_dir(&scratch).at(Step::SmokeTest)?;
+        let reported = {
+            let (exe, scratch, t) = (exe.clone(), scratch.clone(), self.tuning.smoke_timeout);
+            tokio::task::spawn_blocking(move || install::smoke_test(&exe, &scratch, t))
+                .await
+                .map_err(|e| ErrorKind::SmokeTest(e.to_string()))
+                .at(Step::SmokeTest)?
+                .at(Step::SmokeTest)?
+        };
+        if ch.compare(version, &reported) != std::cmp::Ordering::Equal {
+            return Err(ErrorKind::Mismatch(format!(
+                "the new binary reports version {reported}, expected {version}"
+            )))
+            .at(Step::SmokeTest);
+        }
+        on_event(Event::Info(format!("the new butler runs and reports {reported}")));
+        hook::point("after-smoke-test");
+        let names: Vec<String> = files.iter().map(|f| f.path.clone()).collect();
+        let installed_path = match target {
+            Target::InPlace { exe: current } => {
+                let (current, unpacked) = (current.clone(), unpacked.clone());
+                tokio::task::spawn_blocking(move || {
+                    install::swap_in_place(&current, &unpacked, main_exe, &names).map(|_| current)
+                })
+                .await
+                .map_err(|e| ErrorKind::Io(std::io::Error::other(e.to_string())))
+                .at(Step::Swap)?
+                .at(Step::Swap)?
+            }
+            Target::Versioned { root } => {
+                let skip = cfg!(debug_assertions) && self.tuning.skip_daemon_check;
+                if !skip {
+                    let (exe, scratch, t) =
+                        (exe.clone(), scratch.clone(), self.tuning.daemon_timeout);
+                    let v = tokio::task::spawn_blocking(move || {
+                        install::daemon_check(&exe, &scratch, t)
+                    })
+                    .await
+                    .map_err(|e| ErrorKind::DaemonCheck(e.to_string()))
+                    .at(Step::SmokeTest)?
+                    .at(Step::SmokeTest)?;
+                    if ch.compare(version, &v) != std::cmp::Ordering::Equal {
+                        return Err(ErrorKind::DaemonCheck(format!(
+                            "Version.Get says {v}, expected {version}"
+                        )))
+                        .at(Step::SmokeTest);
+                    }
+                }
+                let (root, unpacked, v, scratch) =
+                    (root.clone(), unpacked.clone(), version.to_owned(), scratch.clone());
+                tokio::task::spawn_blocking(move || {
+                    install::install_versioned(&root, &unpacked, &v, &scratch)
+                        .map(|_| root.join("versions").join(&v))
+                })
+                .await
+                .map_err(|e| ErrorKind::Io(std::io::Error::other(e.to_string())))
+                .at(Step::Swap)?
+                .at(Step::Swap)?
+            }
+        };
+        hook::point("after-swap");
+        Ok(Installed { version: version.to_owned(), verified, path: installed_path })
+    }
+
+    /// Fetches and checks `<version>/manifest.json`; `None` when the server publishes none.
+    async fn manifest(&self, version: &str) -> Result<Option<Manifest>, Error> {
+        let url = self.source.url(&format!("{version}/{}", manifest::MANIFEST_FILE));
+        let sig_url = format!("{url}{}", manifest::SIG_SUFFIX);
+        let sig = self.http.get_small(&sig_url, LATEST_CAP).await.at(Step::Verify)?;
+        let Some(sig) = sig else {
+            if self.source.require_signature {
+                return Err(ErrorKind::Unsigned(format!(
+                    "{sig_url} is missing and a signed update is required (--require-signature, or this channel served signatures before)"
+                )))
+                .at(Step::Verify);
+            }
+            return Ok(None);
+        };
+        let body = self.http.get_small(&url, MANIFEST_CAP).await.at(Step::Verify)?;
+        let body = body.ok_or_else(|| ErrorKind::NotFound(url.clone())).at(Step::Verify)?;
+        self.source.keys.verify("the manifest", &body, &sig).at(Step::Verify)?;
+        let m: Manifest = serde_json::from_slice(&body)
+            .map_err(|e| {
+                ErrorKind::BadSignature(format!("the signed manifest is not valid JSON: {e}"))
+            })
+            .at(Step::Verify)?;
+        let ch = &self.source.channel;
+        if ch.compare(&m.version, version) != std::cmp::Ordering::Equal
+            || m.channel != ch.name()
+            || m.package != self.source.package
+        {
+            return Err(ErrorKind::Mismatch(format!(
+                "the manifest is for {} {} on {}, expected {} {version} on {}",
+                m.package,
+                m.version,
+                m.channel,
+                self.source.package,
+                ch.name()
+            )))
+            .at(Step::Verify);
+        }
+        Ok(Some(m))
+    }
+}
+
+/// Every unpacked file must be in the manifest with the same hash and mode, and vice versa.
+fn verify_files(m: &Manifest, files: &[manifest::FileEntry]) -> Result<(), ErrorKind> {
+    if files.len() != m.files.len() {
+        return Err(ErrorKind::Mismatch(format!(
+            "the archive holds {} files, the manifest lists {}",
+            files.len(),
+            m.files.len()
+        )));
+    }
+    for f in files {
+        let Some(want) = m.files.iter().find(|w| w.path == f.path) else {
+            return Err(ErrorKind::Mismatch(format!(
+                "{} is in the archive but not in the manifest",
+                f.path
+            )));
+        };
+        if !want.sha256.eq_ignore_ascii_case(&f.sha256) || want.size != f.size {
+            return Err(ErrorKind::Mismatch(format!(
+                "{}'s content differs from the manifest",
+                f.path
+            )));
+        }
+        if want.mode != f.mode {
+            return Err(ErrorKind::Mismatch(format!(
+                "{} has mode {:o}, the manifest says {:o}",
+                f.path, f.mode, want.mode
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `--rollback`: restores the previous version kept by the last update. Returns what it
+/// restored (for versioned roots the version name; in place, the executable's path).
+pub fn rollback(target: &Target) -> Result<String, Error> {
+    let dir = target.dir();
+    let _lock = install::InstallLock::acquire(dir).at(Step::Lock)?;
+    install::clean_leftovers(dir).at(Step::Lock)?;
+    match target {
+        Target::InPlace { exe } => {
+            install::rollback_in_place(exe).at(Step::Rollback)?;
+            Ok(exe.display().to_string())
+        }
+        Target::Versioned { root } => install::rollback_versioned(root).at(Step::Rollback),
+    }
+}
+
+/// Best effort: removes what a killed update left in the install folder, unless an update is
+/// running there now. Call at start-up (every `butler upgrade`, the daemon).
+pub fn tidy(target: &Target) {
+    let dir = target.dir();
+    if !dir.is_dir() {
+        return;
+    }
+    match install::InstallLock::acquire(dir) {
+        Ok(_lock) => {
+            if let Err(e) = install::clean_leftovers(dir) {
+                tracing::warn!("could not remove leftovers of an interrupted update: {e}");
+            }
+        }
+        Err(e) => tracing::debug!("not tidying {}: {e}", dir.display()),
+    }
+}

@@ -1,0 +1,212 @@
+//! A tiny static HTTP/1.1 server on loopback for the updater tests: serves a folder (a broth
+//! tree from the release tool) with ETag + Range/If-Range, and injects faults on request.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// What to do wrong for one path.
+#[derive(Debug, Clone)]
+pub enum Fault {
+    /// Answer with this status (and an empty body).
+    Status(u16),
+    /// Answer with this status the first `n` times, then serve normally.
+    StatusTimes(u16, usize),
+    /// Promise the full length, send this many bytes and hang up, the first `n` times.
+    CutAfter(usize, usize),
+    /// A body that never ends (no Content-Length, endless bytes).
+    Endless,
+    /// Headers, then a few bytes, then silence until the client gives up.
+    Hang,
+}
+
+/// One request as the server saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub path: String,
+    pub headers: HashMap<String, String>,
+}
+
+pub struct Server {
+    pub addr: SocketAddr,
+    pub root: PathBuf,
+    faults: Arc<Mutex<HashMap<String, Fault>>>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Server {
+    pub fn start(root: PathBuf) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let faults: Arc<Mutex<HashMap<String, Fault>>> = Arc::default();
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (f, s, st, r) = (faults.clone(), seen.clone(), stop.clone(), root.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if st.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let (f, s, st, r) = (f.clone(), s.clone(), st.clone(), r.clone());
+                std::thread::spawn(move || {
+                    let _ = handle(conn, &r, &f, &s, &st);
+                });
+            }
+        });
+        Server { addr, root, faults, seen, stop }
+    }
+
+    /// The base URL to give `--broth-url`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn fault(&self, path: &str, fault: Fault) {
+        self.faults.lock().unwrap().insert(path.to_owned(), fault);
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+fn handle(
+    conn: TcpStream,
+    root: &std::path::Path,
+    faults: &Mutex<HashMap<String, Fault>>,
+    seen: &Mutex<Vec<Seen>>,
+    stop: &AtomicBool,
+) -> std::io::Result<()> {
+    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let path = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
+    let mut headers = HashMap::new();
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h)? == 0 || h.trim().is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
+        }
+    }
+    seen.lock().unwrap().push(Seen { path: path.clone(), headers: headers.clone() });
+    let mut out = conn;
+    let fault = {
+        let mut map = faults.lock().unwrap();
+        let f = map.get(&path).cloned();
+        // Count down faults that apply a limited number of times.
+        match f {
+            Some(Fault::StatusTimes(code, n)) if n > 0 => {
+                map.insert(path.clone(), Fault::StatusTimes(code, n - 1));
+                Some(Fault::Status(code))
+            }
+            Some(Fault::StatusTimes(..)) => None,
+            Some(Fault::CutAfter(bytes, n)) if n > 0 => {
+                map.insert(path.clone(), Fault::CutAfter(bytes, n - 1));
+                Some(Fault::CutAfter(bytes, n))
+            }
+            Some(Fault::CutAfter(..)) => None,
+            other => other,
+        }
+    };
+    match fault {
+        Some(Fault::Status(code)) => {
+            return write!(
+                out,
+                "HTTP/1.1 {code} Fault\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+        }
+        Some(Fault::Endless) => {
+            write!(out, "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")?;
+            let chunk = vec![b'9'; 16 * 1024];
+            while !stop.load(Ordering::SeqCst) {
+                out.write_all(&chunk)?;
+            }
+            return Ok(());
+        }
+        Some(Fault::Hang) => {
+            write!(
+                out,
+                "HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\nConnection: close\r\n\r\nabc"
+            )?;
+            out.flush()?;
+            // Silence until the client hangs up (a read returns 0) or the test ends.
+            out.set_read_timeout(Some(Duration::from_millis(50)))?;
+            let mut b = [0u8; 1];
+            while !stop.load(Ordering::SeqCst) {
+                match (&out).read(&mut b) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e)
+                        if e.kind() == std::io::ErrorKind::WouldBlock
+                            || e.kind() == std::io::ErrorKind::TimedOut => {}
+                    Err(_) => break,
+                }
+            }
+            return Ok(());
+        }
+        _ => {}
+    }
+    let rel = path.trim_start_matches('/');
+    let file = root.join(rel);
+    if rel.split('/').any(|c| c == "..") || !file.is_file() {
+        return write!(
+            out,
+            "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+    }
+    let data = std::fs::read(&file)?;
+    let mtime = std::fs::metadata(&file)?
+        .modified()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let etag = format!("\"{}-{mtime}\"", data.len());
+    let mut start = 0usize;
+    if let Some(range) = headers.get("range").and_then(|r| r.strip_prefix("bytes="))
+        && headers.get("if-range").is_none_or(|v| *v == etag)
+        && let Some(Ok(from)) = range.strip_suffix('-').map(str::parse::<usize>)
+        && from < data.len()
+    {
+        start = from;
+    }
+    let body = &data[start..];
+    let head = if start > 0 {
+        format!(
+            "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {start}-{}/{}\r\nETag: {etag}\r\nAccept-Ranges: bytes\r\nConnection: close\r\n\r\n",
+            body.len(),
+            data.len() - 1,
+            data.len()
+        )
+    } else {
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nETag: {etag}\r\nAccept-Ranges: bytes\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+    };
+    out.write_all(head.as_bytes())?;
+    if let Some(Fault::CutAfter(bytes, _)) = fault {
+        out.write_all(&body[..bytes.min(body.len())])?;
+        out.flush()?;
+        // Hang up hard so the client sees a cut, not a clean end.
+        let _ = out.shutdown(std::net::Shutdown::Both);
+        return Ok(());
+    }
+    out.write_all(body)
+}

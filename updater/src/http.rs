@@ -1,0 +1,360 @@
+//! HTTP for the updater: small capped GETs and a resumable, retried, watched archive download.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use reqwest::StatusCode;
+use reqwest::header::{CONTENT_RANGE, ETAG, IF_RANGE, LAST_MODIFIED, RANGE, RETRY_AFTER};
+use sha2::{Digest, Sha256};
+
+use crate::ErrorKind;
+
+/// Network limits; tests shorten them through the CLI's hidden knobs.
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    pub connect_timeout: Duration,
+    /// Longest wait for the next bytes of a response.
+    pub read_timeout: Duration,
+    /// The watchdog: at least `min_bps` averaged over each `stall_window`, or the attempt fails.
+    pub min_bps: u64,
+    pub stall_window: Duration,
+    /// Attempts per request that made no progress before giving up.
+    pub retries: u32,
+    /// First backoff delay; doubled per failed attempt, capped at `max_backoff`.
+    pub backoff: Duration,
+    pub max_backoff: Duration,
+    /// Cap on an archive when no signed manifest gives its size.
+    pub max_archive: u64,
+    /// How often progress is reported at most.
+    pub progress_interval: Duration,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        NetConfig {
+            connect_timeout: Duration::from_secs(15),
+            read_timeout: Duration::from_secs(30),
+            min_bps: 1024,
+            stall_window: Duration::from_secs(30),
+            retries: 5,
+            backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(10),
+            max_archive: 512 << 20,
+            progress_interval: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Download progress, sent at most every `progress_interval`.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    pub done: u64,
+    pub total: Option<u64>,
+    pub bps: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Http {
+    client: reqwest::Client,
+    pub cfg: NetConfig,
+}
+
+/// Is `url` https, or http to a loopback host (the only place plain http is allowed)?
+pub fn url_allowed(url: &reqwest::Url) -> bool {
+    match url.scheme() {
+        "https" => true,
+        "http" => match url.host() {
+            Some(url::Host::Domain(d)) => d == "localhost",
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            None => false,
+        },
+        _ => false,
+    }
+}
+
+impl Http {
+    pub fn new(cfg: NetConfig) -> Result<Http, ErrorKind> {
+        // Redirects may not leave https (or loopback): a hop to plain http would undo TLS.
+        let policy = reqwest::redirect::Policy::custom(|attempt| {
+            if attempt.previous().len() >= 5 {
+                attempt.error("too many redirects")
+            } else if url_allowed(attempt.url()) {
+                attempt.follow()
+            } else {
+                attempt.error("redirect to a non-https URL")
+            }
+        });
+        let client = reqwest::Client::builder()
+            .connect_timeout(cfg.connect_timeout)
+            .read_timeout(cfg.read_timeout)
+            .redirect(policy)
+            .user_agent(concat!("butler-updater/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ErrorKind::Network { url: String::new(), why: format!("{e:#}") })?;
+        Ok(Http { client, cfg })
+    }
+
+    /// GETs a small file, refusing bodies over `cap` bytes. `Ok(None)` on 404.
+    pub async fn get_small(&self, url: &str, cap: u64) -> Result<Option<Vec<u8>>, ErrorKind> {
+        let mut failures = 0;
+        loop {
+            match self.get_small_once(url, cap).await {
+                Err(e) if e.retryable() && failures + 1 < self.cfg.retries => {
+                    tracing::debug!("GET {url}: {e}; retrying");
+                    failures += 1;
+                    tokio::time::sleep(self.backoff(failures, e.retry_after())).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn get_small_once(&self, url: &str, cap: u64) -> Result<Option<Vec<u8>>, ErrorKind> {
+        let resp = self.client.get(url).send().await.map_err(|e| net_err(url, e))?;
+        let status = resp.status();
+        if status == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        check_status(url, &resp)?;
+        if resp.content_length().is_some_and(|n| n > cap) {
+            return Err(ErrorKind::TooLarge { url: url.to_owned(), limit: cap });
+        }
+        let mut body = Vec::new();
+        let mut stream = resp.bytes_stream();
+        let deadline = Instant::now() + self.cfg.read_timeout * 2;
+        loop {
+            let next =
+                tokio::time::timeout_at(deadline.into(), stream.next()).await.map_err(|_| {
+                    ErrorKind::Stalled {
+                        url: url.to_owned(),
+                        why: "the response did not finish in time".into(),
+                    }
+                })?;
+            match next {
+                None => break,
+                Some(Err(e)) => return Err(net_err(url, e)),
+                Some(Ok(chunk)) => {
+                    if body.len() as u64 + chunk.len() as u64 > cap {
+                        return Err(ErrorKind::TooLarge { url: url.to_owned(), limit: cap });
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+            }
+        }
+        Ok(Some(body))
+    }
+
+    fn backoff(&self, failures: u32, retry_after: Option<Duration>) -> Duration {
+        let exp = self.cfg.backoff.saturating_mul(1 << failures.min(16));
+        retry_after.unwrap_or(exp).min(self.cfg.max_backoff)
+    }
+
+    /// Streams `url` into `dest` (created or truncated), resuming after cuts with `Range` +
+    /// `If-Range` when the server allows it. Returns the size and SHA-256 of what was written.
+    pub async fn download(
+        &self,
+        url: &str,
+        dest: &Path,
+        cap: u64,
+        on_progress: &mut (dyn FnMut(Progress) + Send),
+    ) -> Result<(u64, [u8; 32]), ErrorKind> {
+        let mut file = fs_err::File::create(dest)?;
+        let mut hasher = Sha256::new();
+        let mut done: u64 = 0;
+        let mut validator: Option<String> = None;
+        let mut total: Option<u64> = None;
+        let mut failures = 0u32;
+        let mut attempts = 0u32;
+        let started = Instant::now();
+        let mut last_report = Instant::now() - self.cfg.progress_interval;
+        loop {
+            attempts += 1;
+            let before = done;
+            let result = self
+                .download_attempt(
+                    url,
+                    cap,
+                    &mut file,
+                    &mut hasher,
+                    &mut done,
+                    &mut validator,
+                    &mut total,
+                    &mut |d, t| {
+                        if last_report.elapsed() >= self.cfg.progress_interval {
+                            last_report = Instant::now();
+                            let secs = started.elapsed().as_secs_f64().max(1e-3);
+                            on_progress(Progress { done: d, total: t, bps: d as f64 / secs });
+                        }
+                    },
+                )
+                .await;
+            match result {
+                Ok(()) => {
+                    file.sync_all()?;
+                    let secs = started.elapsed().as_secs_f64().max(1e-3);
+                    on_progress(Progress { done, total: Some(done), bps: done as f64 / secs });
+                    return Ok((done, hasher.finalize().into()));
+                }
+                Err(e) if e.retryable() => {
+                    failures = if done > before { 1 } else { failures + 1 };
+                    // Progress resets the count, but not forever: a server that cuts every
+                    // response after a few bytes still ends.
+                    if failures >= self.cfg.retries || attempts >= self.cfg.retries * 4 {
+                        return Err(e);
+                    }
+                    tracing::info!("download of {url} interrupted at {done} bytes ({e}); retrying");
+                    tokio::time::sleep(self.backoff(failures, e.retry_after())).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn download_attempt(
+        &self,
+        url: &str,
+        cap: u64,
+        file: &mut fs_err::File,
+        hasher: &mut Sha256,
+        done: &mut u64,
+        validator: &mut Option<String>,
+        total: &mut Option<u64>,
+        report: &mut (dyn FnMut(u64, Option<u64>) + Send),
+    ) -> Result<(), ErrorKind> {
+        let mut req = self.client.get(url);
+        let resuming = *done > 0 && validator.is_some();
+        if resuming {
+            req = req.header(RANGE, format!("bytes={done}-"));
+            req = req.header(IF_RANGE, validator.clone().unwrap_or_default());
+        }
+        let resp = req.send().await.map_err(|e| net_err(url, e))?;
+        check_status(url, &resp)?;
+        let status = resp.status();
+        if status == StatusCode::PARTIAL_CONTENT
+            && resuming
+            && content_range_start(&resp) == Some(*done)
+        {
+            tracing::debug!("resuming {url} at byte {done}");
+        } else {
+            if status == StatusCode::PARTIAL_CONTENT {
+                return Err(ErrorKind::Http {
+                    url: url.to_owned(),
+                    status: 206,
+                    why: "unexpected partial content".into(),
+                });
+            }
+            // A full answer: start over (the file changed, or the server ignores ranges).
+            if *done > 0 {
+                use std::io::Seek;
+                file.set_len(0)?;
+                file.seek(std::io::SeekFrom::Start(0))?;
+                *hasher = Sha256::new();
+                *done = 0;
+            }
+            *total = resp.content_length();
+            if total.is_some_and(|n| n > cap) {
+                return Err(ErrorKind::TooLarge { url: url.to_owned(), limit: cap });
+            }
+        }
+        // Only a strong validator makes a resumed file safe to splice.
+        *validator = resp
+            .headers()
+            .get(ETAG)
+            .filter(|v| !v.as_bytes().starts_with(b"W/"))
+            .or_else(|| resp.headers().get(LAST_MODIFIED))
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let mut stream = resp.bytes_stream();
+        let mut window_start = Instant::now();
+        let mut window_bytes = 0u64;
+        loop {
+            let next =
+                tokio::time::timeout(self.cfg.read_timeout, stream.next()).await.map_err(|_| {
+                    ErrorKind::Stalled {
+                        url: url.to_owned(),
+                        why: format!("no data for {:?}", self.cfg.read_timeout),
+                    }
+                })?;
+            let chunk = match next {
+                None => break,
+                Some(Err(e)) => return Err(net_err(url, e)),
+                Some(Ok(c)) => c,
+            };
+            if *done + chunk.len() as u64 > cap {
+                return Err(ErrorKind::TooLarge { url: url.to_owned(), limit: cap });
+            }
+            file.write_all(&chunk)?;
+            hasher.update(&chunk);
+            *done += chunk.len() as u64;
+            window_bytes += chunk.len() as u64;
+            report(*done, *total);
+            crate::hook::point("download-chunk");
+            let elapsed = window_start.elapsed();
+            if elapsed >= self.cfg.stall_window {
+                let bps = window_bytes as f64 / elapsed.as_secs_f64();
+                if bps < self.cfg.min_bps as f64 {
+                    return Err(ErrorKind::Stalled {
+                        url: url.to_owned(),
+                        why: format!(
+                            "{bps:.0} bytes/s is below the minimum of {} bytes/s",
+                            self.cfg.min_bps
+                        ),
+                    });
+                }
+                window_start = Instant::now();
+                window_bytes = 0;
+            }
+        }
+        if let Some(t) = *total
+            && *done != t
+        {
+            return Err(ErrorKind::Truncated { url: url.to_owned(), got: *done, expected: t });
+        }
+        Ok(())
+    }
+}
+
+fn content_range_start(resp: &reqwest::Response) -> Option<u64> {
+    let v = resp.headers().get(CONTENT_RANGE)?.to_str().ok()?;
+    let rest = v.strip_prefix("bytes ")?;
+    rest.split('-').next()?.trim().parse().ok()
+}
+
+fn check_status(url: &str, resp: &reqwest::Response) -> Result<(), ErrorKind> {
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    let retry_after = resp
+        .headers()
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+        return Err(ErrorKind::Busy { url: url.to_owned(), status: status.as_u16(), retry_after });
+    }
+    Err(ErrorKind::Http {
+        url: url.to_owned(),
+        status: status.as_u16(),
+        why: status.canonical_reason().unwrap_or("").to_owned(),
+    })
+}
+
+fn net_err(url: &str, e: reqwest::Error) -> ErrorKind {
+    if e.is_timeout() {
+        return ErrorKind::Stalled { url: url.to_owned(), why: "timed out".into() };
+    }
+    // The chain says why (connection refused, reset, TLS...), reqwest's top line rarely does.
+    let mut why = e.to_string();
+    let mut src = std::error::Error::source(&e);
+    while let Some(s) = src {
+        why.push_str(": ");
+        why.push_str(&s.to_string());
+        src = s.source();
+    }
+    ErrorKind::Network { url: url.to_owned(), why }
+}

@@ -1,0 +1,493 @@
+//! Everything that touches the install: the lock, leftovers, the smoke test, the daemon sanity
+//! check and the two swaps (in place, versioned). Only this module renames over an executable.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::ErrorKind;
+
+/// Every temporary name the updater creates in an install folder starts with this, so the next
+/// run can remove what a killed run left.
+pub const TEMP_PREFIX: &str = ".butler-upgrade";
+/// The active version's name in a versioned root.
+pub const CHOSEN_FILE: &str = ".chosen-version";
+
+/// Held for the whole update: an OS lock on the install folder, released when the process dies.
+#[derive(Debug)]
+pub struct InstallLock {
+    _file: std::fs::File,
+}
+
+impl InstallLock {
+    pub fn acquire(dir: &Path) -> Result<InstallLock, ErrorKind> {
+        // Locking the folder itself leaves no lock file behind; Windows cannot open folders, so
+        // it gets a file that cleanup skips.
+        #[cfg(unix)]
+        let file = std::fs::File::open(dir).map_err(|e| ErrorKind::Io(fs_err_wrap(e, dir)))?;
+        #[cfg(not(unix))]
+        let file = {
+            let p = dir.join(format!("{TEMP_PREFIX}.lock"));
+            std::fs::OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(false)
+                .open(&p)
+                .map_err(|e| ErrorKind::Io(fs_err_wrap(e, &p)))?
+        };
+        match file.try_lock() {
+            Ok(()) => Ok(InstallLock { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(ErrorKind::Locked(dir.to_owned())),
+            Err(std::fs::TryLockError::Error(e)) => Err(ErrorKind::Io(fs_err_wrap(e, dir))),
+        }
+    }
+}
+
+fn fs_err_wrap(e: std::io::Error, path: &Path) -> std::io::Error {
+    std::io::Error::new(e.kind(), format!("{e}: {}", path.display()))
+}
+
+/// Removes what an interrupted run left in `dir` (call with the lock held).
+pub fn clean_leftovers(dir: &Path) -> Result<(), ErrorKind> {
+    for entry in fs_err::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if !name.starts_with(TEMP_PREFIX) || name == format!("{TEMP_PREFIX}.lock") {
+            continue;
+        }
+        let path = entry.path();
+        tracing::info!("removing {} left by an interrupted update", path.display());
+        if entry.file_type()?.is_dir() {
+            fs_err::remove_dir_all(&path)?;
+        } else {
+            fs_err::remove_file(&path)?;
+        }
+    }
+    Ok(())
+}
+
+/// Says clearly, before anything is downloaded, when the folder cannot take the new files.
+pub fn check_writable(dir: &Path) -> Result<(), ErrorKind> {
+    let probe = dir.join(format!("{TEMP_PREFIX}-probe-{}", std::process::id()));
+    match std::fs::OpenOptions::new().write(true).create_new(true).open(&probe) {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) => Err(ErrorKind::NotWritable { dir: dir.to_owned(), why: e.to_string() }),
+    }
+}
+
+/// fsync a folder so a rename in it survives a power cut (a no-op where folders cannot be opened).
+pub fn sync_dir(dir: &Path) -> Result<(), ErrorKind> {
+    #[cfg(unix)]
+    fs_err::File::open(dir)?.sync_all()?;
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
+/// Runs `<exe> version --json` and returns the version it reports (no leading `v`).
+pub fn smoke_test(exe: &Path, scratch: &Path, timeout: Duration) -> Result<String, ErrorKind> {
+    let fail = |why: String| ErrorKind::SmokeTest(format!("{}: {why}", exe.display()));
+    let child = Command::new(exe)
+        .args(["version", "--json"])
+        .env("BUTLER_HOME", scratch)
+        .env_remove("BUTLER_TEST_PAUSE_AT")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| fail(format!("it does not start: {e}")))?;
+    let mut guard = ChildGuard(child);
+    let mut stdout = guard.0.stdout.take().expect("piped");
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let _ = (&mut stdout).take(64 * 1024).read_to_end(&mut out);
+        out
+    });
+    let status =
+        wait_timeout(&mut guard.0, timeout).map_err(|e| fail(format!("waiting for it: {e}")))?;
+    let Some(status) = status else {
+        return Err(fail(format!("it did not finish within {timeout:?}")));
+    };
+    let out = reader.join().unwrap_or_default();
+    if !status.success() {
+        return Err(fail(format!("it exited with {status}")));
+    }
+    let text = String::from_utf8_lossy(&out);
+    for line in text.lines() {
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(line)
+            && v["type"] == "result"
+            && let Some(ver) = v["value"]["version"].as_str()
+        {
+            return Ok(ver.trim_start_matches('v').to_owned());
+        }
+    }
+    Err(fail("it printed no version".into()))
+}
+
+/// The itch app's check: start `<exe>` as a daemon, read its listen notification, authenticate and
+/// call `Version.Get`, all within `timeout`. Returns the version it reports.
+pub fn daemon_check(exe: &Path, scratch: &Path, timeout: Duration) -> Result<String, ErrorKind> {
+    let fail = |why: String| ErrorKind::DaemonCheck(format!("{}: {why}", exe.display()));
+    let deadline = Instant::now() + timeout;
+    let db = scratch.join("sanity.db");
+    let child = Command::new(exe)
+        .args(["--json", "daemon", "--transport", "tcp", "--dbpath"])
+        .arg(&db)
+        .env("BUTLER_HOME", scratch)
+        .env_remove("BUTLER_TEST_PAUSE_AT")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| fail(format!("it does not start: {e}")))?;
+    let mut guard = ChildGuard(child);
+    let stdout = guard.0.stdout.take().expect("piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut r = BufReader::new(stdout);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            // Lines are bounded so a hostile binary cannot make us buffer without end.
+            match (&mut r).take(64 * 1024).read_line(&mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                        && v["type"] == "butlerd/listen-notification"
+                    {
+                        let _ = tx.send(v);
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    let left = deadline.saturating_duration_since(Instant::now());
+    let note = rx
+        .recv_timeout(left)
+        .map_err(|_| fail(format!("no listen notification within {timeout:?}")))?;
+    let secret = note["secret"]
+        .as_str()
+        .ok_or_else(|| fail("the listen notification has no secret".into()))?;
+    let addr = note["tcp"]["address"]
+        .as_str()
+        .ok_or_else(|| fail("the listen notification has no tcp address".into()))?;
+    let addr: std::net::SocketAddr =
+        addr.parse().map_err(|_| fail(format!("bad address {addr:?}")))?;
+    if !addr.ip().is_loopback() {
+        return Err(fail(format!("it listens on {addr}, not loopback")));
+    }
+    let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+    let stream = std::net::TcpStream::connect_timeout(&addr, left)
+        .map_err(|e| fail(format!("connecting to {addr}: {e}")))?;
+    let mut reader = BufReader::new(stream.try_clone().map_err(|e| fail(e.to_string()))?);
+    let mut writer = stream;
+    let mut call = |id: u64,
+                    method: &str,
+                    params: serde_json::Value|
+     -> Result<serde_json::Value, ErrorKind> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(fail(format!("no answer within {timeout:?}")));
+        }
+        writer.set_write_timeout(Some(left)).ok();
+        reader.get_ref().set_read_timeout(Some(left)).ok();
+        let req =
+            serde_json::json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+        let mut line = serde_json::to_vec(&req).unwrap_or_default();
+        line.push(b'\n');
+        writer.write_all(&line).map_err(|e| fail(format!("{method}: {e}")))?;
+        loop {
+            let mut resp = String::new();
+            let n = (&mut reader)
+                .take(1 << 20)
+                .read_line(&mut resp)
+                .map_err(|e| fail(format!("{method}: {e}")))?;
+            if n == 0 {
+                return Err(fail(format!("{method}: the daemon closed the connection")));
+            }
+            let v: serde_json::Value = serde_json::from_str(&resp)
+                .map_err(|e| fail(format!("{method}: bad JSON: {e}")))?;
+            // Skip notifications and server-to-client requests; wait for our answer.
+            if v["id"] != serde_json::json!(id) || v.get("method").is_some() {
+                continue;
+            }
+            if let Some(err) = v.get("error") {
+                return Err(fail(format!("{method} failed: {err}")));
+            }
+            return Ok(v["result"].clone());
+        }
+    };
+    let auth = call(0, "Meta.Authenticate", serde_json::json!({"secret": secret}))?;
+    if auth["ok"] != true {
+        return Err(fail("Meta.Authenticate did not answer ok".into()));
+    }
+    let ver = call(1, "Version.Get", serde_json::json!({}))?;
+    let v = ver["version"].as_str().ok_or_else(|| fail("Version.Get has no version".into()))?;
+    Ok(v.trim_start_matches('v').to_owned())
+}
+
+/// Kills and reaps a child on every path out.
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_timeout(
+    child: &mut Child,
+    timeout: Duration,
+) -> std::io::Result<Option<std::process::ExitStatus>> {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        if let Some(s) = child.try_wait()? {
+            return Ok(Some(s));
+        }
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(20));
+    }
+}
+
+/// Name of the kept previous copy of `path` (`butler` → `butler.old`).
+pub fn backup_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".old");
+    path.with_file_name(name)
+}
+
+/// The list of extra files a multi-file update replaced, kept beside `butler.old` for rollback.
+fn backup_list_path(exe: &Path) -> PathBuf {
+    let mut p = backup_path(exe).into_os_string();
+    p.push(".files");
+    PathBuf::from(p)
+}
+
+/// Points `to` at the current content of `from` atomically: a hard link (a copy where links are
+/// not possible) under a temp name, then a rename over `to`.
+fn preserve(from: &Path, to: &Path, dir: &Path) -> Result<(), ErrorKind> {
+    let tmp = dir.join(format!("{TEMP_PREFIX}-keep.tmp"));
+    let _ = std::fs::remove_file(&tmp);
+    if std::fs::hard_link(from, &tmp).is_err() {
+        fs_err::copy(from, &tmp)?;
+        fs_err::File::open(&tmp)?.sync_all()?;
+    }
+    crate::hook::point("preserve-linked");
+    fs_err::rename(&tmp, to)?;
+    // rename() between two links to the same file succeeds without doing anything (POSIX), which
+    // happens when a killed run already linked `to`; the temp name must still go.
+    let _ = std::fs::remove_file(&tmp);
+    Ok(())
+}
+
+/// In-place swap: every file of `staged` replaces its counterpart beside `exe` (the main
+/// executable replaces `exe` itself); previous versions are kept as `<name>.old`. All or nothing:
+/// on a failure the files already moved are put back.
+pub fn swap_in_place(
+    exe: &Path,
+    staged: &Path,
+    main_exe: &str,
+    files: &[String],
+) -> Result<(), ErrorKind> {
+    let dir = exe.parent().ok_or_else(|| ErrorKind::NotWritable {
+        dir: exe.to_owned(),
+        why: "no parent folder".into(),
+    })?;
+    // The main executable goes last so the install never runs a new binary with old libraries.
+    let mut order: Vec<&String> = files.iter().filter(|f| f.as_str() != main_exe).collect();
+    order.extend(files.iter().filter(|f| f.as_str() == main_exe));
+    let mut moved: Vec<(PathBuf, bool)> = Vec::new();
+    let result = (|| -> Result<(), ErrorKind> {
+        for f in &order {
+            let dest = if f.as_str() == main_exe { exe.to_owned() } else { dir.join(f.as_str()) };
+            let had_old = dest.exists();
+            if had_old {
+                preserve(&dest, &backup_path(&dest), dir)?;
+            } else if let Some(parent) = dest.parent() {
+                fs_err::create_dir_all(parent)?;
+            }
+            crate::hook::point("swap-before-rename");
+            replace_file(&staged.join(f.as_str()), &dest)?;
+            crate::hook::point("swap-after-rename");
+            moved.push((dest, had_old));
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        for (dest, had_old) in moved.iter().rev() {
+            let undo = if *had_old {
+                preserve(&backup_path(dest), dest, dir)
+            } else {
+                fs_err::remove_file(dest).map_err(ErrorKind::from)
+            };
+            if let Err(u) = undo {
+                tracing::error!("could not put back {}: {u}", dest.display());
+            }
+        }
+        return Err(e);
+    }
+    let extras: Vec<&str> =
+        files.iter().filter(|f| f.as_str() != main_exe).map(String::as_str).collect();
+    let list = backup_list_path(exe);
+    if extras.is_empty() {
+        let _ = std::fs::remove_file(&list);
+    } else {
+        fs_err::write(&list, extras.join("\n"))?;
+    }
+    sync_dir(dir)?;
+    Ok(())
+}
+
+/// Puts `new` in place of `dest` with one rename (Unix: atomic even while `dest` runs).
+#[cfg(not(windows))]
+fn replace_file(new: &Path, dest: &Path) -> Result<(), ErrorKind> {
+    fs_err::rename(new, dest)?;
+    Ok(())
+}
+
+/// Windows cannot replace a running executable, but it can rename it: move it aside first (it is
+/// already preserved as `.old`), then move the new one in; put it back if that fails.
+#[cfg(windows)]
+fn replace_file(new: &Path, dest: &Path) -> Result<(), ErrorKind> {
+    let aside = dest.with_file_name(format!("{TEMP_PREFIX}-aside-{}.tmp", std::process::id()));
+    if dest.exists() {
+        fs_err::rename(dest, &aside)?;
+    }
+    if let Err(e) = fs_err::rename(new, dest) {
+        let _ = std::fs::rename(&aside, dest);
+        return Err(e.into());
+    }
+    // The running image stays locked until it exits; the next run's cleanup removes it.
+    let _ = std::fs::remove_file(&aside);
+    Ok(())
+}
+
+/// `--rollback` in place: swaps `exe` and `exe.old` (so a second rollback undoes the first),
+/// with the extra files of a multi-file update.
+pub fn rollback_in_place(exe: &Path) -> Result<(), ErrorKind> {
+    let dir = exe.parent().ok_or(ErrorKind::NothingToRollBack)?;
+    let old = backup_path(exe);
+    if !old.is_file() {
+        return Err(ErrorKind::NothingToRollBack);
+    }
+    let list = backup_list_path(exe);
+    let extras: Vec<String> = std::fs::read_to_string(&list)
+        .map(|s| s.lines().filter(|l| !l.is_empty()).map(str::to_owned).collect())
+        .unwrap_or_default();
+    let mut targets: Vec<PathBuf> = extras.iter().map(|f| dir.join(f)).collect();
+    targets.push(exe.to_owned());
+    for t in targets {
+        let b = backup_path(&t);
+        if !b.is_file() {
+            continue;
+        }
+        let tmp = dir.join(format!("{TEMP_PREFIX}-rollback.tmp"));
+        let _ = std::fs::remove_file(&tmp);
+        if t.exists() {
+            std::fs::hard_link(&t, &tmp).or_else(|_| fs_err::copy(&t, &tmp).map(|_| ()))?;
+        }
+        replace_file(&b, &t)?;
+        if tmp.exists() {
+            fs_err::rename(&tmp, &b)?;
+            let _ = std::fs::remove_file(&tmp);
+        }
+    }
+    sync_dir(dir)?;
+    Ok(())
+}
+
+/// The version a versioned root has chosen, if any.
+pub fn chosen_version(root: &Path) -> Result<Option<String>, ErrorKind> {
+    match std::fs::read_to_string(root.join(CHOSEN_FILE)) {
+        Ok(s) if !s.trim().is_empty() => Ok(Some(s.trim().to_owned())),
+        Ok(_) => Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(ErrorKind::Io(fs_err_wrap(e, &root.join(CHOSEN_FILE)))),
+    }
+}
+
+/// Writes `.chosen-version` atomically: temp file, fsync, rename, fsync the folder.
+pub fn choose_version(root: &Path, version: &str) -> Result<(), ErrorKind> {
+    let tmp = root.join(format!("{TEMP_PREFIX}-chosen.tmp"));
+    {
+        let mut f = fs_err::File::create(&tmp)?;
+        f.write_all(version.as_bytes())?;
+        f.sync_all()?;
+    }
+    crate::hook::point("choose-before-rename");
+    fs_err::rename(&tmp, root.join(CHOSEN_FILE))?;
+    sync_dir(root)?;
+    Ok(())
+}
+
+/// Versioned install: moves `staged` to `versions/<version>`, chooses it, keeps the previously
+/// chosen version as the last known good one and removes the rest.
+pub fn install_versioned(
+    root: &Path,
+    staged: &Path,
+    version: &str,
+    scratch: &Path,
+) -> Result<(), ErrorKind> {
+    let versions = root.join("versions");
+    fs_err::create_dir_all(&versions)?;
+    let previous = chosen_version(root)?;
+    let dest = versions.join(version);
+    if dest.exists() {
+        // A forced reinstall: move the old copy out of the way (into scratch, removed later).
+        if previous.as_deref() == Some(version) {
+            return Err(ErrorKind::Io(std::io::Error::other(format!(
+                "{} is the chosen version and is already installed",
+                dest.display()
+            ))));
+        }
+        fs_err::rename(&dest, scratch.join("replaced"))?;
+    }
+    fs_err::rename(staged, &dest)?;
+    sync_dir(&versions)?;
+    crate::hook::point("versioned-moved");
+    choose_version(root, version)?;
+    for entry in fs_err::read_dir(&versions)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name == version || Some(&name) == previous.as_ref() {
+            continue;
+        }
+        tracing::info!("removing old version {name}");
+        if let Err(e) = fs_err::remove_dir_all(entry.path()) {
+            tracing::warn!("could not remove {name}: {e}");
+        }
+    }
+    Ok(())
+}
+
+/// `--rollback` in a versioned root: choose the newest other installed version.
+pub fn rollback_versioned(root: &Path) -> Result<String, ErrorKind> {
+    let chosen = chosen_version(root)?;
+    let mut others: Vec<(std::time::SystemTime, String)> = Vec::new();
+    if let Ok(rd) = fs_err::read_dir(root.join("versions")) {
+        for entry in rd {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if Some(&name) == chosen.as_ref() || name.starts_with('.') {
+                continue;
+            }
+            let mtime = entry.metadata()?.modified()?;
+            others.push((mtime, name));
+        }
+    }
+    others.sort();
+    let (_, pick) = others.pop().ok_or(ErrorKind::NothingToRollBack)?;
+    choose_version(root, &pick)?;
+    Ok(pick)
+}
