@@ -490,3 +490,169 @@ fn run_output(
         None => Ok(stats),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::streaming::entry::{Content, StreamType};
+    use crate::streaming::proto;
+    use proptest::prelude::*;
+    use prost::Message;
+
+    /// Test output: keeps every bundle.
+    struct Collect {
+        max: usize,
+        bundles: Arc<Mutex<Vec<Bundle>>>,
+    }
+
+    impl Output for Collect {
+        fn name(&self) -> &'static str {
+            "collect"
+        }
+        fn max_size(&self) -> usize {
+            self.max
+        }
+        fn send(&mut self, bundle: Bundle) -> Result<(), OutputError> {
+            self.bundles.lock().unwrap().push(bundle);
+            Ok(())
+        }
+    }
+
+    /// A reader that yields the given writes one by one (empty ones included, as short reads).
+    struct Writes(std::collections::VecDeque<Vec<u8>>);
+
+    impl AsyncRead for Writes {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            while let Some(front) = self.0.front_mut() {
+                if front.is_empty() {
+                    self.0.pop_front();
+                    continue;
+                }
+                let n = front.len().min(buf.remaining());
+                buf.put_slice(&front[..n]);
+                front.drain(..n);
+                return std::task::Poll::Ready(Ok(()));
+            }
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    fn frame(d: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        crate::streaming::handshake::put_uvarint(&mut v, d.len() as u64);
+        v.extend_from_slice(d);
+        v
+    }
+
+    fn kind_strategy() -> impl Strategy<Value = StreamType> {
+        prop_oneof![Just(StreamType::Text), Just(StreamType::Binary), Just(StreamType::Datagram)]
+    }
+
+    fn chunk_strategy() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            Just(Vec::new()),
+            proptest::collection::vec(
+                prop_oneof![Just(b'\n'), Just(b'\r'), Just(0xe2u8), Just(0x82u8), any::<u8>()],
+                0..64
+            ),
+            (any::<u8>(), 1usize..20_000).prop_map(|(b, n)| vec![b; n]),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+        /// Whatever goes in comes out, and every bundle keeps the logpb invariants.
+        #[test]
+        fn bundles_reassemble_and_keep_invariants(
+            streams in proptest::collection::vec((kind_strategy(), proptest::collection::vec(chunk_strategy(), 0..8)), 1..6),
+            no_buffer in any::<bool>(),
+            max in prop_oneof![Just(4096usize), Just(64 * 1024), Just(2 * 1024 * 1024)],
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let bundles = Arc::new(Mutex::new(Vec::new()));
+            let mut cfg = ButlerConfig::new("p", "pre");
+            cfg.max_buffer_age = if no_buffer { Duration::ZERO } else { Duration::from_millis(20) };
+            let expected: Vec<(String, StreamType, Vec<u8>, Vec<Vec<u8>>)> = streams.iter().enumerate().map(|(i, (k, chunks))| {
+                let name = format!("s{i}");
+                match k {
+                    StreamType::Datagram => {
+                        let wire: Vec<u8> = chunks.iter().flat_map(|c| frame(c)).collect();
+                        (name, *k, wire, chunks.clone())
+                    }
+                    _ => (name, *k, chunks.concat(), Vec::new()),
+                }
+            }).collect();
+            rt.block_on(async {
+                let butler = Butler::start(cfg, Box::new(Collect { max, bundles: Arc::clone(&bundles) }));
+                for (name, kind, wire, _) in &expected {
+                    // Split the wire bytes into uneven writes.
+                    let writes: std::collections::VecDeque<Vec<u8>> = wire.chunks(777).map(<[u8]>::to_vec).collect();
+                    butler.handle().add_stream(StreamFlags::new(name.clone(), *kind), Writes(writes), Bytes::new()).unwrap();
+                }
+                butler.handle().wait_idle().await;
+                butler.shutdown().await.unwrap();
+            });
+            let bundles = bundles.lock().unwrap();
+            let mut got: HashMap<String, (Vec<u8>, Vec<Vec<u8>>, u64, bool)> = HashMap::new();
+            let mut last_prefix: Option<u64> = None;
+            let mut seen_prefix = HashSet::new();
+            for b in bundles.iter() {
+                let encoded = proto::bundle(b).encoded_len();
+                let biggest = b.entries.iter().flat_map(|e| &e.logs).map(|l| proto::log_entry(l).encoded_len()).max().unwrap_or(0);
+                prop_assert!(encoded <= max + biggest + 512, "bundle of {encoded} bytes over {max}");
+                let names: Vec<&str> = b.entries.iter().map(|e| e.stream.name.as_str()).collect();
+                let mut sorted = names.clone();
+                sorted.sort();
+                sorted.dedup();
+                prop_assert_eq!(&names, &sorted, "one entry per stream, sorted by name");
+                let mut bundle_max = None;
+                for e in &b.entries {
+                    let g = got.entry(e.stream.name.clone()).or_default();
+                    prop_assert!(!g.3, "data after the terminal entry");
+                    for l in &e.logs {
+                        prop_assert_eq!(l.stream_index, g.2, "stream_index contiguous");
+                        g.2 += 1;
+                        // Increasing butler-wide: every index of this bundle is above the last bundle's.
+                        prop_assert!(last_prefix.is_none_or(|p| l.prefix_index > p), "prefix_index increases");
+                        prop_assert!(seen_prefix.insert(l.prefix_index), "prefix_index unique");
+                        bundle_max = bundle_max.max(Some(l.prefix_index));
+                        match &l.content {
+                            Content::Datagram { data, partial } => {
+                                match partial {
+                                    Some(p) if p.index > 0 => g.1.last_mut().unwrap().extend_from_slice(data),
+                                    _ => g.1.push(data.to_vec()),
+                                }
+                            }
+                            Content::Text { data, .. } => {
+                                prop_assert!(!data.is_empty());
+                                g.0.extend_from_slice(data)
+                            }
+                            Content::Binary(data) => {
+                                prop_assert!(!data.is_empty());
+                                g.0.extend_from_slice(data)
+                            }
+                        }
+                    }
+                    if e.terminal {
+                        g.3 = true;
+                        prop_assert_eq!(e.terminal_index, g.2.checked_sub(1));
+                    }
+                }
+                last_prefix = bundle_max.or(last_prefix);
+            }
+            for (name, kind, wire, dgs) in &expected {
+                let g = got.get(name).cloned().unwrap_or_default();
+                prop_assert!(g.3, "{} got its terminal", name);
+                if *kind == StreamType::Datagram {
+                    prop_assert_eq!(&g.1, dgs);
+                } else {
+                    prop_assert_eq!(&g.0, wire);
+                }
+            }
+        }
+    }
+}
