@@ -89,55 +89,82 @@ impl StreamServer {
         &self.path
     }
 
-    /// Accepts clients until `stop` is cancelled or the butler shuts down. Every handshake runs
-    /// in its own task, bounded by `handshake_timeout` and cancelled at shutdown, so a silent
-    /// client can never hold anything up.
+    /// Accepts clients until `stop` is cancelled. Every handshake runs in its own task, bounded
+    /// by `handshake_timeout`, so a silent client can never hold anything up. When stopped, clients
+    /// already connected (in the backlog or mid-handshake) get a short grace to finish their
+    /// handshake, so a client that connected and wrote before the signal loses nothing.
     pub async fn run(
         self,
         butler: ButlerHandle,
         handshake_timeout: Duration,
         stop: CancellationToken,
     ) {
-        let closing = butler.closing_token();
+        let grace = butler.config().drain_idle;
+        let handshakes = tokio_util::task::TaskTracker::new();
         loop {
             let conn = tokio::select! {
                 c = self.listener.accept() => c,
                 () = stop.cancelled() => break,
-                () = closing.cancelled() => break,
             };
-            let mut conn = match conn {
-                Ok((c, _)) => c,
+            match conn {
+                Ok((c, _)) => {
+                    spawn_handshake(&handshakes, &butler, c, handshake_timeout, &stop, grace)
+                }
                 Err(e) => {
                     tracing::warn!("stream server accept: {e}");
                     tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
                 }
-            };
-            let guard = butler.begin_activity();
-            let butler = butler.clone();
-            let closing = closing.clone();
-            butler.clone().tracker().spawn(async move {
-                let res = tokio::select! {
-                    r = tokio::time::timeout(handshake_timeout, handshake::read(&mut conn)) => r,
-                    () = closing.cancelled() => {
-                        tracing::warn!("dropping a client whose handshake was unfinished at shutdown");
-                        return;
-                    }
-                };
-                match res {
-                    Err(_) => tracing::warn!("dropping a client that did not finish its handshake within {handshake_timeout:?}"),
-                    Ok(Err(e)) => tracing::warn!("refusing a stream: {e}"),
-                    Ok(Ok((flags, initial))) => {
-                        let name = flags.name.clone();
-                        if let Err(e) = butler.add_stream(flags, conn, initial) {
-                            tracing::warn!("refusing stream {name:?}: {e}");
-                        }
-                    }
-                }
-                drop(guard);
-            });
+            }
         }
+        // Whoever is still in the backlog connected before we stopped.
+        while let Ok(Ok((c, _))) =
+            tokio::time::timeout(Duration::from_millis(5), self.listener.accept()).await
+        {
+            spawn_handshake(&handshakes, &butler, c, handshake_timeout, &stop, grace);
+        }
+        handshakes.close();
+        handshakes.wait().await;
     }
+}
+
+#[cfg(unix)]
+fn spawn_handshake(
+    tasks: &tokio_util::task::TaskTracker,
+    butler: &ButlerHandle,
+    mut conn: tokio::net::UnixStream,
+    handshake_timeout: Duration,
+    stop: &CancellationToken,
+    grace: Duration,
+) {
+    let guard = butler.begin_activity();
+    let butler = butler.clone();
+    let stop = stop.clone();
+    tasks.spawn(async move {
+        let stopped = async {
+            stop.cancelled().await;
+            tokio::time::sleep(grace).await;
+        };
+        let res = tokio::select! {
+            r = tokio::time::timeout(handshake_timeout, handshake::read(&mut conn)) => r,
+            () = stopped => {
+                tracing::warn!("dropping a client whose handshake was unfinished at shutdown");
+                return;
+            }
+        };
+        match res {
+            Err(_) => tracing::warn!(
+                "dropping a client that did not finish its handshake within {handshake_timeout:?}"
+            ),
+            Ok(Err(e)) => tracing::warn!("refusing a stream: {e}"),
+            Ok(Ok((flags, initial))) => {
+                let name = flags.name.clone();
+                if let Err(e) = butler.add_stream(flags, conn, initial) {
+                    tracing::warn!("refusing stream {name:?}: {e}");
+                }
+            }
+        }
+        drop(guard);
+    });
 }
 
 impl Drop for StreamServer {

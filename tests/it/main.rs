@@ -1,4 +1,5 @@
 //! The one integration-test binary: every test runs the real `butler` executable.
 
 mod cli;
+mod streaming;
 mod util;
