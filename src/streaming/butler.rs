@@ -492,6 +492,7 @@ fn run_output(
 }
 
 #[cfg(test)]
+#[allow(clippy::type_complexity)]
 mod tests {
     use super::*;
     use crate::streaming::entry::{Content, StreamType};

@@ -99,15 +99,15 @@ pub async fn run_child(
     let pid = child.id().unwrap_or(0);
     started(pid);
     let mut capture_err = None;
-    if let (Some(flags), Some(out)) = (&opts.stdout, child.stdout.take()) {
-        if let Err(source) = butler.add_stream(flags.clone(), out, Bytes::new()) {
-            capture_err = Some(ProcessError::Stream { which: "stdout", source });
-        }
+    if let (Some(flags), Some(out)) = (&opts.stdout, child.stdout.take())
+        && let Err(source) = butler.add_stream(flags.clone(), out, Bytes::new())
+    {
+        capture_err = Some(ProcessError::Stream { which: "stdout", source });
     }
-    if let (Some(flags), Some(err)) = (&opts.stderr, child.stderr.take()) {
-        if let Err(source) = butler.add_stream(flags.clone(), err, Bytes::new()) {
-            capture_err.get_or_insert(ProcessError::Stream { which: "stderr", source });
-        }
+    if let (Some(flags), Some(err)) = (&opts.stderr, child.stderr.take())
+        && let Err(source) = butler.add_stream(flags.clone(), err, Bytes::new())
+    {
+        capture_err.get_or_insert(ProcessError::Stream { which: "stderr", source });
     }
     if capture_err.is_some() {
         signal(pid, libc::SIGKILL);
