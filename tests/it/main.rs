@@ -3,3 +3,4 @@
 mod cli;
 mod streaming;
 mod util;
+mod streaming_noloss;
