@@ -1,9 +1,22 @@
-//! Build script: fixes the version string at build time and (later) generates the logpb types.
+//! Build script: fixes the version string at build time and generates the logpb types.
 
 use std::process::Command;
 
 fn main() {
     build_info();
+    protos();
+}
+
+/// Generates the LogDog protobuf types (logpb and the Coordinator's registration messages) with
+/// protox, a pure-Rust compiler, so no `protoc` is needed on the machine.
+fn protos() {
+    println!("cargo:rerun-if-changed=proto");
+    let files = ["logpb/log.proto", "logpb/butler.proto", "registration.proto"];
+    let fds = protox::compile(files, ["proto"]).expect("compiling proto/*.proto");
+    prost_build::Config::new()
+        .bytes(["."])
+        .compile_fds(fds)
+        .expect("generating Rust types from proto/*.proto");
 }
 
 /// Bakes the version, build date and git ref into the binary.

@@ -11,7 +11,11 @@ use rusqlite::{Connection, OpenFlags};
 
 /// Migration `i` moves the schema from version `i` to `i + 1`. Append only; never edit a shipped one.
 const MIGRATIONS: &[&str] =
-    &[include_str!("migrations/0001_core.sql"), include_str!("migrations/0002_updates.sql")];
+    &[
+        include_str!("migrations/0001_core.sql"),
+        include_str!("migrations/0002_updates.sql"),
+        include_str!("migrations/0003_log_store.sql"),
+    ];
 
 /// How long a statement waits for another writer (CLI commands and the daemon share the file).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);

@@ -1,17 +1,95 @@
 //! The streaming commands: `butler stream`, `serve`, `run` and `logs`.
+//!
+//! Exit codes as upstream: 2 for bad flags, 250 for runtime errors, the child's code for `run`.
 
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
 use clap::{Args, Subcommand};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
+use super::butler::{Butler, ButlerConfig, ButlerHandle};
+use super::entry::StreamType;
+use super::handshake::StreamFlags;
+use super::output::{self, OutputContext, OutputError, OutputSpec};
+use super::process::{self, RunOptions};
+use super::server::{ServerError, StreamServer};
+use super::{names, store, timefmt};
+use crate::ExitError;
 use crate::cli::GlobalArgs;
+use crate::db::{self, DbPath};
+use crate::report::Reporter;
+
+/// Exit code for bad flags.
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code for runtime errors (upstream's).
+pub const EXIT_RUNTIME: u8 = 250;
 
 #[derive(Debug, Args)]
-pub struct StreamArgs {}
+pub struct StreamArgs {
+    /// File to upload, or `-` for stdin.
+    #[arg(long, default_value = "-", value_name = "PATH|-")]
+    pub source: String,
+
+    /// The stream: name=N,type=text|binary|datagram,content-type=C,tag=k=v (repeat tag=).
+    #[arg(long, value_name = "SPEC")]
+    pub stream: Option<String>,
+}
 
 #[derive(Debug, Args)]
-pub struct ServeArgs {}
+pub struct ServeArgs {
+    /// Where to listen: unix:PATH (default: a fresh temp path).
+    #[arg(long, value_name = "URI")]
+    pub streamserver_uri: Option<String>,
+
+    /// Drop clients that have not finished their handshake after this long.
+    #[arg(long, value_name = "DURATION", default_value = "10s")]
+    pub handshake_timeout: String,
+}
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
+    /// Where the child's stream server listens: unix:PATH (default: a fresh temp path).
+    #[arg(long, value_name = "URI")]
+    pub streamserver_uri: Option<String>,
+
+    /// Capture the child's stdout as a stream: name=N[,type=T,content-type=C,tag=k=v].
+    #[arg(long, value_name = "SPEC")]
+    pub stdout: Option<String>,
+
+    /// Capture the child's stderr as a stream: name=N[,type=T,content-type=C,tag=k=v].
+    #[arg(long, value_name = "SPEC")]
+    pub stderr: Option<String>,
+
+    /// Give the child butler's stdin (default: an empty stdin).
+    #[arg(long)]
+    pub forward_stdin: bool,
+
+    /// Run the child in this folder.
+    #[arg(long, value_name = "DIR")]
+    pub chdir: Option<PathBuf>,
+
+    /// Write {"return_code": N, "command": [...]} here when the child ends.
+    #[arg(long, value_name = "FILE")]
+    pub result_path: Option<PathBuf>,
+
+    /// Read the command from this JSON array of strings instead of the arguments.
+    #[arg(long, value_name = "FILE")]
+    pub json_args_path: Option<PathBuf>,
+
+    /// After forwarding SIGINT/SIGTERM, how long the child has before SIGKILL.
+    #[arg(long, value_name = "DURATION", default_value = "5s")]
+    pub kill_grace: String,
+
+    /// Drop clients that have not finished their handshake after this long.
+    #[arg(long, value_name = "DURATION", default_value = "10s")]
+    pub handshake_timeout: String,
+
     /// The command to run and its arguments.
     #[arg(last = true)]
     pub command: Vec<String>,
@@ -19,22 +97,387 @@ pub struct RunArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum LogsCommand {
-    /// List streams.
-    Ls,
+    /// List streams (optionally only those whose path starts with PREFIX).
+    Ls { prefix: Option<String> },
+    /// Write a stream's exact bytes to stdout.
+    Cat {
+        /// <prefix>/+/<name>
+        path: String,
+    },
+    /// The end of a stream; with -f, keep following it until it ends.
+    Tail {
+        /// <prefix>/+/<name>
+        path: String,
+        /// Keep printing new data until the stream ends.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Lines (text) or entries (binary, datagram) to show.
+        #[arg(short = 'n', long, default_value_t = 10)]
+        lines: usize,
+        /// How often -f polls the store.
+        #[arg(long, value_name = "DURATION", default_value = "200ms")]
+        poll_interval: String,
+    },
 }
 
-pub fn stream(_args: StreamArgs, _global: &GlobalArgs) -> anyhow::Result<u8> {
-    anyhow::bail!("butler stream is not implemented yet")
+fn usage(e: impl Into<anyhow::Error>) -> anyhow::Error {
+    ExitError::new(EXIT_USAGE, e).into()
 }
 
-pub fn serve(_args: ServeArgs, _global: &GlobalArgs) -> anyhow::Result<u8> {
-    anyhow::bail!("butler serve is not implemented yet")
+fn runtime(e: impl Into<anyhow::Error>) -> anyhow::Error {
+    ExitError::new(EXIT_RUNTIME, e).into()
 }
 
-pub fn run(_args: RunArgs, _global: &GlobalArgs) -> anyhow::Result<u8> {
-    anyhow::bail!("butler run is not implemented yet")
+fn duration_flag(flag: &str, v: &str) -> anyhow::Result<Duration> {
+    timefmt::parse_duration(v).map_err(|e| usage(anyhow::anyhow!("--{flag}: {e}")))
 }
 
-pub fn logs(_cmd: LogsCommand, _global: &GlobalArgs) -> anyhow::Result<u8> {
-    anyhow::bail!("butler logs is not implemented yet")
+/// The default prefix: `butler/users/<user>/<random>`.
+fn default_prefix() -> String {
+    use base64::Engine;
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("USERNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    let mut rnd = [0u8; 30];
+    let _ = getrandom::fill(&mut rnd);
+    let rnd = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rnd);
+    names::make_stream_name("s_", &["butler", "users", &user, &rnd])
+}
+
+/// The butler configuration and output the global flags describe.
+pub fn setup(global: &GlobalArgs) -> anyhow::Result<(ButlerConfig, OutputSpec)> {
+    let l = &global.logdog;
+    let spec = OutputSpec::parse(l.output.as_deref().unwrap_or("store")).map_err(usage)?;
+    let project = match (&l.project, &spec) {
+        (Some(p), _) => p.clone(),
+        (None, OutputSpec::Logdog { .. }) => {
+            return Err(usage(anyhow::anyhow!("--project is required for the logdog output")));
+        }
+        (None, _) => "local".to_owned(),
+    };
+    names::validate_project(&project).map_err(|e| usage(anyhow::anyhow!("--project: {e}")))?;
+    let prefix = l.prefix.clone().unwrap_or_else(default_prefix);
+    names::validate_stream_name(&prefix).map_err(|e| usage(anyhow::anyhow!("--prefix: {e}")))?;
+    let mut tags = BTreeMap::new();
+    for t in &l.tags {
+        let (k, v) = t.split_once('=').unwrap_or((t, ""));
+        names::validate_tag(k, v).map_err(|e| usage(anyhow::anyhow!("--tag: {e}")))?;
+        tags.insert(k.to_owned(), v.to_owned());
+    }
+    let mut cfg = ButlerConfig::new(project, prefix);
+    cfg.tags = tags;
+    if let Some(age) = &l.output_max_buffer_age {
+        cfg.max_buffer_age = duration_flag("output-max-buffer-age", age)?;
+    }
+    if l.output_no_buffer {
+        cfg.max_buffer_age = Duration::ZERO;
+    }
+    Ok((cfg, spec))
+}
+
+/// Opens the output for `cfg` (the store at `--dbpath` or the embedded default).
+pub fn open_output(
+    global: &GlobalArgs,
+    cfg: &ButlerConfig,
+    spec: &OutputSpec,
+) -> anyhow::Result<Box<dyn output::Output>> {
+    let ctx = OutputContext {
+        dbpath: global.dbpath.clone(),
+        project: cfg.project.clone(),
+        prefix: cfg.prefix.clone(),
+    };
+    output::open(spec, &ctx).map_err(|e| match e {
+        OutputError::Config(_) => usage(e),
+        e => runtime(anyhow::Error::new(e).context("opening the output")),
+    })
+}
+
+/// Parses `name=N,type=T,content-type=C,tag=k=v` (repeatable `tag=`).
+pub fn parse_stream_spec(spec: &str, default_name: &str) -> anyhow::Result<StreamFlags> {
+    let mut flags = StreamFlags::new(default_name, StreamType::Text);
+    for part in spec.split(',').filter(|p| !p.is_empty()) {
+        let (k, v) = part
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("stream option {part:?} is not key=value"))?;
+        match k {
+            "name" => flags.name = v.to_owned(),
+            "type" => {
+                flags.stream_type = StreamType::parse(v).ok_or_else(|| {
+                    anyhow::anyhow!("unknown stream type {v:?} (text, binary, datagram)")
+                })?
+            }
+            "content-type" | "contentType" => flags.content_type = Some(v.to_owned()),
+            "tag" => {
+                let (tk, tv) = v.split_once('=').unwrap_or((v, ""));
+                flags.tags.insert(tk.to_owned(), tv.to_owned());
+            }
+            _ => anyhow::bail!("unknown stream option {k:?} (name, type, content-type, tag)"),
+        }
+    }
+    flags.validate()?;
+    Ok(flags)
+}
+
+fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+        .map_err(runtime)
+}
+
+/// Resolves on the first SIGINT or SIGTERM.
+async fn terminated() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) =
+        (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
+    else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+    }
+}
+
+async fn finish(butler: Butler) -> anyhow::Result<()> {
+    let stats =
+        butler.shutdown().await.map_err(|e| runtime(anyhow::Error::new(e).context("output")))?;
+    tracing::debug!(?stats, "butler finished");
+    Ok(())
+}
+
+pub fn stream(args: StreamArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
+    let (cfg, spec) = setup(global)?;
+    let default_name = if args.source == "-" {
+        "stdin".to_owned()
+    } else {
+        names::make_stream_name("file:", &[&args.source])
+    };
+    let flags = parse_stream_spec(args.stream.as_deref().unwrap_or(""), &default_name)
+        .map_err(|e| usage(e.context("--stream")))?;
+    let rt = tokio_runtime()?;
+    rt.block_on(async {
+        let out = open_output(global, &cfg, &spec)?;
+        let butler = Butler::start(cfg, out);
+        let reader: Box<dyn tokio::io::AsyncRead + Send + Unpin> = if args.source == "-" {
+            Box::new(tokio::io::stdin())
+        } else {
+            Box::new(
+                tokio::fs::File::open(&args.source)
+                    .await
+                    .with_context(|| format!("opening --source {}", args.source))
+                    .map_err(runtime)?,
+            )
+        };
+        butler.handle().add_stream(flags, reader, Bytes::new()).map_err(runtime)?;
+        let handle = butler.handle();
+        tokio::select! {
+            () = handle.wait_idle() => {}
+            () = terminated() => tracing::info!("signalled; flushing"),
+        }
+        finish(butler).await?;
+        Ok(0)
+    })
+}
+
+pub fn serve(args: ServeArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
+    let (cfg, spec) = setup(global)?;
+    let hs_timeout = duration_flag("handshake-timeout", &args.handshake_timeout)?;
+    let rt = tokio_runtime()?;
+    rt.block_on(async {
+        let server = bind(args.streamserver_uri.as_deref())?;
+        let out = open_output(global, &cfg, &spec)?;
+        let butler = Butler::start(cfg, out);
+        let uri = server.uri().to_owned();
+        if global.json {
+            Reporter::new(true, false, false).result(serde_json::json!({ "address": uri }));
+        } else {
+            let mut stdout = std::io::stdout().lock();
+            let _ = writeln!(stdout, "{uri}");
+            let _ = stdout.flush();
+        }
+        tracing::info!("stream server listening on {uri}");
+        let stop = CancellationToken::new();
+        let accept = tokio::spawn(server.run(butler.handle(), hs_timeout, stop.clone()));
+        terminated().await;
+        tracing::info!("signalled; flushing");
+        stop.cancel();
+        let _ = accept.await;
+        finish(butler).await?;
+        Ok(0)
+    })
+}
+
+fn bind(uri: Option<&str>) -> anyhow::Result<StreamServer> {
+    StreamServer::bind(uri).map_err(|e| match e {
+        ServerError::BadAddress(_)
+        | ServerError::PathTooLong { .. }
+        | ServerError::PipeUnsupported => usage(e),
+        e => runtime(e),
+    })
+}
+
+pub fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
+    let (cfg, spec) = setup(global)?;
+    let hs_timeout = duration_flag("handshake-timeout", &args.handshake_timeout)?;
+    let kill_grace = duration_flag("kill-grace", &args.kill_grace)?;
+    let command = match (&args.json_args_path, args.command.is_empty()) {
+        (Some(_), false) => {
+            return Err(usage(anyhow::anyhow!(
+                "--json-args-path cannot be combined with a command"
+            )));
+        }
+        (Some(p), true) => {
+            let text = fs_err::read_to_string(p).map_err(runtime)?;
+            serde_json::from_str::<Vec<String>>(&text)
+                .with_context(|| format!("{}: expected a JSON array of strings", p.display()))
+                .map_err(usage)?
+        }
+        (None, _) => args.command.clone(),
+    };
+    if command.is_empty() {
+        return Err(usage(anyhow::anyhow!("no command: butler run [flags] -- COMMAND ARGS...")));
+    }
+    let stdout = args
+        .stdout
+        .as_deref()
+        .map(|s| parse_stream_spec(s, "stdout"))
+        .transpose()
+        .map_err(|e| usage(e.context("--stdout")))?;
+    let stderr = args
+        .stderr
+        .as_deref()
+        .map(|s| parse_stream_spec(s, "stderr"))
+        .transpose()
+        .map_err(|e| usage(e.context("--stderr")))?;
+    let rt = tokio_runtime()?;
+    rt.block_on(async {
+        let server = bind(args.streamserver_uri.as_deref())?;
+        let out = open_output(global, &cfg, &spec)?;
+        let coordinator_host = out.coordinator_host();
+        let butler = Butler::start(cfg, out);
+        let uri = server.uri().to_owned();
+        let stop = CancellationToken::new();
+        let accept = tokio::spawn(server.run(butler.handle(), hs_timeout, stop.clone()));
+        let (sig_tx, sig_rx) = mpsc::channel(4);
+        let forwarder = tokio::spawn(forward_signals(sig_tx));
+        let opts = RunOptions {
+            command: command.clone(),
+            cwd: args.chdir.clone(),
+            env: Vec::new(),
+            stdout,
+            stderr,
+            forward_stdin: args.forward_stdin,
+            kill_grace,
+            coordinator_host,
+        };
+        let handle: ButlerHandle = butler.handle();
+        let result = process::run_child(&handle, &uri, &opts, sig_rx, |pid| {
+            tracing::debug!("child pid {pid}")
+        })
+        .await;
+        forwarder.abort();
+        stop.cancel();
+        let _ = accept.await;
+        drop(handle);
+        let flushed = finish(butler).await;
+        let outcome = result.map_err(runtime)?;
+        flushed?;
+        if let Some(path) = &args.result_path {
+            let program = process::resolve_program(&command[0], args.chdir.as_deref())
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| command[0].clone());
+            let mut cmd = vec![program];
+            cmd.extend(command[1..].iter().cloned());
+            let body = serde_json::json!({ "return_code": outcome.exit_code, "command": cmd });
+            fs_err::write(path, serde_json::to_vec_pretty(&body).unwrap_or_default())
+                .map_err(runtime)?;
+        }
+        Ok(u8::try_from(outcome.exit_code.clamp(0, 255)).unwrap_or(EXIT_RUNTIME))
+    })
+}
+
+async fn forward_signals(tx: mpsc::Sender<i32>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) =
+        (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
+    else {
+        return;
+    };
+    loop {
+        let sig = tokio::select! {
+            _ = int.recv() => libc::SIGINT,
+            _ = term.recv() => libc::SIGTERM,
+        };
+        if tx.send(sig).await.is_err() {
+            return;
+        }
+    }
+}
+
+pub fn logs(cmd: LogsCommand, global: &GlobalArgs) -> anyhow::Result<u8> {
+    let project = global.logdog.project.clone().unwrap_or_else(|| "local".to_owned());
+    names::validate_project(&project).map_err(|e| usage(anyhow::anyhow!("--project: {e}")))?;
+    let path = DbPath::resolve(global.dbpath.as_deref()).map_err(runtime)?;
+    let conn = db::open(&path).map_err(runtime)?;
+    let reporter = Reporter::new(global.json, global.verbose, global.quiet);
+    match cmd {
+        LogsCommand::Ls { prefix } => {
+            let streams =
+                store::list_streams(&conn, &project, prefix.as_deref()).map_err(runtime)?;
+            if global.json {
+                reporter.result(serde_json::json!({ "streams": streams }));
+            } else {
+                let mut out = std::io::stdout().lock();
+                for s in &streams {
+                    let state = if s.terminal { "complete" } else { "open" };
+                    let _ = writeln!(
+                        out,
+                        "{}\t{}\t{} entries\t{} bytes\t{state}",
+                        s.path, s.stream_type, s.entries, s.bytes
+                    );
+                }
+            }
+            Ok(0)
+        }
+        LogsCommand::Cat { path } => {
+            let s = find(&conn, &project, &path)?;
+            let mut out = std::io::BufWriter::with_capacity(256 * 1024, std::io::stdout().lock());
+            store::write_stream(&conn, &s, 0, &mut out).map_err(runtime)?;
+            out.flush().map_err(runtime)?;
+            Ok(0)
+        }
+        LogsCommand::Tail { path, follow, lines, poll_interval } => {
+            let poll = duration_flag("poll-interval", &poll_interval)?;
+            let s = find(&conn, &project, &path)?;
+            let mut out = std::io::stdout().lock();
+            let mut next = store::write_tail(&conn, &s, lines, &mut out).map_err(runtime)?;
+            out.flush().map_err(runtime)?;
+            if follow {
+                loop {
+                    let cur = store::refresh(&conn, s.id)
+                        .map_err(runtime)?
+                        .ok_or_else(|| runtime(anyhow::anyhow!("{path} vanished")))?;
+                    next = store::write_stream(&conn, &cur, next, &mut out).map_err(runtime)?;
+                    out.flush().map_err(runtime)?;
+                    if cur.terminal && next >= cur.entries {
+                        break;
+                    }
+                    std::thread::sleep(poll);
+                }
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn find(
+    conn: &rusqlite::Connection,
+    project: &str,
+    path: &str,
+) -> anyhow::Result<store::StoredStream> {
+    store::find_stream(conn, project, path).map_err(usage)?.ok_or_else(|| {
+        runtime(anyhow::anyhow!("no stream {path} in project {project} of the log store"))
+    })
 }

@@ -1,3 +1,25 @@
 //! The LogDog Butler: stream server, bundler, outputs and the `stream`/`serve`/`run`/`logs` commands.
+//!
+//! Layers, bottom up: [`names`] and [`timefmt`] (validation and formats), [`handshake`] (the
+//! `BTLR1` wire protocol), `cutter` (bytes → log entries per stream type), [`butler`] (per-stream
+//! tasks feeding one bundler task, feeding one output worker), [`output`] (where bundles go),
+//! [`server`] (the unix-socket stream server), [`store`] (reading the SQLite log store),
+//! [`process`] (running a child with a stream server), [`streamclient`] (the client side), and
+//! [`cli`] (the commands). Generated protobuf types live in `proto` and never leave this module.
 
+pub mod butler;
 pub mod cli;
+mod cutter;
+pub mod entry;
+pub mod handshake;
+pub mod names;
+pub mod output;
+pub mod process;
+mod proto;
+pub mod server;
+pub mod store;
+pub mod streamclient;
+pub mod timefmt;
+
+pub use butler::{Butler, ButlerConfig, ButlerHandle};
+pub use entry::{Bundle, BundleEntry, Content, LogEntry, Partial, StreamInfo, StreamType};

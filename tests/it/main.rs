@@ -3,4 +3,6 @@
 mod cli;
 mod daemon;
 mod upgrade;
+mod streaming;
 mod util;
+mod streaming_noloss;

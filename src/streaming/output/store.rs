@@ -1,0 +1,124 @@
+//! The `store` output (the default): streams and entries in the local SQLite database, one
+//! transaction per bundle.
+
+use std::collections::HashMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, params};
+
+use super::{LOCAL_BUNDLE_SIZE, Output, OutputError};
+use crate::db::{self, DbPath};
+use crate::streaming::entry::{Bundle, Content};
+use crate::streaming::timefmt;
+
+#[derive(Debug)]
+pub struct StoreOutput {
+    conn: Connection,
+    /// Stream id in this butler → row id in `log_streams`.
+    rows: HashMap<u64, i64>,
+}
+
+impl StoreOutput {
+    /// Opens the database and claims `project`/`prefix`, which must not hold streams yet (as the
+    /// Coordinator refuses to register a prefix twice).
+    pub fn open(path: &DbPath, project: &str, prefix: &str) -> Result<Self, OutputError> {
+        let conn = db::open(path)?;
+        let used: bool = conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM log_streams WHERE project = ?1 AND prefix = ?2)",
+            params![project, prefix],
+            |r| r.get(0),
+        )?;
+        if used {
+            return Err(OutputError::Config(format!(
+                "prefix {prefix:?} already holds streams in project {project:?} of the log store; choose another --prefix"
+            )));
+        }
+        Ok(StoreOutput { conn, rows: HashMap::new() })
+    }
+}
+
+impl Output for StoreOutput {
+    fn name(&self) -> &'static str {
+        "store"
+    }
+
+    fn max_size(&self) -> usize {
+        LOCAL_BUNDLE_SIZE
+    }
+
+    fn send(&mut self, bundle: Bundle) -> Result<(), OutputError> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut new_stream = tx.prepare_cached(
+                "INSERT INTO log_streams (project, prefix, name, stream_type, content_type, tags, timestamp, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?;
+            let mut add = tx.prepare_cached(
+                "INSERT INTO log_entries (stream_id, stream_index, prefix_index, sequence, time_offset_ns, lines,
+                                          partial_index, partial_size, partial_last, data)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )?;
+            let mut count = tx.prepare_cached(
+                "UPDATE log_streams SET entries = entries + ?2, bytes = bytes + ?3,
+                        terminal = terminal OR ?4, terminal_index = coalesce(?5, terminal_index)
+                 WHERE id = ?1",
+            )?;
+            for e in &bundle.entries {
+                let s = &e.stream;
+                let row = match self.rows.get(&s.id) {
+                    Some(r) => *r,
+                    None => {
+                        let now = SystemTime::now()
+                            .duration_since(UNIX_EPOCH)
+                            .map(|d| d.as_secs() as i64)
+                            .unwrap_or(0);
+                        new_stream.execute(params![
+                            s.project,
+                            s.prefix,
+                            s.name,
+                            s.stream_type.as_str(),
+                            s.content_type,
+                            serde_json::to_string(&s.tags).unwrap_or_else(|_| "{}".into()),
+                            timefmt::format_rfc3339(s.timestamp),
+                            now,
+                        ])?;
+                        let r = tx.last_insert_rowid();
+                        self.rows.insert(s.id, r);
+                        r
+                    }
+                };
+                let mut bytes = 0i64;
+                for l in &e.logs {
+                    let (lines, partial) = match &l.content {
+                        Content::Text { .. } => (l.content.line_count() as i64, None),
+                        Content::Datagram { partial, .. } => (0, *partial),
+                        Content::Binary(_) => (0, None),
+                    };
+                    let data = l.content.data();
+                    bytes += data.len() as i64;
+                    add.execute(params![
+                        row,
+                        l.stream_index as i64,
+                        l.prefix_index as i64,
+                        l.sequence as i64,
+                        l.time_offset.as_nanos() as i64,
+                        lines,
+                        partial.map(|p| i64::from(p.index)),
+                        partial.map(|p| p.size as i64),
+                        partial.map(|p| p.last),
+                        &data[..],
+                    ])?;
+                }
+                count.execute(params![
+                    row,
+                    e.logs.len() as i64,
+                    bytes,
+                    e.terminal,
+                    e.terminal_index.map(|i| i as i64),
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}

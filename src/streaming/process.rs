@@ -1,0 +1,157 @@
+//! Running a child with a stream server (`butler run`, the daemon's `Process.Run`): the
+//! `LOGDOG_*` environment, named stdout/stderr as text streams, signal forwarding with a grace
+//! period, and waiting for every stream (grandchildren's too) before returning.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use super::butler::{AddStreamError, ButlerHandle};
+use super::handshake::StreamFlags;
+use super::streamclient::{
+    ENV_COORDINATOR_HOST, ENV_STREAM_PREFIX, ENV_STREAM_PROJECT, ENV_STREAM_SERVER_PATH,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("no command to run")]
+    NoCommand,
+    #[error("cannot start {command:?}: {source}")]
+    Spawn { command: String, source: std::io::Error },
+    #[error("waiting for the child: {0}")]
+    Wait(std::io::Error),
+    #[error("cannot capture the child's {which}: {source}")]
+    Stream { which: &'static str, source: AddStreamError },
+}
+
+/// How to run the child.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    pub command: Vec<String>,
+    pub cwd: Option<PathBuf>,
+    /// Extra environment for the child (after the `LOGDOG_*` variables).
+    pub env: Vec<(String, String)>,
+    /// Capture stdout as this stream (else it passes through).
+    pub stdout: Option<StreamFlags>,
+    pub stderr: Option<StreamFlags>,
+    pub forward_stdin: bool,
+    /// After a forwarded signal, how long the child has before SIGKILL.
+    pub kill_grace: Duration,
+    pub coordinator_host: Option<String>,
+}
+
+/// How the child ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunOutcome {
+    pub pid: u32,
+    /// The exit code, or 128 + N when signal N killed it.
+    pub exit_code: i32,
+    pub signal: Option<i32>,
+}
+
+/// Finds `program` as a shell would (for `--result-path`'s absolute command).
+pub fn resolve_program(program: &str, cwd: Option<&Path>) -> Option<PathBuf> {
+    let p = Path::new(program);
+    if program.contains('/') {
+        let full = if p.is_absolute() {
+            p.to_owned()
+        } else {
+            cwd.map(Path::to_owned).or_else(|| std::env::current_dir().ok())?.join(p)
+        };
+        return Some(full);
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join(program)).find(|c| c.is_file())
+}
+
+/// Runs the child to completion with `server_uri` as its stream server. `signals` carries
+/// signal numbers to forward (SIGINT, SIGTERM); the first starts the grace period.
+pub async fn run_child(
+    butler: &ButlerHandle,
+    server_uri: &str,
+    opts: &RunOptions,
+    mut signals: mpsc::Receiver<i32>,
+    started: impl FnOnce(u32),
+) -> Result<RunOutcome, ProcessError> {
+    let (program, args) = opts.command.split_first().ok_or(ProcessError::NoCommand)?;
+    let cfg = butler.config();
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args)
+        .env(ENV_STREAM_SERVER_PATH, server_uri)
+        .env(ENV_STREAM_PREFIX, &cfg.prefix)
+        .env(ENV_STREAM_PROJECT, &cfg.project)
+        .stdin(if opts.forward_stdin { Stdio::inherit() } else { Stdio::null() })
+        .stdout(if opts.stdout.is_some() { Stdio::piped() } else { Stdio::inherit() })
+        .stderr(if opts.stderr.is_some() { Stdio::piped() } else { Stdio::inherit() });
+    if let Some(host) = &opts.coordinator_host {
+        cmd.env(ENV_COORDINATOR_HOST, host);
+    }
+    for (k, v) in &opts.env {
+        cmd.env(k, v);
+    }
+    if let Some(dir) = &opts.cwd {
+        cmd.current_dir(dir);
+    }
+    let mut child =
+        cmd.spawn().map_err(|source| ProcessError::Spawn { command: program.clone(), source })?;
+    let pid = child.id().unwrap_or(0);
+    started(pid);
+    let mut capture_err = None;
+    if let (Some(flags), Some(out)) = (&opts.stdout, child.stdout.take())
+        && let Err(source) = butler.add_stream(flags.clone(), out, Bytes::new())
+    {
+        capture_err = Some(ProcessError::Stream { which: "stdout", source });
+    }
+    if let (Some(flags), Some(err)) = (&opts.stderr, child.stderr.take())
+        && let Err(source) = butler.add_stream(flags.clone(), err, Bytes::new())
+    {
+        capture_err.get_or_insert(ProcessError::Stream { which: "stderr", source });
+    }
+    if capture_err.is_some() {
+        signal(pid, libc::SIGKILL);
+    }
+    let mut kill_at: Option<tokio::time::Instant> = None;
+    let mut signals_open = true;
+    let status = loop {
+        tokio::select! {
+            s = child.wait() => break s.map_err(ProcessError::Wait)?,
+            sig = signals.recv(), if signals_open => match sig {
+                Some(sig) => {
+                    tracing::info!("forwarding signal {sig} to the child (pid {pid})");
+                    signal(pid, sig);
+                    kill_at.get_or_insert(tokio::time::Instant::now() + opts.kill_grace);
+                }
+                None => signals_open = false,
+            },
+            () = async { tokio::time::sleep_until(kill_at.unwrap_or_else(tokio::time::Instant::now)).await }, if kill_at.is_some() => {
+                tracing::warn!("the child (pid {pid}) outlived its grace period; killing it");
+                signal(pid, libc::SIGKILL);
+                kill_at = None;
+            }
+        }
+    };
+    if let Some(e) = capture_err {
+        return Err(e);
+    }
+    // Every stream: the child's stdout/stderr and whatever its descendants opened.
+    butler.wait_idle().await;
+    use std::os::unix::process::ExitStatusExt;
+    let outcome = match (status.code(), status.signal()) {
+        (Some(code), _) => RunOutcome { pid, exit_code: code, signal: None },
+        (None, Some(sig)) => RunOutcome { pid, exit_code: 128 + sig, signal: Some(sig) },
+        (None, None) => RunOutcome { pid, exit_code: 250, signal: None },
+    };
+    Ok(outcome)
+}
+
+fn signal(pid: u32, sig: i32) {
+    if pid == 0 {
+        return;
+    }
+    // SAFETY: kill(2) with a pid we spawned and still reap; no memory is involved.
+    unsafe {
+        libc::kill(pid as libc::pid_t, sig);
+    }
+}

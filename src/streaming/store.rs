@@ -1,0 +1,260 @@
+//! Reading the local log store: what `butler logs` and the daemon's `Streams.*` use.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::entry::{Partial, StreamType};
+use super::handshake::put_uvarint;
+use super::names;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("log store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("writing stream data: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0:?} is not a stream path (<prefix>/+/<name>)")]
+    BadPath(String),
+}
+
+/// A stream as the store knows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredStream {
+    #[serde(skip)]
+    pub id: i64,
+    pub project: String,
+    pub prefix: String,
+    pub name: String,
+    pub path: String,
+    #[serde(rename = "type")]
+    pub stream_type: String,
+    pub content_type: String,
+    pub tags: BTreeMap<String, String>,
+    pub timestamp: String,
+    pub entries: u64,
+    pub bytes: u64,
+    pub terminal: bool,
+    pub terminal_index: Option<u64>,
+}
+
+impl StoredStream {
+    pub fn kind(&self) -> Option<StreamType> {
+        StreamType::parse(&self.stream_type)
+    }
+}
+
+/// One stored log entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEntry {
+    pub stream_index: u64,
+    pub prefix_index: u64,
+    pub sequence: u64,
+    pub time_offset: Duration,
+    /// Text: number of lines (the last may be partial).
+    pub lines: u64,
+    pub partial: Option<Partial>,
+    /// Text: lines with their delimiters; binary: the block; datagram: the datagram (fragment).
+    pub data: Vec<u8>,
+}
+
+const STREAM_COLUMNS: &str = "id, project, prefix, name, stream_type, content_type, tags, timestamp, entries, bytes, terminal, terminal_index";
+
+fn stream_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredStream> {
+    let prefix: String = r.get(2)?;
+    let name: String = r.get(3)?;
+    let tags: String = r.get(6)?;
+    Ok(StoredStream {
+        id: r.get(0)?,
+        project: r.get(1)?,
+        path: names::stream_path(&prefix, &name),
+        prefix,
+        name,
+        stream_type: r.get(4)?,
+        content_type: r.get(5)?,
+        tags: serde_json::from_str(&tags).unwrap_or_default(),
+        timestamp: r.get(7)?,
+        entries: r.get::<_, i64>(8)? as u64,
+        bytes: r.get::<_, i64>(9)? as u64,
+        terminal: r.get(10)?,
+        terminal_index: r.get::<_, Option<i64>>(11)?.map(|i| i as u64),
+    })
+}
+
+/// Streams of `project` whose path starts with `prefix` (all when `None`), oldest first.
+pub fn list_streams(
+    conn: &Connection,
+    project: &str,
+    prefix: Option<&str>,
+) -> Result<Vec<StoredStream>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {STREAM_COLUMNS} FROM log_streams WHERE project = ?1 ORDER BY id"
+    ))?;
+    let rows = stmt.query_map(params![project], stream_row)?;
+    let mut out = Vec::new();
+    for r in rows {
+        let s = r?;
+        if prefix.is_none_or(|p| s.path.starts_with(p)) {
+            out.push(s);
+        }
+    }
+    Ok(out)
+}
+
+/// The stream at `<prefix>/+/<name>` in `project`.
+pub fn find_stream(
+    conn: &Connection,
+    project: &str,
+    path: &str,
+) -> Result<Option<StoredStream>, StoreError> {
+    let (prefix, name) =
+        names::split_path(path).ok_or_else(|| StoreError::BadPath(path.to_owned()))?;
+    Ok(conn
+        .query_row(
+            &format!("SELECT {STREAM_COLUMNS} FROM log_streams WHERE project = ?1 AND prefix = ?2 AND name = ?3"),
+            params![project, prefix, name],
+            stream_row,
+        )
+        .optional()?)
+}
+
+/// Re-reads a stream's row (for followers).
+pub fn refresh(conn: &Connection, id: i64) -> Result<Option<StoredStream>, StoreError> {
+    Ok(conn
+        .query_row(
+            &format!("SELECT {STREAM_COLUMNS} FROM log_streams WHERE id = ?1"),
+            params![id],
+            stream_row,
+        )
+        .optional()?)
+}
+
+/// Up to `limit` entries from `from_index` on, in order.
+pub fn read_entries(
+    conn: &Connection,
+    stream_id: i64,
+    from_index: u64,
+    limit: usize,
+) -> Result<Vec<StoredEntry>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT stream_index, prefix_index, sequence, time_offset_ns, lines, partial_index, partial_size, partial_last, data
+         FROM log_entries WHERE stream_id = ?1 AND stream_index >= ?2 ORDER BY stream_index LIMIT ?3",
+    )?;
+    let rows = stmt.query_map(
+        params![stream_id, from_index as i64, limit.min(i64::MAX as usize) as i64],
+        |r| {
+            let pi: Option<i64> = r.get(5)?;
+            let partial = match pi {
+                Some(index) => Some(Partial {
+                    index: index as u32,
+                    size: r.get::<_, i64>(6)? as u64,
+                    last: r.get::<_, bool>(7)?,
+                }),
+                None => None,
+            };
+            Ok(StoredEntry {
+                stream_index: r.get::<_, i64>(0)? as u64,
+                prefix_index: r.get::<_, i64>(1)? as u64,
+                sequence: r.get::<_, i64>(2)? as u64,
+                time_offset: Duration::from_nanos(r.get::<_, i64>(3)?.max(0) as u64),
+                lines: r.get::<_, i64>(4)? as u64,
+                partial,
+                data: r.get(8)?,
+            })
+        },
+    )?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Writes a stream's bytes from `from_index` on, exactly as its client sent them: text and binary
+/// as is, datagrams as the length-prefixed frames they came in. Returns the next index to read.
+pub fn write_stream(
+    conn: &Connection,
+    stream: &StoredStream,
+    from_index: u64,
+    w: &mut dyn Write,
+) -> Result<u64, StoreError> {
+    let datagram = stream.kind() == Some(StreamType::Datagram);
+    let mut next = from_index;
+    loop {
+        let batch = read_entries(conn, stream.id, next, 256)?;
+        let Some(last) = batch.last() else { break };
+        next = last.stream_index + 1;
+        for e in &batch {
+            if datagram {
+                match e.partial {
+                    None => {
+                        let mut h = Vec::with_capacity(10);
+                        put_uvarint(&mut h, e.data.len() as u64);
+                        w.write_all(&h)?;
+                    }
+                    Some(p) if p.index == 0 => {
+                        let mut h = Vec::with_capacity(10);
+                        put_uvarint(&mut h, p.size);
+                        w.write_all(&h)?;
+                    }
+                    Some(_) => {}
+                }
+            }
+            w.write_all(&e.data)?;
+        }
+    }
+    Ok(next)
+}
+
+/// Writes the last `n` lines of a text stream (the last `n` entries of another type), and returns
+/// the index to follow from.
+pub fn write_tail(
+    conn: &Connection,
+    stream: &StoredStream,
+    n: usize,
+    w: &mut dyn Write,
+) -> Result<u64, StoreError> {
+    let end: u64 = conn
+        .query_row(
+            "SELECT coalesce(max(stream_index) + 1, 0) FROM log_entries WHERE stream_id = ?1",
+            params![stream.id],
+            |r| r.get::<_, i64>(0),
+        )
+        .map(|v| v as u64)?;
+    if stream.kind() != Some(StreamType::Text) {
+        return write_stream(conn, stream, end.saturating_sub(n as u64), w);
+    }
+    // Walk back until the entries hold more than `n` line ends.
+    let mut chunks: Vec<Vec<u8>> = Vec::new();
+    let mut newlines = 0usize;
+    let mut idx = end;
+    while idx > 0 && newlines <= n {
+        let from = idx.saturating_sub(64);
+        let batch = read_entries(conn, stream.id, from, (idx - from) as usize)?;
+        for e in batch.into_iter().rev() {
+            newlines += memchr::memchr_iter(b'\n', &e.data).count();
+            chunks.push(e.data);
+            if newlines > n {
+                break;
+            }
+        }
+        idx = from;
+    }
+    let buf: Vec<u8> = chunks.into_iter().rev().flatten().collect();
+    // The start of the n-th line from the end (a final unterminated line counts as one).
+    let mut want = n + usize::from(buf.last() == Some(&b'\n'));
+    let mut start = 0;
+    for pos in memchr::memrchr_iter(b'\n', &buf) {
+        if want == 0 {
+            break;
+        }
+        want -= 1;
+        if want == 0 {
+            start = pos + 1;
+        }
+    }
+    if n == 0 {
+        start = buf.len();
+    }
+    w.write_all(&buf[start..])?;
+    Ok(end)
+}
