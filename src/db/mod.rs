@@ -10,12 +10,11 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags};
 
 /// Migration `i` moves the schema from version `i` to `i + 1`. Append only; never edit a shipped one.
-const MIGRATIONS: &[&str] =
-    &[
-        include_str!("migrations/0001_core.sql"),
-        include_str!("migrations/0002_updates.sql"),
-        include_str!("migrations/0003_log_store.sql"),
-    ];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_core.sql"),
+    include_str!("migrations/0002_updates.sql"),
+    include_str!("migrations/0003_log_store.sql"),
+];
 
 /// How long a statement waits for another writer (CLI commands and the daemon share the file).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -40,6 +39,8 @@ pub enum DbError {
     Lock { path: String, source: std::io::Error },
     #[error("the database folder cannot be found: set BUTLER_HOME or pass --dbpath")]
     NoHome,
+    #[error("database query failed: {0}")]
+    Query(String),
     #[error(transparent)]
     Sqlite(#[from] rusqlite::Error),
 }

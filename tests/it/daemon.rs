@@ -499,3 +499,45 @@ fn stdio_transport_speaks_on_stdin_and_stdout_without_a_secret() {
     assert_eq!(out.status.code(), Some(0));
     assert!(out.stdout.is_empty(), "nothing but replies on stdout");
 }
+
+#[test]
+fn streams_list_and_read_what_the_cli_stored() {
+    let home = TestHome::new();
+    let mut cmd = home.butler();
+    cmd.args(["--prefix", "game/run1", "stream", "--stream", "name=stdout"]);
+    cmd.stdin(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    child.stdin.take().unwrap().write_all(b"first line\nsecond\r\npartial").unwrap();
+    assert!(child.wait().unwrap().success());
+
+    // The CLI wrote to the default database; the daemon reads the same one.
+    let d = DaemonProc::start(&home, &["--keep-alive"]);
+    let mut c = d.client();
+    let r = c.request(json!(1), "Streams.List", json!({}));
+    let streams = r["result"]["streams"].as_array().unwrap_or_else(|| panic!("{r}"));
+    assert_eq!(streams.len(), 1, "{r}");
+    assert_eq!(streams[0]["path"], "game/run1/+/stdout");
+    assert_eq!(streams[0]["type"], "text");
+    assert_eq!(streams[0]["terminal"], true);
+
+    let r = c.request(json!(2), "Streams.List", json!({"prefix": "other/"}));
+    assert_eq!(r["result"]["streams"], json!([]));
+
+    let r = c.request(json!(3), "Streams.Read", json!({"path": "game/run1/+/stdout"}));
+    let result = &r["result"];
+    let text: String =
+        result["entries"].as_array().unwrap().iter().map(|e| e["text"].as_str().unwrap()).collect();
+    assert_eq!(text, "first line\nsecond\r\npartial");
+    assert_eq!(result["terminal"], true);
+    let next = result["nextIndex"].as_u64().unwrap();
+    assert_eq!(next as usize, result["entries"].as_array().unwrap().len());
+
+    let r = c.request(
+        json!(4),
+        "Streams.Read",
+        json!({"path": "game/run1/+/stdout", "fromIndex": next}),
+    );
+    assert_eq!(r["result"]["entries"], json!([]));
+    let r = c.request(json!(5), "Streams.Read", json!({"path": "game/run1/+/nope"}));
+    assert_eq!(error_code(&r), -32602);
+}

@@ -2,7 +2,7 @@
 
 mod cli;
 mod daemon;
-mod upgrade;
 mod streaming;
-mod util;
 mod streaming_noloss;
+mod upgrade;
+mod util;

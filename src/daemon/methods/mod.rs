@@ -1,6 +1,7 @@
-//! The butlerd core methods: `Meta.*`, `Version.Get`, `Test.*`, `Operation.Cancel`.
-//!
-//! Each family registers its typed handlers here; later features add their own `register` calls.
+//! The method table: butlerd's core (`Meta.*`, `Version.Get`, `Test.*`, `Operation.Cancel`) here,
+//! and one module per further family, each with a `register` function.
+
+mod streams;
 
 use serde::{Deserialize, Serialize};
 
@@ -18,6 +19,7 @@ pub fn router() -> Router {
     r.method("Test.Double", test_double);
     r.method("Test.DoubleTwice", test_double_twice);
     r.method("Operation.Cancel", operation_cancel);
+    streams::register(&mut r);
     r
 }
 

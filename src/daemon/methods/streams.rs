@@ -1,0 +1,131 @@
+//! `Streams.*`: what the local log store holds, for launchers that show a game's logs.
+
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+
+use crate::daemon::jsonrpc::RpcError;
+use crate::daemon::router::{Ctx, Router};
+use crate::streaming::store::{self, StoredEntry, StoredStream};
+
+pub fn register(r: &mut Router) {
+    r.method("Streams.List", list);
+    r.method("Streams.Read", read);
+}
+
+/// The project `butler logs` and the stream commands use when none is named.
+const DEFAULT_PROJECT: &str = "local";
+/// Most entries one `Streams.Read` returns, so a reply stays a reasonable size.
+const MAX_READ: usize = 1000;
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ListParams {
+    prefix: Option<String>,
+    project: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct ListResult {
+    streams: Vec<StoredStream>,
+}
+
+async fn list(ctx: Ctx, p: ListParams) -> Result<ListResult, RpcError> {
+    let db = ctx.daemon().db().await?;
+    let project = p.project.unwrap_or_else(|| DEFAULT_PROJECT.to_owned());
+    let streams = db
+        .call(move |conn| {
+            store::list_streams(conn, &project, p.prefix.as_deref())
+                .map_err(|e| crate::db::DbError::Query(e.to_string()))
+        })
+        .await
+        .map_err(RpcError::internal)?;
+    Ok(ListResult { streams })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ReadParams {
+    path: String,
+    project: Option<String>,
+    #[serde(default)]
+    from_index: u64,
+    limit: Option<usize>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ReadResult {
+    entries: Vec<EntryDto>,
+    next_index: u64,
+    terminal: bool,
+}
+
+/// One entry on the wire: text as a string when it is UTF-8 (lines keep their delimiters), any
+/// other content (binary, datagrams, or text cut inside a character at close) as base64 `data`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EntryDto {
+    stream_index: u64,
+    sequence: u64,
+    /// Seconds since the stream's timestamp.
+    time_offset: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    text: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    partial: Option<PartialDto>,
+}
+
+#[derive(Debug, Serialize)]
+struct PartialDto {
+    index: u32,
+    size: u64,
+    last: bool,
+}
+
+impl EntryDto {
+    fn new(e: StoredEntry, text: bool) -> Self {
+        let (text, data) = match (text, String::from_utf8(e.data)) {
+            (true, Ok(s)) => (Some(s), None),
+            (_, Ok(s)) => (None, Some(s.into_bytes())),
+            (_, Err(e)) => (None, Some(e.into_bytes())),
+        };
+        EntryDto {
+            stream_index: e.stream_index,
+            sequence: e.sequence,
+            time_offset: e.time_offset.as_secs_f64(),
+            text,
+            data: data.map(|d| base64::engine::general_purpose::STANDARD.encode(d)),
+            partial: e.partial.map(|p| PartialDto { index: p.index, size: p.size, last: p.last }),
+        }
+    }
+}
+
+async fn read(ctx: Ctx, p: ReadParams) -> Result<ReadResult, RpcError> {
+    let db = ctx.daemon().db().await?;
+    let project = p.project.unwrap_or_else(|| DEFAULT_PROJECT.to_owned());
+    let limit = p.limit.unwrap_or(MAX_READ).clamp(1, MAX_READ);
+    let path = p.path.clone();
+    let found = db
+        .call(move |conn| {
+            let query = |e: store::StoreError| crate::db::DbError::Query(e.to_string());
+            let Some(stream) = store::find_stream(conn, &project, &path).map_err(query)? else {
+                return Ok(None);
+            };
+            let entries =
+                store::read_entries(conn, stream.id, p.from_index, limit).map_err(query)?;
+            Ok(Some((stream, entries)))
+        })
+        .await
+        .map_err(RpcError::internal)?;
+    let Some((stream, entries)) = found else {
+        return Err(RpcError::invalid_params("Streams.Read", format!("no stream at {}", p.path)));
+    };
+    let next_index = entries.last().map_or(p.from_index, |e| e.stream_index + 1);
+    let text = stream.stream_type == "text";
+    let entries: Vec<EntryDto> = entries.into_iter().map(|e| EntryDto::new(e, text)).collect();
+    // Terminal only once the reader has everything up to the terminal entry.
+    let terminal = stream.terminal && stream.terminal_index.is_none_or(|t| next_index > t);
+    Ok(ReadResult { entries, next_index, terminal })
+}
