@@ -145,7 +145,7 @@ async fn serve(args: DaemonArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
         let state = match db::open(&db_path) {
             Ok(conn) => DbState::Ready(Db::new(conn)),
             Err(e) => {
-                tracing::error!(error = %e, "The database could not be opened");
+                reporter.log(Level::Error, &format!("the database could not be opened: {e}"));
                 DbState::Failed(e.to_string())
             }
         };
