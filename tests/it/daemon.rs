@@ -541,3 +541,17 @@ fn streams_list_and_read_what_the_cli_stored() {
     let r = c.request(json!(5), "Streams.Read", json!({"path": "game/run1/+/nope"}));
     assert_eq!(error_code(&r), -32602);
 }
+
+#[test]
+fn a_database_from_a_newer_butler_is_reported_without_delaying_the_listen_line() {
+    let home = TestHome::new();
+    let db = db_arg(&home);
+    std::fs::create_dir_all(home.path().join("db")).unwrap();
+    rusqlite::Connection::open(&db).unwrap().pragma_update(None, "user_version", 999).unwrap();
+    let d = keep_alive(&home, &[]);
+    let mut c = d.client();
+    assert!(c.request(json!(1), "Version.Get", json!({}))["result"].is_object());
+    let r = c.request(json!(2), "Streams.List", json!({}));
+    assert_eq!(error_code(&r), -32004, "{r}");
+    assert!(r["error"]["message"].as_str().unwrap().contains("newer"), "{r}");
+}
