@@ -193,7 +193,8 @@ impl Http {
                 .await;
             match result {
                 Ok(()) => {
-                    file.sync_all()?;
+                    // No fsync: the archive is scratch (deleted after unpacking, refetched after a
+                    // crash); only the unpacked files must be durable before the swap.
                     let secs = started.elapsed().as_secs_f64().max(1e-3);
                     on_progress(Progress { done, total: Some(done), bps: done as f64 / secs });
                     return Ok((done, hasher.finalize().into()));

@@ -92,15 +92,14 @@ pub fn sync_dir(dir: &Path) -> Result<(), ErrorKind> {
 /// Runs `<exe> version --json` and returns the version it reports (no leading `v`).
 pub fn smoke_test(exe: &Path, scratch: &Path, timeout: Duration) -> Result<String, ErrorKind> {
     let fail = |why: String| ErrorKind::SmokeTest(format!("{}: {why}", exe.display()));
-    let child = Command::new(exe)
-        .args(["version", "--json"])
+    let mut cmd = Command::new(exe);
+    cmd.args(["version", "--json"])
         .env("BUTLER_HOME", scratch)
         .env_remove("BUTLER_TEST_PAUSE_AT")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| fail(format!("it does not start: {e}")))?;
+        .stderr(Stdio::null());
+    let child = spawn(&mut cmd).map_err(|e| fail(format!("it does not start: {e}")))?;
     let mut guard = ChildGuard(child);
     let mut stdout = guard.0.stdout.take().expect("piped");
     let reader = std::thread::spawn(move || {
@@ -135,16 +134,15 @@ pub fn daemon_check(exe: &Path, scratch: &Path, timeout: Duration) -> Result<Str
     let fail = |why: String| ErrorKind::DaemonCheck(format!("{}: {why}", exe.display()));
     let deadline = Instant::now() + timeout;
     let db = scratch.join("sanity.db");
-    let child = Command::new(exe)
-        .args(["--json", "daemon", "--transport", "tcp", "--dbpath"])
+    let mut cmd = Command::new(exe);
+    cmd.args(["--json", "daemon", "--transport", "tcp", "--dbpath"])
         .arg(&db)
         .env("BUTLER_HOME", scratch)
         .env_remove("BUTLER_TEST_PAUSE_AT")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| fail(format!("it does not start: {e}")))?;
+        .stderr(Stdio::null());
+    let child = spawn(&mut cmd).map_err(|e| fail(format!("it does not start: {e}")))?;
     let mut guard = ChildGuard(child);
     let stdout = guard.0.stdout.take().expect("piped");
     let (tx, rx) = std::sync::mpsc::channel();
@@ -230,6 +228,21 @@ pub fn daemon_check(exe: &Path, scratch: &Path, timeout: Duration) -> Result<Str
     let ver = call(1, "Version.Get", serde_json::json!({}))?;
     let v = ver["version"].as_str().ok_or_else(|| fail("Version.Get has no version".into()))?;
     Ok(v.trim_start_matches('v').to_owned())
+}
+
+/// Spawns, retrying briefly on ETXTBSY: the file was just written, and a fork elsewhere in this
+/// process (the daemon runs other children) may still hold an inherited write handle to it.
+fn spawn(cmd: &mut Command) -> std::io::Result<Child> {
+    let mut tries = 0;
+    loop {
+        match cmd.spawn() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 50 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Kills and reaps a child on every path out.
@@ -490,4 +503,60 @@ pub fn rollback_versioned(root: &Path) -> Result<String, ErrorKind> {
     let (_, pick) = others.pop().ok_or(ErrorKind::NothingToRollBack)?;
     choose_version(root, &pick)?;
     Ok(pick)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup() -> (tempfile::TempDir, PathBuf, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("bin");
+        let staged = dir.path().join("staged");
+        fs_err::create_dir_all(&bin).unwrap();
+        fs_err::create_dir_all(&staged).unwrap();
+        fs_err::write(bin.join("butler"), "old exe").unwrap();
+        fs_err::write(bin.join("lib.so"), "old lib").unwrap();
+        fs_err::write(staged.join("butler"), "new exe").unwrap();
+        fs_err::write(staged.join("lib.so"), "new lib").unwrap();
+        (dir, bin, staged)
+    }
+
+    fn read(p: &Path) -> String {
+        fs_err::read_to_string(p).unwrap()
+    }
+
+    #[test]
+    fn multi_file_swap_then_rollback_restores_every_file() {
+        let (_d, bin, staged) = setup();
+        let exe = bin.join("butler");
+        let files = ["lib.so".to_owned(), "butler".to_owned()];
+        swap_in_place(&exe, &staged, "butler", &files).unwrap();
+        assert_eq!((read(&exe), read(&bin.join("lib.so"))), ("new exe".into(), "new lib".into()));
+        assert_eq!(read(&bin.join("lib.so.old")), "old lib");
+        rollback_in_place(&exe).unwrap();
+        assert_eq!((read(&exe), read(&bin.join("lib.so"))), ("old exe".into(), "old lib".into()));
+        assert_eq!(read(&bin.join("butler.old")), "new exe");
+    }
+
+    #[test]
+    fn a_failed_multi_file_swap_puts_back_what_it_moved() {
+        let (_d, bin, staged) = setup();
+        // `zz` cannot replace a non-empty folder, so the swap fails after lib.so moved.
+        fs_err::create_dir_all(bin.join("zz/inner")).unwrap();
+        fs_err::write(staged.join("zz"), "new zz").unwrap();
+        let exe = bin.join("butler");
+        let files = ["lib.so".to_owned(), "zz".to_owned(), "butler".to_owned()];
+        swap_in_place(&exe, &staged, "butler", &files).unwrap_err();
+        assert_eq!(read(&exe), "old exe");
+        assert_eq!(read(&bin.join("lib.so")), "old lib");
+        assert!(bin.join("zz/inner").is_dir());
+    }
+
+    #[test]
+    fn a_second_lock_on_the_same_folder_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let _a = InstallLock::acquire(dir.path()).unwrap();
+        assert!(matches!(InstallLock::acquire(dir.path()), Err(ErrorKind::Locked(_))));
+    }
 }

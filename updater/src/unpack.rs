@@ -32,7 +32,7 @@ pub fn unpack(
     limits: Limits,
 ) -> Result<Vec<FileEntry>, ErrorKind> {
     let file = fs_err::File::open(archive)?;
-    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file))
+    let mut zip = zip::ZipArchive::new(std::io::BufReader::with_capacity(256 * 1024, file))
         .map_err(|e| unsafe_zip(format!("not a readable zip: {e}")))?;
     if zip.len() > limits.max_entries {
         return Err(unsafe_zip(format!(
@@ -55,7 +55,9 @@ pub fn unpack(
     let mut seen = HashSet::new();
     let mut out = Vec::new();
     let mut written = 0u64;
-    let mut buf = vec![0u8; 64 * 1024];
+    let mut buf = vec![0u8; 256 * 1024];
+    // Written files are fsynced together at the end, so the kernel can write them back in one go.
+    let mut to_sync = Vec::new();
     for i in 0..zip.len() {
         let mut entry = zip.by_index(i).map_err(|e| unsafe_zip(format!("entry {i}: {e}")))?;
         let name = entry.name().map_err(|e| unsafe_zip(format!("entry {i}: {e}")))?.into_owned();
@@ -106,11 +108,14 @@ pub fn unpack(
             final_mode |= 0o111 | 0o400;
         }
         set_mode(&f, final_mode)?;
-        f.sync_all()?;
+        to_sync.push(f);
         out.push(FileEntry { path, size, sha256: hex(&hasher.finalize()), mode });
     }
     if !out.iter().any(|e| e.path == main_exe) {
         return Err(unsafe_zip(format!("it has no {main_exe} at its root")));
+    }
+    for f in to_sync {
+        f.sync_all()?;
     }
     Ok(out)
 }
