@@ -38,9 +38,9 @@ impl Default for NetConfig {
             read_timeout: Duration::from_secs(30),
             min_bps: 1024,
             stall_window: Duration::from_secs(30),
-            retries: 5,
-            backoff: Duration::from_millis(500),
-            max_backoff: Duration::from_secs(10),
+            retries: 4,
+            backoff: Duration::from_millis(300),
+            max_backoff: Duration::from_secs(5),
             max_archive: 512 << 20,
             progress_interval: Duration::from_millis(500),
         }
