@@ -553,6 +553,79 @@ mod tests {
         assert!(bin.join("zz/inner").is_dir());
     }
 
+    /// Not a test on its own: with `FAKE_DAEMON` set, this test binary plays a butlerd daemon
+    /// (listen notification, `Meta.Authenticate`, `Version.Get`) for the daemon-check tests.
+    #[test]
+    fn fake_daemon() {
+        let Ok(mode) = std::env::var("FAKE_DAEMON") else { return };
+        if mode == "silent" {
+            std::thread::sleep(Duration::from_secs(30));
+            return;
+        }
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        println!("not json: libtest chatter and logs come first");
+        let note = serde_json::json!({"type": "butlerd/listen-notification", "secret": "s3cret", "tcp": {"address": addr.to_string()}});
+        println!("{note}");
+        let (conn, _) = listener.accept().unwrap();
+        let mut r = BufReader::new(conn.try_clone().unwrap());
+        let mut w = conn;
+        let mut line = String::new();
+        while r.read_line(&mut line).unwrap_or(0) > 0 {
+            let req: serde_json::Value = serde_json::from_str(&line).unwrap();
+            line.clear();
+            let id = req["id"].clone();
+            let resp = match req["method"].as_str().unwrap() {
+                "Meta.Authenticate" if req["params"]["secret"] == "s3cret" && mode != "badauth" => {
+                    serde_json::json!({"jsonrpc": "2.0", "id": id, "result": {"ok": true}})
+                }
+                "Meta.Authenticate" => {
+                    serde_json::json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32000, "message": "bad secret"}})
+                }
+                "Version.Get" => {
+                    // A notification first: the client must skip it.
+                    writeln!(w, "{}", serde_json::json!({"jsonrpc": "2.0", "method": "Log", "params": {"level": "info", "message": "hi"}})).unwrap();
+                    serde_json::json!({"jsonrpc": "2.0", "id": id, "result": {"version": "v9.9.9", "versionString": "v9.9.9, built on x"}})
+                }
+                _ => {
+                    serde_json::json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32601, "message": "no"}})
+                }
+            };
+            writeln!(w, "{resp}").unwrap();
+        }
+    }
+
+    /// A script that runs this test binary as the fake daemon, whatever arguments it gets.
+    #[cfg(unix)]
+    fn fake_daemon_exe(dir: &Path, mode: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let me = std::env::current_exe().unwrap();
+        let script = dir.join(format!("fake-{mode}"));
+        fs_err::write(
+            &script,
+            format!("#!/bin/sh\nFAKE_DAEMON={mode} exec '{}' --exact install::tests::fake_daemon --nocapture --test-threads 1\n", me.display()),
+        )
+        .unwrap();
+        fs_err::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        script
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn daemon_check_authenticates_and_reads_the_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = fake_daemon_exe(dir.path(), "ok");
+        assert_eq!(daemon_check(&exe, dir.path(), Duration::from_secs(10)).unwrap(), "9.9.9");
+        let exe = fake_daemon_exe(dir.path(), "badauth");
+        let err = daemon_check(&exe, dir.path(), Duration::from_secs(10)).unwrap_err();
+        assert!(err.to_string().contains("Meta.Authenticate failed"), "{err}");
+        let exe = fake_daemon_exe(dir.path(), "silent");
+        let started = Instant::now();
+        let err = daemon_check(&exe, dir.path(), Duration::from_millis(500)).unwrap_err();
+        assert!(err.to_string().contains("no listen notification"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(5), "the timeout was not honoured");
+    }
+
     #[test]
     fn a_second_lock_on_the_same_folder_is_refused() {
         let dir = tempfile::tempdir().unwrap();
