@@ -55,17 +55,15 @@ pub fn run() {
         assert!(ok, "butler upgrade failed in the bench");
         assert!(dir.join("butler.old").exists(), "the upgrade did not swap");
         upgrade_ms.push(t.as_secs_f64() * 1e3);
-        upgrade_rss.push(rss);
+        upgrade_rss.extend(rss);
     }
-    let idle_rss = median_u(
-        (0..RUNS)
-            .map(|_| {
-                let mut cmd = Command::new(&bin);
-                cmd.args(["version", "--json"]).env("BUTLER_HOME", work.path().join("idle"));
-                measured(&mut cmd).2
-            })
-            .collect(),
-    );
+    let idle_rss: Vec<u64> = (0..RUNS)
+        .filter_map(|_| {
+            let mut cmd = Command::new(&bin);
+            cmd.args(["version", "--json"]).env("BUTLER_HOME", work.path().join("idle"));
+            measured(&mut cmd).2
+        })
+        .collect();
     let up = median(upgrade_ms);
     println!(
         "update: butler upgrade of a {:.1} MiB signed archive from loopback, end to end: median {up:.1} ms over {RUNS} runs",
@@ -113,12 +111,17 @@ pub fn run() {
     } else {
         println!("update: curl + unzip baseline skipped (curl or unzip is not installed)");
     }
+    if upgrade_rss.is_empty() || idle_rss.is_empty() {
+        println!("update: peak RSS skipped (GNU time is not installed at /usr/bin/time)");
+        return;
+    }
     let peak = median_u(upgrade_rss);
+    let idle = median_u(idle_rss);
     println!(
         "update: peak RSS of butler upgrade: median {:.1} MiB (butler version alone: {:.1} MiB; +{:.1} MiB for a {:.1} MiB archive)",
         peak as f64 / 1024.0,
-        idle_rss as f64 / 1024.0,
-        (peak as f64 - idle_rss as f64) / 1024.0,
+        idle as f64 / 1024.0,
+        (peak as f64 - idle as f64) / 1024.0,
         size as f64 / (1 << 20) as f64
     );
 }
@@ -161,22 +164,41 @@ fn noise(n: usize) -> Vec<u8> {
     v
 }
 
-/// Runs to completion; wall time, success, and peak RSS in KiB (from wait4).
-// The child is reaped by wait4 itself (std's wait would hide the rusage).
-#[allow(clippy::zombie_processes)]
-fn measured(cmd: &mut Command) -> (Duration, bool, u64) {
+/// Runs to completion; wall time, success, and peak RSS in KiB.
+///
+/// The RSS comes from GNU time's wait4 on its own child: a child forked straight from this big
+/// bench process would report this process's high-water mark (Linux carries it across exec).
+fn measured(cmd: &mut Command) -> (Duration, bool, Option<u64>) {
+    let gnu_time = Path::new("/usr/bin/time");
+    let rss_file = tempfile::NamedTempFile::new().unwrap();
+    let mut wrapped;
+    let cmd = if gnu_time.is_file() {
+        wrapped = Command::new(gnu_time);
+        wrapped
+            .arg("-f")
+            .arg("%M")
+            .arg("-o")
+            .arg(rss_file.path())
+            .arg(cmd.get_program())
+            .args(cmd.get_args());
+        for (k, v) in cmd.get_envs() {
+            match v {
+                Some(v) => wrapped.env(k, v),
+                None => wrapped.env_remove(k),
+            };
+        }
+        &mut wrapped
+    } else {
+        cmd
+    };
     cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
     let start = Instant::now();
-    let child = cmd.spawn().unwrap();
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is a valid value for wait4 to fill.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: the pid is our own unreaped child; status and ru are valid for writes.
-    let r = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut ru) };
+    let status = cmd.status().unwrap();
     let elapsed = start.elapsed();
-    assert_eq!(r, child.id() as libc::pid_t, "wait4 failed");
-    let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
-    (elapsed, ok, ru.ru_maxrss.max(0) as u64)
+    let rss = std::fs::read_to_string(rss_file.path())
+        .ok()
+        .and_then(|s| s.trim().lines().last()?.trim().parse().ok());
+    (elapsed, status.success(), rss)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -5,6 +5,7 @@
 //! ([`Error`] names the [`Step`]) and leave the installed butler as it was.
 
 pub mod channel;
+mod hasher;
 mod hook;
 pub mod http;
 pub mod install;
