@@ -111,7 +111,29 @@ pub fn run() {
     } else {
         println!("update: curl + unzip baseline skipped (curl or unzip is not installed)");
     }
-    if upgrade_rss.is_empty() || idle_rss.is_empty() {
+    // The same at four times the size: memory must not grow with the archive.
+    let big_tree = work.path().join("broth-big");
+    let big_archive =
+        publish_sized(&bin, &version, &big_tree, work.path(), &key, 4 * TARGET_ARCHIVE);
+    let big_size = std::fs::metadata(&big_archive).unwrap().len();
+    let big_srv = server::Server::start(big_tree);
+    let big_rss: Vec<u64> = (0..3)
+        .filter_map(|i| {
+            let dir = work.path().join(format!("install-big-{i}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            let exe = dir.join("butler");
+            std::fs::copy(&bin, &exe).unwrap();
+            let mut cmd = Command::new(&exe);
+            cmd.args(["--json", "upgrade", "-y", "--force"])
+                .env("BUTLER_HOME", dir.join("home"))
+                .env("BUTLER_BROTH_URL", big_srv.url())
+                .env("BUTLER_TRUSTED_KEYS", key.public_base64());
+            let (_, ok, rss) = measured(&mut cmd);
+            assert!(ok, "butler upgrade (big) failed in the bench");
+            rss
+        })
+        .collect();
+    if upgrade_rss.is_empty() || idle_rss.is_empty() || big_rss.is_empty() {
         println!("update: peak RSS skipped (GNU time is not installed at /usr/bin/time)");
         return;
     }
@@ -124,12 +146,31 @@ pub fn run() {
         (peak as f64 - idle as f64) / 1024.0,
         size as f64 / (1 << 20) as f64
     );
+    println!(
+        "update: peak RSS of butler upgrade of a {:.1} MiB archive: median {:.1} MiB (independent of size: {:+.1} MiB vs the {:.1} MiB one)",
+        big_size as f64 / (1 << 20) as f64,
+        median_u(big_rss.clone()) as f64 / 1024.0,
+        (median_u(big_rss) as f64 - peak as f64) / 1024.0,
+        size as f64 / (1 << 20) as f64
+    );
 }
 
 /// Publishes `bin` plus an incompressible payload sized so the archive is about 10 MiB.
 fn publish_10mib(bin: &Path, version: &str, tree: &Path, work: &Path, key: &SigningKey) -> PathBuf {
+    publish_sized(bin, version, tree, work, key, TARGET_ARCHIVE)
+}
+
+/// Publishes `bin` plus an incompressible payload sized so the archive is about `target` bytes.
+fn publish_sized(
+    bin: &Path,
+    version: &str,
+    tree: &Path,
+    work: &Path,
+    key: &SigningKey,
+    target: u64,
+) -> PathBuf {
     let payload = work.join("payload.bin");
-    let mut want = TARGET_ARCHIVE;
+    let mut want = target;
     let publish = |payload_len: u64| {
         std::fs::write(&payload, noise(payload_len as usize)).unwrap();
         let p = Publish {
@@ -147,7 +188,7 @@ fn publish_10mib(bin: &Path, version: &str, tree: &Path, work: &Path, key: &Sign
     let first = publish(want);
     let got = std::fs::metadata(&first).unwrap().len();
     // Noise does not compress, so the rest of the archive is the binary; subtract it.
-    want = want.saturating_sub(got.saturating_sub(want)).max(1);
+    want = target.saturating_sub(got.saturating_sub(target)).max(1);
     publish(want)
 }
 

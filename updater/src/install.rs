@@ -627,6 +627,29 @@ mod tests {
     }
 
     #[test]
+    fn versioned_install_keeps_the_last_good_and_removes_older() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let scratch = dir.path().join("scratch");
+        fs_err::create_dir_all(&scratch).unwrap();
+        for v in ["1.0.0", "1.1.0", "1.2.0"] {
+            let staged = dir.path().join(format!("staged-{v}"));
+            fs_err::create_dir_all(&staged).unwrap();
+            fs_err::write(staged.join("butler"), v).unwrap();
+            install_versioned(&root, &staged, v, &scratch).unwrap();
+            assert_eq!(chosen_version(&root).unwrap().as_deref(), Some(v));
+        }
+        let mut left: Vec<String> = fs_err::read_dir(root.join("versions"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["1.1.0", "1.2.0"]);
+        assert_eq!(rollback_versioned(&root).unwrap(), "1.1.0");
+        assert_eq!(chosen_version(&root).unwrap().as_deref(), Some("1.1.0"));
+    }
+
+    #[test]
     fn a_second_lock_on_the_same_folder_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let _a = InstallLock::acquire(dir.path()).unwrap();
