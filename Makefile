@@ -53,7 +53,9 @@ bench: ## release build, then the figures from ../shared/spec/quality.md with me
 
 release: ## release binary and the broth tree in dist/broth (signed when BUTLER_SIGNING_KEY_FILE names a key)
 	$(CARGO) build --release --locked --bin butler
-	$(CARGO) run --release --locked -p butler-release -- publish --binary $(or $(CARGO_TARGET_DIR),target)/release/butler --out dist/broth
+	mkdir -p dist/bin
+	strip -o dist/bin/butler $(or $(CARGO_TARGET_DIR),target)/release/butler 2>/dev/null || cp $(or $(CARGO_TARGET_DIR),target)/release/butler dist/bin/butler
+	$(CARGO) run --release --locked -p butler-release -- publish --binary dist/bin/butler --out dist/broth
 
 clean:
 	$(CARGO) clean

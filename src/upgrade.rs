@@ -155,10 +155,17 @@ async fn run_async(
             exe: std::env::current_exe().context("finding the running executable")?,
         },
     };
-    let mut history = History::open(global, &args.broth_url, &channel.name(), &target);
+    // Opening (and on first use migrating) the database costs fsyncs; do it beside the network.
+    let opener = {
+        let (dbpath, url, ch, t) =
+            (global.dbpath.clone(), args.broth_url.clone(), channel.name(), target.clone());
+        std::thread::spawn(move || History::open(dbpath.as_deref(), &url, &ch, &t))
+    };
+    let history = || opener.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
     butler_updater::tidy(&target);
 
     if args.rollback {
+        let mut history = history();
         return match butler_updater::rollback(&target) {
             Ok(restored) => {
                 let msg = format!("rolled back: {restored} is active again");
@@ -174,24 +181,40 @@ async fn run_async(
     let keys = TrustedKeys::load(&args.trusted_keys).map_err(|e| {
         ExitError::new(2, anyhow::anyhow!("--trusted-key / BUTLER_TRUSTED_KEYS: {e}"))
     })?;
-    let remembered = history.channel_was_signed();
     let source = Source {
         base_url: args.broth_url.clone(),
         package: "butler".into(),
         channel: channel.clone(),
         keys,
-        require_signature: args.require_signature || remembered,
+        require_signature: args.require_signature,
     };
-    let updater = Updater::new(source, args.tuning.tuning()).map_err(|e| ExitError::new(2, e))?;
+    let mut updater =
+        Updater::new(source, args.tuning.tuning()).map_err(|e| ExitError::new(2, e))?;
     let current = target.current(VERSION).map_err(|e| ExitError::new(13, e))?;
     let want = match &args.to {
         None => Want::Latest,
         Some(v) => parse_want(v, &channel)?,
     };
-    let check = match updater.check(current.as_deref(), &want, args.force).await {
+    let checked = updater.check(current.as_deref(), &want, args.force).await;
+    let mut history = history();
+    let check = match checked {
         Ok(c) => c,
         Err(e) => return Err(fail(&reporter, &mut history, "check", current.as_deref(), e)),
     };
+    // A channel that served signatures before must keep doing so (else: a downgrade attack).
+    if history.channel_was_signed() {
+        if matches!(want, Want::Latest) && !check.signed {
+            let e = UpdateError {
+                step: Step::Verify,
+                kind: butler_updater::ErrorKind::Unsigned(format!(
+                    "LATEST for {} came without a signature, but this channel served signatures before",
+                    check.channel
+                )),
+            };
+            return Err(fail(&reporter, &mut history, "check", current.as_deref(), e));
+        }
+        updater.source.require_signature = true;
+    }
     if check.signed {
         history.remember_signed();
     }
@@ -441,8 +464,14 @@ struct History {
 }
 
 impl History {
-    fn open(global: &GlobalArgs, base_url: &str, channel: &str, target: &Target) -> History {
-        let conn = DbPath::resolve(global.dbpath.as_deref()).and_then(|p| db::open(&p));
+    fn open(dbpath: Option<&str>, base_url: &str, channel: &str, target: &Target) -> History {
+        let conn = DbPath::resolve(dbpath).and_then(|p| db::open(&p));
+        // A short-lived command need not checkpoint the WAL on exit (an fsync-heavy step);
+        // the daemon or the next run does it.
+        let conn = conn.inspect(|c| {
+            let _ =
+                c.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true);
+        });
         let conn = match conn {
             Ok(c) => Some(c),
             Err(e) => {

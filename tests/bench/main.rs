@@ -2,6 +2,7 @@
 //! measured against the real release binary with baselines taken in the same run.
 
 mod daemon;
+mod update;
 
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ fn main() {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     daemon::run();
+    update::run();
 }
 
 /// The release `butler` executable this bench target was built with.

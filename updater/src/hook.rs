@@ -6,6 +6,7 @@
 #[cfg(debug_assertions)]
 pub fn point(name: &str) {
     use std::sync::atomic::{AtomicU64, Ordering};
+    tracing::trace!("reached {name}");
     static HITS: AtomicU64 = AtomicU64::new(0);
     let Some(want) = std::env::var("BUTLER_TEST_PAUSE_AT").ok() else { return };
     let (want_name, nth) = match want.split_once(':') {
@@ -26,4 +27,6 @@ pub fn point(name: &str) {
 
 #[cfg(not(debug_assertions))]
 #[inline(always)]
-pub fn point(_name: &str) {}
+pub fn point(name: &str) {
+    tracing::trace!("reached {name}");
+}

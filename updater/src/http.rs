@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_RANGE, ETAG, IF_RANGE, LAST_MODIFIED, RANGE, RETRY_AFTER};
-use sha2::{Digest, Sha256};
 
 use crate::ErrorKind;
 
@@ -38,9 +37,9 @@ impl Default for NetConfig {
             read_timeout: Duration::from_secs(30),
             min_bps: 1024,
             stall_window: Duration::from_secs(30),
-            retries: 5,
-            backoff: Duration::from_millis(500),
-            max_backoff: Duration::from_secs(10),
+            retries: 4,
+            backoff: Duration::from_millis(300),
+            max_backoff: Duration::from_secs(5),
             max_archive: 512 << 20,
             progress_interval: Duration::from_millis(500),
         }
@@ -162,7 +161,7 @@ impl Http {
         on_progress: &mut (dyn FnMut(Progress) + Send),
     ) -> Result<(u64, [u8; 32]), ErrorKind> {
         let mut file = fs_err::File::create(dest)?;
-        let mut hasher = Sha256::new();
+        let mut hasher = crate::hasher::Hasher::new();
         let mut done: u64 = 0;
         let mut validator: Option<String> = None;
         let mut total: Option<u64> = None;
@@ -193,10 +192,13 @@ impl Http {
                 .await;
             match result {
                 Ok(()) => {
-                    file.sync_all()?;
+                    // No fsync: the archive is scratch (deleted after unpacking, refetched after a
+                    // crash); only the unpacked files must be durable before the swap.
                     let secs = started.elapsed().as_secs_f64().max(1e-3);
                     on_progress(Progress { done, total: Some(done), bps: done as f64 / secs });
-                    return Ok((done, hasher.finalize().into()));
+                    hasher.cut();
+                    let digest = hasher.finish().pop().unwrap_or_default();
+                    return Ok((done, digest));
                 }
                 Err(e) if e.retryable() => {
                     failures = if done > before { 1 } else { failures + 1 };
@@ -219,7 +221,7 @@ impl Http {
         url: &str,
         cap: u64,
         file: &mut fs_err::File,
-        hasher: &mut Sha256,
+        hasher: &mut crate::hasher::Hasher,
         done: &mut u64,
         validator: &mut Option<String>,
         total: &mut Option<u64>,
@@ -252,7 +254,7 @@ impl Http {
                 use std::io::Seek;
                 file.set_len(0)?;
                 file.seek(std::io::SeekFrom::Start(0))?;
-                *hasher = Sha256::new();
+                hasher.reset();
                 *done = 0;
             }
             *total = resp.content_length();
@@ -288,7 +290,7 @@ impl Http {
                 return Err(ErrorKind::TooLarge { url: url.to_owned(), limit: cap });
             }
             file.write_all(&chunk)?;
-            hasher.update(&chunk);
+            hasher.update(chunk.clone());
             *done += chunk.len() as u64;
             window_bytes += chunk.len() as u64;
             report(*done, *total);

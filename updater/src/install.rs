@@ -92,15 +92,14 @@ pub fn sync_dir(dir: &Path) -> Result<(), ErrorKind> {
 /// Runs `<exe> version --json` and returns the version it reports (no leading `v`).
 pub fn smoke_test(exe: &Path, scratch: &Path, timeout: Duration) -> Result<String, ErrorKind> {
     let fail = |why: String| ErrorKind::SmokeTest(format!("{}: {why}", exe.display()));
-    let child = Command::new(exe)
-        .args(["version", "--json"])
+    let mut cmd = Command::new(exe);
+    cmd.args(["version", "--json"])
         .env("BUTLER_HOME", scratch)
         .env_remove("BUTLER_TEST_PAUSE_AT")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| fail(format!("it does not start: {e}")))?;
+        .stderr(Stdio::null());
+    let child = spawn(&mut cmd).map_err(|e| fail(format!("it does not start: {e}")))?;
     let mut guard = ChildGuard(child);
     let mut stdout = guard.0.stdout.take().expect("piped");
     let reader = std::thread::spawn(move || {
@@ -135,16 +134,15 @@ pub fn daemon_check(exe: &Path, scratch: &Path, timeout: Duration) -> Result<Str
     let fail = |why: String| ErrorKind::DaemonCheck(format!("{}: {why}", exe.display()));
     let deadline = Instant::now() + timeout;
     let db = scratch.join("sanity.db");
-    let child = Command::new(exe)
-        .args(["--json", "daemon", "--transport", "tcp", "--dbpath"])
+    let mut cmd = Command::new(exe);
+    cmd.args(["--json", "daemon", "--transport", "tcp", "--dbpath"])
         .arg(&db)
         .env("BUTLER_HOME", scratch)
         .env_remove("BUTLER_TEST_PAUSE_AT")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| fail(format!("it does not start: {e}")))?;
+        .stderr(Stdio::null());
+    let child = spawn(&mut cmd).map_err(|e| fail(format!("it does not start: {e}")))?;
     let mut guard = ChildGuard(child);
     let stdout = guard.0.stdout.take().expect("piped");
     let (tx, rx) = std::sync::mpsc::channel();
@@ -230,6 +228,21 @@ pub fn daemon_check(exe: &Path, scratch: &Path, timeout: Duration) -> Result<Str
     let ver = call(1, "Version.Get", serde_json::json!({}))?;
     let v = ver["version"].as_str().ok_or_else(|| fail("Version.Get has no version".into()))?;
     Ok(v.trim_start_matches('v').to_owned())
+}
+
+/// Spawns, retrying briefly on ETXTBSY: the file was just written, and a fork elsewhere in this
+/// process (the daemon runs other children) may still hold an inherited write handle to it.
+fn spawn(cmd: &mut Command) -> std::io::Result<Child> {
+    let mut tries = 0;
+    loop {
+        match cmd.spawn() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 50 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Kills and reaps a child on every path out.
@@ -490,4 +503,156 @@ pub fn rollback_versioned(root: &Path) -> Result<String, ErrorKind> {
     let (_, pick) = others.pop().ok_or(ErrorKind::NothingToRollBack)?;
     choose_version(root, &pick)?;
     Ok(pick)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup() -> (tempfile::TempDir, PathBuf, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("bin");
+        let staged = dir.path().join("staged");
+        fs_err::create_dir_all(&bin).unwrap();
+        fs_err::create_dir_all(&staged).unwrap();
+        fs_err::write(bin.join("butler"), "old exe").unwrap();
+        fs_err::write(bin.join("lib.so"), "old lib").unwrap();
+        fs_err::write(staged.join("butler"), "new exe").unwrap();
+        fs_err::write(staged.join("lib.so"), "new lib").unwrap();
+        (dir, bin, staged)
+    }
+
+    fn read(p: &Path) -> String {
+        fs_err::read_to_string(p).unwrap()
+    }
+
+    #[test]
+    fn multi_file_swap_then_rollback_restores_every_file() {
+        let (_d, bin, staged) = setup();
+        let exe = bin.join("butler");
+        let files = ["lib.so".to_owned(), "butler".to_owned()];
+        swap_in_place(&exe, &staged, "butler", &files).unwrap();
+        assert_eq!((read(&exe), read(&bin.join("lib.so"))), ("new exe".into(), "new lib".into()));
+        assert_eq!(read(&bin.join("lib.so.old")), "old lib");
+        rollback_in_place(&exe).unwrap();
+        assert_eq!((read(&exe), read(&bin.join("lib.so"))), ("old exe".into(), "old lib".into()));
+        assert_eq!(read(&bin.join("butler.old")), "new exe");
+    }
+
+    #[test]
+    fn a_failed_multi_file_swap_puts_back_what_it_moved() {
+        let (_d, bin, staged) = setup();
+        // `zz` cannot replace a non-empty folder, so the swap fails after lib.so moved.
+        fs_err::create_dir_all(bin.join("zz/inner")).unwrap();
+        fs_err::write(staged.join("zz"), "new zz").unwrap();
+        let exe = bin.join("butler");
+        let files = ["lib.so".to_owned(), "zz".to_owned(), "butler".to_owned()];
+        swap_in_place(&exe, &staged, "butler", &files).unwrap_err();
+        assert_eq!(read(&exe), "old exe");
+        assert_eq!(read(&bin.join("lib.so")), "old lib");
+        assert!(bin.join("zz/inner").is_dir());
+    }
+
+    /// Not a test on its own: with `FAKE_DAEMON` set, this test binary plays a butlerd daemon
+    /// (listen notification, `Meta.Authenticate`, `Version.Get`) for the daemon-check tests.
+    #[test]
+    fn fake_daemon() {
+        let Ok(mode) = std::env::var("FAKE_DAEMON") else { return };
+        if mode == "silent" {
+            std::thread::sleep(Duration::from_secs(30));
+            return;
+        }
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        println!("not json: libtest chatter and logs come first");
+        let note = serde_json::json!({"type": "butlerd/listen-notification", "secret": "s3cret", "tcp": {"address": addr.to_string()}});
+        println!("{note}");
+        let (conn, _) = listener.accept().unwrap();
+        let mut r = BufReader::new(conn.try_clone().unwrap());
+        let mut w = conn;
+        let mut line = String::new();
+        while r.read_line(&mut line).unwrap_or(0) > 0 {
+            let req: serde_json::Value = serde_json::from_str(&line).unwrap();
+            line.clear();
+            let id = req["id"].clone();
+            let resp = match req["method"].as_str().unwrap() {
+                "Meta.Authenticate" if req["params"]["secret"] == "s3cret" && mode != "badauth" => {
+                    serde_json::json!({"jsonrpc": "2.0", "id": id, "result": {"ok": true}})
+                }
+                "Meta.Authenticate" => {
+                    serde_json::json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32000, "message": "bad secret"}})
+                }
+                "Version.Get" => {
+                    // A notification first: the client must skip it.
+                    writeln!(w, "{}", serde_json::json!({"jsonrpc": "2.0", "method": "Log", "params": {"level": "info", "message": "hi"}})).unwrap();
+                    serde_json::json!({"jsonrpc": "2.0", "id": id, "result": {"version": "v9.9.9", "versionString": "v9.9.9, built on x"}})
+                }
+                _ => {
+                    serde_json::json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32601, "message": "no"}})
+                }
+            };
+            writeln!(w, "{resp}").unwrap();
+        }
+    }
+
+    /// A script that runs this test binary as the fake daemon, whatever arguments it gets.
+    #[cfg(unix)]
+    fn fake_daemon_exe(dir: &Path, mode: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let me = std::env::current_exe().unwrap();
+        let script = dir.join(format!("fake-{mode}"));
+        fs_err::write(
+            &script,
+            format!("#!/bin/sh\nFAKE_DAEMON={mode} exec '{}' --exact install::tests::fake_daemon --nocapture --test-threads 1\n", me.display()),
+        )
+        .unwrap();
+        fs_err::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        script
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn daemon_check_authenticates_and_reads_the_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = fake_daemon_exe(dir.path(), "ok");
+        assert_eq!(daemon_check(&exe, dir.path(), Duration::from_secs(10)).unwrap(), "9.9.9");
+        let exe = fake_daemon_exe(dir.path(), "badauth");
+        let err = daemon_check(&exe, dir.path(), Duration::from_secs(10)).unwrap_err();
+        assert!(err.to_string().contains("Meta.Authenticate failed"), "{err}");
+        let exe = fake_daemon_exe(dir.path(), "silent");
+        let started = Instant::now();
+        let err = daemon_check(&exe, dir.path(), Duration::from_millis(500)).unwrap_err();
+        assert!(err.to_string().contains("no listen notification"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(5), "the timeout was not honoured");
+    }
+
+    #[test]
+    fn versioned_install_keeps_the_last_good_and_removes_older() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let scratch = dir.path().join("scratch");
+        fs_err::create_dir_all(&scratch).unwrap();
+        for v in ["1.0.0", "1.1.0", "1.2.0"] {
+            let staged = dir.path().join(format!("staged-{v}"));
+            fs_err::create_dir_all(&staged).unwrap();
+            fs_err::write(staged.join("butler"), v).unwrap();
+            install_versioned(&root, &staged, v, &scratch).unwrap();
+            assert_eq!(chosen_version(&root).unwrap().as_deref(), Some(v));
+        }
+        let mut left: Vec<String> = fs_err::read_dir(root.join("versions"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["1.1.0", "1.2.0"]);
+        assert_eq!(rollback_versioned(&root).unwrap(), "1.1.0");
+        assert_eq!(chosen_version(&root).unwrap().as_deref(), Some("1.1.0"));
+    }
+
+    #[test]
+    fn a_second_lock_on_the_same_folder_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let _a = InstallLock::acquire(dir.path()).unwrap();
+        assert!(matches!(InstallLock::acquire(dir.path()), Err(ErrorKind::Locked(_))));
+    }
 }

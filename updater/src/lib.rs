@@ -5,6 +5,7 @@
 //! ([`Error`] names the [`Step`]) and leave the installed butler as it was.
 
 pub mod channel;
+mod hasher;
 mod hook;
 pub mod http;
 pub mod install;
@@ -364,11 +365,18 @@ impl Updater {
     async fn latest(&self) -> Result<(String, bool), Error> {
         let ch = &self.source.channel;
         let url = self.source.url("LATEST");
-        let body = self.http.get_small(&url, LATEST_CAP).await.at(Step::Check)?;
-        let body = body.ok_or_else(|| ErrorKind::NotFound(url.clone())).at(Step::Check)?;
-        let latest = channel::parse_latest(ch, &body).at(Step::Check)?;
         let sig_url = format!("{url}{}", manifest::SIG_SUFFIX);
-        let Some(sig) = self.http.get_small(&sig_url, LATEST_CAP).await.at(Step::Check)? else {
+        // Both at once: each is a round trip, and they are independent.
+        let (body, sig) = tokio::join!(
+            self.http.get_small(&url, LATEST_CAP),
+            self.http.get_small(&sig_url, LATEST_CAP)
+        );
+        let body = body
+            .at(Step::Check)?
+            .ok_or_else(|| ErrorKind::NotFound(url.clone()))
+            .at(Step::Check)?;
+        let latest = channel::parse_latest(ch, &body).at(Step::Check)?;
+        let Some(sig) = sig.at(Step::Check)? else {
             if self.source.require_signature {
                 return Err(ErrorKind::Unsigned(format!(
                     "{url} has no signature and a signed answer is required (--require-signature, or this channel served signatures before)"
@@ -572,8 +580,11 @@ impl Updater {
     async fn manifest(&self, version: &str) -> Result<Option<Manifest>, Error> {
         let url = self.source.url(&format!("{version}/{}", manifest::MANIFEST_FILE));
         let sig_url = format!("{url}{}", manifest::SIG_SUFFIX);
-        let sig = self.http.get_small(&sig_url, LATEST_CAP).await.at(Step::Verify)?;
-        let Some(sig) = sig else {
+        let (sig, body) = tokio::join!(
+            self.http.get_small(&sig_url, LATEST_CAP),
+            self.http.get_small(&url, MANIFEST_CAP)
+        );
+        let Some(sig) = sig.at(Step::Verify)? else {
             if self.source.require_signature {
                 return Err(ErrorKind::Unsigned(format!(
                     "{sig_url} is missing and a signed update is required (--require-signature, or this channel served signatures before)"
@@ -582,8 +593,10 @@ impl Updater {
             }
             return Ok(None);
         };
-        let body = self.http.get_small(&url, MANIFEST_CAP).await.at(Step::Verify)?;
-        let body = body.ok_or_else(|| ErrorKind::NotFound(url.clone())).at(Step::Verify)?;
+        let body = body
+            .at(Step::Verify)?
+            .ok_or_else(|| ErrorKind::NotFound(url.clone()))
+            .at(Step::Verify)?;
         self.source.keys.verify("the manifest", &body, &sig).at(Step::Verify)?;
         let m: Manifest = serde_json::from_slice(&body)
             .map_err(|e| {

@@ -4,8 +4,6 @@ use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::path::{Component, Path};
 
-use sha2::{Digest, Sha256};
-
 use crate::ErrorKind;
 use crate::manifest::{FileEntry, hex};
 
@@ -32,7 +30,7 @@ pub fn unpack(
     limits: Limits,
 ) -> Result<Vec<FileEntry>, ErrorKind> {
     let file = fs_err::File::open(archive)?;
-    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file))
+    let mut zip = zip::ZipArchive::new(std::io::BufReader::with_capacity(256 * 1024, file))
         .map_err(|e| unsafe_zip(format!("not a readable zip: {e}")))?;
     if zip.len() > limits.max_entries {
         return Err(unsafe_zip(format!(
@@ -55,7 +53,10 @@ pub fn unpack(
     let mut seen = HashSet::new();
     let mut out = Vec::new();
     let mut written = 0u64;
-    let mut buf = vec![0u8; 64 * 1024];
+    let mut buf = vec![0u8; 256 * 1024];
+    // Written files are fsynced together at the end, so the kernel can write them back in one go.
+    let mut to_sync = Vec::new();
+    let hasher = crate::hasher::Hasher::new();
     for i in 0..zip.len() {
         let mut entry = zip.by_index(i).map_err(|e| unsafe_zip(format!("entry {i}: {e}")))?;
         let name = entry.name().map_err(|e| unsafe_zip(format!("entry {i}: {e}")))?.into_owned();
@@ -78,7 +79,6 @@ pub fn unpack(
         let mode = entry.unix_mode().map(|m| m & 0o777).unwrap_or(0o644);
         let size = entry.size();
         let mut f = fs_err::OpenOptions::new().write(true).create_new(true).open(&target)?;
-        let mut hasher = Sha256::new();
         let mut n = 0u64;
         loop {
             let r = entry
@@ -94,7 +94,7 @@ pub fn unpack(
                 return Err(unsafe_zip(format!("{name:?} unpacks to more bytes than it declares")));
             }
             f.write_all(&buf[..r])?;
-            hasher.update(&buf[..r]);
+            hasher.update(bytes::Bytes::copy_from_slice(&buf[..r]));
             crate::hook::point("unpack-chunk");
         }
         if n != size {
@@ -106,11 +106,18 @@ pub fn unpack(
             final_mode |= 0o111 | 0o400;
         }
         set_mode(&f, final_mode)?;
-        f.sync_all()?;
-        out.push(FileEntry { path, size, sha256: hex(&hasher.finalize()), mode });
+        to_sync.push(f);
+        hasher.cut();
+        out.push(FileEntry { path, size, sha256: String::new(), mode });
     }
     if !out.iter().any(|e| e.path == main_exe) {
         return Err(unsafe_zip(format!("it has no {main_exe} at its root")));
+    }
+    for f in to_sync {
+        f.sync_all()?;
+    }
+    for (entry, digest) in out.iter_mut().zip(hasher.finish()) {
+        entry.sha256 = hex(&digest);
     }
     Ok(out)
 }

@@ -22,12 +22,16 @@ pub enum Fault {
     Endless,
     /// Headers, then a few bytes, then silence until the client gives up.
     Hang,
+    /// A body that comes at a few hundred bytes per second.
+    Trickle,
 }
 
 /// One request as the server saw it.
 #[derive(Debug, Clone)]
 pub struct Seen {
     pub path: String,
+    /// The request target as sent: absolute-form (`http://host/path`) when it came via a proxy.
+    pub target: String,
     pub headers: HashMap<String, String>,
 }
 
@@ -94,7 +98,12 @@ fn handle(
     let mut reader = BufReader::new(conn.try_clone()?);
     let mut line = String::new();
     reader.read_line(&mut line)?;
-    let path = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
+    let target = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
+    // A proxy gets absolute-form targets; serve them as if the host were us.
+    let path = match target.strip_prefix("http://") {
+        Some(rest) => rest.find('/').map(|i| rest[i..].to_owned()).unwrap_or_else(|| "/".into()),
+        None => target.clone(),
+    };
     let mut headers = HashMap::new();
     loop {
         let mut h = String::new();
@@ -105,7 +114,7 @@ fn handle(
             headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
         }
     }
-    seen.lock().unwrap().push(Seen { path: path.clone(), headers: headers.clone() });
+    seen.lock().unwrap().push(Seen { path: path.clone(), target, headers: headers.clone() });
     let mut out = conn;
     let fault = {
         let mut map = faults.lock().unwrap();
@@ -137,6 +146,15 @@ fn handle(
             let chunk = vec![b'9'; 16 * 1024];
             while !stop.load(Ordering::SeqCst) {
                 out.write_all(&chunk)?;
+            }
+            return Ok(());
+        }
+        Some(Fault::Trickle) => {
+            write!(out, "HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\nConnection: close\r\n\r\n")?;
+            while !stop.load(Ordering::SeqCst) {
+                out.write_all(b"0123456789")?;
+                out.flush()?;
+                std::thread::sleep(Duration::from_millis(50));
             }
             return Ok(());
         }

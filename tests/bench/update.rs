@@ -1,0 +1,253 @@
+//! `make bench`, updater figures: `butler upgrade` of a ~10 MiB signed archive from a loopback
+//! server, end to end (check, download, verification, unpack, smoke test, swap), against `curl` +
+//! `unzip` of the same archive in the same run, and the upgrade's peak memory.
+
+#[path = "../it/upgrade/server.rs"]
+#[allow(dead_code)]
+mod server;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use butler_release::{Publish, SigningKey};
+use butler_updater::Channel;
+
+const RUNS: usize = 7;
+const TARGET_ARCHIVE: u64 = 10 << 20;
+
+pub fn run() {
+    let work = tempfile::Builder::new().prefix("butler-bench-update-").tempdir().unwrap();
+    // Shipped builds are stripped; the release profile keeps line tables, which would make the
+    // binary alone larger than the 10 MiB archive this figure is about.
+    let built = PathBuf::from(env!("CARGO_BIN_EXE_butler"));
+    let bin = work.path().join("butler-stripped");
+    let stripped =
+        Command::new("strip").arg("-o").arg(&bin).arg(&built).status().is_ok_and(|s| s.success());
+    if !stripped {
+        std::fs::copy(&built, &bin).unwrap();
+    }
+    let version =
+        butler_release::binary_version(&bin).expect("the butler under bench reports a version");
+    let tree = work.path().join("broth");
+    let key = SigningKey::generate().unwrap();
+    let archive = publish_10mib(&bin, &version, &tree, work.path(), &key);
+    let size = std::fs::metadata(&archive).unwrap().len();
+    let srv = server::Server::start(tree.clone());
+    let ch = Channel::current(false).name();
+    let url = format!("{}/butler/{ch}/{version}/archive/default", srv.url());
+
+    let mut upgrade_ms = Vec::new();
+    let mut upgrade_rss = Vec::new();
+    for i in 0..RUNS {
+        let dir = work.path().join(format!("install-{i}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let exe = dir.join("butler");
+        std::fs::copy(&bin, &exe).unwrap();
+        let mut cmd = Command::new(&exe);
+        cmd.args(["--json", "upgrade", "-y", "--force"])
+            .env("BUTLER_HOME", dir.join("home"))
+            .env("BUTLER_BROTH_URL", srv.url())
+            .env("BUTLER_TRUSTED_KEYS", key.public_base64())
+            .env_remove("http_proxy")
+            .env_remove("HTTP_PROXY");
+        let (t, ok, rss) = measured(&mut cmd);
+        assert!(ok, "butler upgrade failed in the bench");
+        assert!(dir.join("butler.old").exists(), "the upgrade did not swap");
+        upgrade_ms.push(t.as_secs_f64() * 1e3);
+        upgrade_rss.extend(rss);
+    }
+    let idle_rss: Vec<u64> = (0..RUNS)
+        .filter_map(|_| {
+            let mut cmd = Command::new(&bin);
+            cmd.args(["version", "--json"]).env("BUTLER_HOME", work.path().join("idle"));
+            measured(&mut cmd).2
+        })
+        .collect();
+    let up = median(upgrade_ms);
+    println!(
+        "update: butler upgrade of a {:.1} MiB signed archive from loopback, end to end: median {up:.1} ms over {RUNS} runs",
+        size as f64 / (1 << 20) as f64
+    );
+
+    let have = |t: &str| {
+        Command::new(t)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok()
+    };
+    if have("curl") && have("unzip") {
+        let mut base_ms = Vec::new();
+        for i in 0..RUNS {
+            let dir = work.path().join(format!("baseline-{i}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            let zip = dir.join("a.zip");
+            let start = Instant::now();
+            let ok = Command::new("curl")
+                .args(["-sf", "--noproxy", "*", "-o"])
+                .arg(&zip)
+                .arg(&url)
+                .status()
+                .unwrap()
+                .success()
+                && Command::new("unzip")
+                    .arg("-qo")
+                    .arg(&zip)
+                    .arg("-d")
+                    .arg(dir.join("out"))
+                    .status()
+                    .unwrap()
+                    .success();
+            assert!(ok, "curl + unzip failed in the bench");
+            base_ms.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+        let base = median(base_ms);
+        println!(
+            "update: curl + unzip of the same archive: median {base:.1} ms; butler upgrade / baseline = {:.2}x (target <= 1.3x)",
+            up / base
+        );
+    } else {
+        println!("update: curl + unzip baseline skipped (curl or unzip is not installed)");
+    }
+    // The same at four times the size: memory must not grow with the archive.
+    let big_tree = work.path().join("broth-big");
+    let big_archive =
+        publish_sized(&bin, &version, &big_tree, work.path(), &key, 4 * TARGET_ARCHIVE);
+    let big_size = std::fs::metadata(&big_archive).unwrap().len();
+    let big_srv = server::Server::start(big_tree);
+    let big_rss: Vec<u64> = (0..3)
+        .filter_map(|i| {
+            let dir = work.path().join(format!("install-big-{i}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            let exe = dir.join("butler");
+            std::fs::copy(&bin, &exe).unwrap();
+            let mut cmd = Command::new(&exe);
+            cmd.args(["--json", "upgrade", "-y", "--force"])
+                .env("BUTLER_HOME", dir.join("home"))
+                .env("BUTLER_BROTH_URL", big_srv.url())
+                .env("BUTLER_TRUSTED_KEYS", key.public_base64());
+            let (_, ok, rss) = measured(&mut cmd);
+            assert!(ok, "butler upgrade (big) failed in the bench");
+            rss
+        })
+        .collect();
+    if upgrade_rss.is_empty() || idle_rss.is_empty() || big_rss.is_empty() {
+        println!("update: peak RSS skipped (GNU time is not installed at /usr/bin/time)");
+        return;
+    }
+    let peak = median_u(upgrade_rss);
+    let idle = median_u(idle_rss);
+    println!(
+        "update: peak RSS of butler upgrade: median {:.1} MiB (butler version alone: {:.1} MiB; +{:.1} MiB for a {:.1} MiB archive)",
+        peak as f64 / 1024.0,
+        idle as f64 / 1024.0,
+        (peak as f64 - idle as f64) / 1024.0,
+        size as f64 / (1 << 20) as f64
+    );
+    println!(
+        "update: peak RSS of butler upgrade of a {:.1} MiB archive: median {:.1} MiB (independent of size: {:+.1} MiB vs the {:.1} MiB one)",
+        big_size as f64 / (1 << 20) as f64,
+        median_u(big_rss.clone()) as f64 / 1024.0,
+        (median_u(big_rss) as f64 - peak as f64) / 1024.0,
+        size as f64 / (1 << 20) as f64
+    );
+}
+
+/// Publishes `bin` plus an incompressible payload sized so the archive is about 10 MiB.
+fn publish_10mib(bin: &Path, version: &str, tree: &Path, work: &Path, key: &SigningKey) -> PathBuf {
+    publish_sized(bin, version, tree, work, key, TARGET_ARCHIVE)
+}
+
+/// Publishes `bin` plus an incompressible payload sized so the archive is about `target` bytes.
+fn publish_sized(
+    bin: &Path,
+    version: &str,
+    tree: &Path,
+    work: &Path,
+    key: &SigningKey,
+    target: u64,
+) -> PathBuf {
+    let payload = work.join("payload.bin");
+    let mut want = target;
+    let publish = |payload_len: u64| {
+        std::fs::write(&payload, noise(payload_len as usize)).unwrap();
+        let p = Publish {
+            package: "butler".into(),
+            channel: Channel::current(false),
+            version: version.into(),
+            binary: bin.to_owned(),
+            extra_files: vec![payload.clone()],
+            out: tree.to_owned(),
+            expires_in: Duration::from_secs(3600),
+            set_latest: true,
+        };
+        butler_release::publish(&p, Some(key)).unwrap().archive
+    };
+    let first = publish(want);
+    let got = std::fs::metadata(&first).unwrap().len();
+    // Noise does not compress, so the rest of the archive is the binary; subtract it.
+    want = target.saturating_sub(got.saturating_sub(target)).max(1);
+    publish(want)
+}
+
+fn noise(n: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut v = Vec::with_capacity(n + 8);
+    while v.len() < n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(n);
+    v
+}
+
+/// Runs to completion; wall time, success, and peak RSS in KiB.
+///
+/// The RSS comes from GNU time's wait4 on its own child: a child forked straight from this big
+/// bench process would report this process's high-water mark (Linux carries it across exec).
+fn measured(cmd: &mut Command) -> (Duration, bool, Option<u64>) {
+    let gnu_time = Path::new("/usr/bin/time");
+    let rss_file = tempfile::NamedTempFile::new().unwrap();
+    let mut wrapped;
+    let cmd = if gnu_time.is_file() {
+        wrapped = Command::new(gnu_time);
+        wrapped
+            .arg("-f")
+            .arg("%M")
+            .arg("-o")
+            .arg(rss_file.path())
+            .arg(cmd.get_program())
+            .args(cmd.get_args());
+        for (k, v) in cmd.get_envs() {
+            match v {
+                Some(v) => wrapped.env(k, v),
+                None => wrapped.env_remove(k),
+            };
+        }
+        &mut wrapped
+    } else {
+        cmd
+    };
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    let start = Instant::now();
+    let status = cmd.status().unwrap();
+    let elapsed = start.elapsed();
+    let rss = std::fs::read_to_string(rss_file.path())
+        .ok()
+        .and_then(|s| s.trim().lines().last()?.trim().parse().ok());
+    (elapsed, status.success(), rss)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn median_u(mut v: Vec<u64>) -> u64 {
+    v.sort();
+    v[v.len() / 2]
+}
