@@ -175,12 +175,38 @@ pub fn setup(global: &GlobalArgs) -> anyhow::Result<(ButlerConfig, OutputSpec)> 
     Ok((cfg, spec))
 }
 
-/// Opens the output for `cfg` (the store at `--dbpath` or the embedded default).
-pub fn open_output(
+/// Opens the output for `cfg` (the store at `--dbpath` or the embedded default; for `logdog`,
+/// registers the prefix with the Coordinator).
+pub async fn open_output(
     global: &GlobalArgs,
     cfg: &ButlerConfig,
     spec: &OutputSpec,
 ) -> anyhow::Result<Box<dyn output::Output>> {
+    if let OutputSpec::Logdog { service, prefix_expiration, backoff } = spec {
+        let host =
+            global.logdog.coordinator_host.clone().filter(|h| !h.is_empty()).ok_or_else(|| {
+                usage(anyhow::anyhow!("the logdog output needs --coordinator-host"))
+            })?;
+        let token = match &global.logdog.service_account_json {
+            Some(p) => Some(read_token(p)?),
+            None => None,
+        };
+        let spool_dir = db::home_dir().map_err(runtime)?.join("spool").join("logdog");
+        let lcfg = output::logdog::LogdogConfig {
+            coordinator_host: host,
+            service: service.clone(),
+            project: cfg.project.clone(),
+            prefix: cfg.prefix.clone(),
+            prefix_expiration: *prefix_expiration,
+            token,
+            spool_dir,
+            backoff: *backoff,
+        };
+        let out = output::logdog::LogdogOutput::register(lcfg)
+            .await
+            .map_err(|e| runtime(anyhow::Error::new(e).context("logdog output")))?;
+        return Ok(Box::new(out));
+    }
     let ctx = OutputContext {
         dbpath: global.dbpath.clone(),
         project: cfg.project.clone(),
@@ -190,6 +216,20 @@ pub fn open_output(
         OutputError::Config(_) => usage(e),
         e => runtime(anyhow::Error::new(e).context("opening the output")),
     })
+}
+
+/// The bearer token in a credentials JSON file (`access_token`, as short-lived token files carry).
+fn read_token(path: &str) -> anyhow::Result<String> {
+    let text = fs_err::read_to_string(path).map_err(usage)?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("--service-account-json {path}: not JSON"))
+        .map_err(usage)?;
+    if let Some(t) = v.get("access_token").and_then(|t| t.as_str()) {
+        return Ok(t.to_owned());
+    }
+    Err(usage(anyhow::anyhow!(
+        "--service-account-json {path}: no access_token; signing service-account keys is not supported yet, pass a file with an OAuth access_token"
+    )))
 }
 
 /// Parses `name=N,type=T,content-type=C,tag=k=v` (repeatable `tag=`).
@@ -258,7 +298,7 @@ pub fn stream(args: StreamArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
         .map_err(|e| usage(e.context("--stream")))?;
     let rt = tokio_runtime()?;
     rt.block_on(async {
-        let out = open_output(global, &cfg, &spec)?;
+        let out = open_output(global, &cfg, &spec).await?;
         let butler = Butler::start(cfg, out);
         let reader: Box<dyn tokio::io::AsyncRead + Send + Unpin> = if args.source == "-" {
             Box::new(tokio::io::stdin())
@@ -287,7 +327,7 @@ pub fn serve(args: ServeArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
     let rt = tokio_runtime()?;
     rt.block_on(async {
         let server = bind(args.streamserver_uri.as_deref())?;
-        let out = open_output(global, &cfg, &spec)?;
+        let out = open_output(global, &cfg, &spec).await?;
         let butler = Butler::start(cfg, out);
         let uri = server.uri().to_owned();
         if global.json {
@@ -354,7 +394,7 @@ pub fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
     let rt = tokio_runtime()?;
     rt.block_on(async {
         let server = bind(args.streamserver_uri.as_deref())?;
-        let out = open_output(global, &cfg, &spec)?;
+        let out = open_output(global, &cfg, &spec).await?;
         let coordinator_host = out.coordinator_host();
         let butler = Butler::start(cfg, out);
         let uri = server.uri().to_owned();

@@ -2,5 +2,6 @@
 
 mod cli;
 mod streaming;
-mod util;
+mod streaming_logdog;
 mod streaming_noloss;
+mod util;

@@ -5,6 +5,7 @@
 
 mod directory;
 mod log;
+pub mod logdog;
 mod store;
 
 pub use directory::DirectoryOutput;
@@ -52,11 +53,29 @@ pub trait Output: Send + 'static {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OutputSpec {
     Store,
-    Directory { path: String },
-    Log { bundle_size: usize },
+    Directory {
+        path: String,
+    },
+    Log {
+        bundle_size: usize,
+    },
     Null,
-    Logdog { service: Option<String>, prefix_expiration: Option<std::time::Duration> },
+    Logdog {
+        service: Option<String>,
+        prefix_expiration: Option<std::time::Duration>,
+        /// `retry-initial=DUR,retry-attempts=N,drain=DUR`: the retry policy (short in tests).
+        backoff: logdog::Backoff,
+    },
 }
+
+impl PartialEq for logdog::Backoff {
+    fn eq(&self, o: &Self) -> bool {
+        (self.initial, self.max, self.attempts, self.drain)
+            == (o.initial, o.max, o.attempts, o.drain)
+    }
+}
+
+impl Eq for logdog::Backoff {}
 
 impl OutputSpec {
     /// Parses `NAME[,key=value...]` (values may be double-quoted to hold commas).
@@ -113,9 +132,23 @@ impl OutputSpec {
             }
             "logdog" => {
                 let (mut service, mut prefix_expiration) = (None, None);
+                let mut backoff = logdog::Backoff::default();
+                let dur = |v: &str| {
+                    super::timefmt::parse_duration(v)
+                        .map_err(|e| bad(format!("--output logdog: {e}")))
+                };
                 for (k, v) in kv {
                     match k.as_str() {
                         "service" => service = Some(v),
+                        "retry-initial" => backoff.initial = dur(&v)?,
+                        "retry-max" => backoff.max = dur(&v)?,
+                        "drain" => backoff.drain = dur(&v)?,
+                        "retry-attempts" => {
+                            backoff.attempts =
+                                v.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                                    bad(format!("--output logdog: retry-attempts {v:?}"))
+                                })?
+                        }
                         "prefix-expiration" => {
                             prefix_expiration = Some(
                                 super::timefmt::parse_duration(&v)
@@ -125,7 +158,7 @@ impl OutputSpec {
                         _ => return Err(unknown(&k)),
                     }
                 }
-                Ok(OutputSpec::Logdog { service, prefix_expiration })
+                Ok(OutputSpec::Logdog { service, prefix_expiration, backoff })
             }
             other => {
                 Err(bad(format!("unknown output {other:?} (store, directory, log, null, logdog)")))

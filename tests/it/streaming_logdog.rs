@@ -1,0 +1,383 @@
+//! The `logdog` output against a strict loopback stand-in for the Coordinator and Pub/Sub that
+//! decodes every frame as the Collector would, including a period where both return errors.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+
+use prost::Message;
+
+use crate::util::{TestHome, stderr};
+
+#[allow(clippy::all, dead_code)]
+mod logpb {
+    include!(concat!(env!("OUT_DIR"), "/logpb.rs"));
+}
+
+#[allow(clippy::all, dead_code)]
+mod logdog {
+    include!(concat!(env!("OUT_DIR"), "/logdog.rs"));
+}
+
+const SECRET: [u8; 36] = [7; 36];
+
+#[derive(Default)]
+struct StreamSeen {
+    desc: Option<logpb::LogStreamDescriptor>,
+    entries: BTreeMap<u64, logpb::LogEntry>,
+    terminal_index: Option<u64>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Requests to fail before succeeding (the outage).
+    register_failures: u32,
+    publish_failures: u32,
+    nonces: Vec<Vec<u8>>,
+    register: Option<logdog::RegisterPrefixRequest>,
+    publishes: u32,
+    streams: HashMap<String, StreamSeen>,
+    violations: Vec<String>,
+}
+
+struct Request {
+    method: String,
+    path: String,
+    headers: HashMap<String, String>,
+    body: Vec<u8>,
+}
+
+fn read_request(r: &mut BufReader<TcpStream>) -> Option<Request> {
+    let mut line = String::new();
+    if r.read_line(&mut line).ok()? == 0 {
+        return None;
+    }
+    let mut parts = line.split_whitespace();
+    let (method, path) = (parts.next()?.to_owned(), parts.next()?.to_owned());
+    let mut headers = HashMap::new();
+    loop {
+        let mut h = String::new();
+        r.read_line(&mut h).ok()?;
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        let (k, v) = h.split_once(':')?;
+        headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
+    }
+    let len: usize = headers.get("content-length")?.parse().ok()?;
+    let mut body = vec![0; len];
+    r.read_exact(&mut body).ok()?;
+    Some(Request { method, path, headers, body })
+}
+
+fn respond(w: &mut TcpStream, status: &str, headers: &[(&str, &str)], body: &[u8]) {
+    let mut head = format!("HTTP/1.1 {status}\r\ncontent-length: {}\r\n", body.len());
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    let _ = w.write_all(head.as_bytes());
+    let _ = w.write_all(body);
+}
+
+fn uvarint(b: &[u8]) -> Option<(u64, usize)> {
+    let mut v = 0u64;
+    for (i, c) in b.iter().enumerate().take(10) {
+        v |= u64::from(c & 0x7f) << (7 * i);
+        if c & 0x80 == 0 {
+            return Some((v, i + 1));
+        }
+    }
+    None
+}
+
+fn valid_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 4096
+        && n.split('/').all(|s| {
+            let b = s.as_bytes();
+            !b.is_empty()
+                && b[0].is_ascii_alphanumeric()
+                && b.iter().all(|c| c.is_ascii_alphanumeric() || b"._:-".contains(c))
+        })
+}
+
+/// What the Collector does with one Pub/Sub message; `Err` = it would reject it.
+fn collect(st: &mut State, data: &[u8]) -> Result<(), String> {
+    let (mlen, used) = uvarint(data).ok_or("bad metadata length")?;
+    let rest = &data[used..];
+    let meta = logpb::ButlerMetadata::decode(&rest[..mlen as usize])
+        .map_err(|e| format!("metadata: {e}"))?;
+    if meta.r#type != 1 || meta.proto_version != "1" {
+        return Err(format!("metadata {meta:?}"));
+    }
+    let rest = &rest[mlen as usize..];
+    let (blen, used) = uvarint(rest).ok_or("bad bundle length")?;
+    if used + blen as usize != rest.len() {
+        return Err("trailing bytes after the bundle frame".into());
+    }
+    let payload = &rest[used..];
+    let raw = match meta.compression {
+        0 => payload.to_vec(),
+        1 => {
+            let mut out = Vec::new();
+            flate2::read::ZlibDecoder::new(payload)
+                .take(10 << 20)
+                .read_to_end(&mut out)
+                .map_err(|e| format!("zlib: {e}"))?;
+            if out.len() < 860 {
+                return Err(format!("compressed a {}-byte bundle", out.len()));
+            }
+            out
+        }
+        c => return Err(format!("compression {c}")),
+    };
+    if meta.compression == 0 && raw.len() >= 860 {
+        return Err(format!("a {}-byte bundle was not compressed", raw.len()));
+    }
+    if raw.len() > 5_000_000 + 64 * 1024 {
+        return Err(format!("bundle of {} bytes", raw.len()));
+    }
+    let b = logpb::ButlerLogBundle::decode(&raw[..]).map_err(|e| format!("bundle: {e}"))?;
+    let reg = st.register.as_ref().ok_or("publish before RegisterPrefix")?;
+    if b.project != reg.project || b.prefix != reg.prefix || b.secret[..] != SECRET[..] {
+        return Err(format!(
+            "stamp: project {:?} prefix {:?} secret {} bytes",
+            b.project,
+            b.prefix,
+            b.secret.len()
+        ));
+    }
+    let prefix = b.prefix.clone();
+    let names: Vec<&str> =
+        b.entries.iter().map(|e| e.desc.as_ref().map_or("", |d| d.name.as_str())).collect();
+    if names.windows(2).any(|w| w[0] >= w[1]) {
+        return Err(format!("entries not one per stream sorted by name: {names:?}"));
+    }
+    for e in b.entries {
+        let d = e.desc.ok_or("entry without descriptor")?;
+        if !(d.prefix.is_empty() || d.prefix == prefix)
+            || !valid_name(&d.name)
+            || d.content_type.is_empty()
+            || d.timestamp.is_none()
+        {
+            return Err(format!("bad descriptor {d:?}"));
+        }
+        if e.logs.is_empty() && !e.terminal {
+            continue;
+        }
+        for w in e.logs.windows(2) {
+            if w[1].stream_index != w[0].stream_index + 1 {
+                return Err(format!("{}: stream indices not contiguous", d.name));
+            }
+        }
+        let s = st.streams.entry(d.name.clone()).or_default();
+        if s.desc.as_ref().is_some_and(|old| *old != d) {
+            return Err(format!("{}: descriptor changed", d.name));
+        }
+        s.desc = Some(d.clone());
+        for l in e.logs {
+            let ok = match &l.content {
+                Some(logpb::log_entry::Content::Text(t)) => !t.lines.is_empty(),
+                Some(logpb::log_entry::Content::Binary(b)) => !b.data.is_empty(),
+                Some(logpb::log_entry::Content::Datagram(_)) => true,
+                None => false,
+            };
+            if !ok || l.time_offset.is_none() {
+                return Err(format!("{}: invalid entry {}", d.name, l.stream_index));
+            }
+            // Redelivery is fine (the same entry again); a different one at the same index is not.
+            if let Some(old) = s.entries.get(&l.stream_index)
+                && *old != l
+            {
+                return Err(format!(
+                    "{}: entry {} delivered twice with different content",
+                    d.name, l.stream_index
+                ));
+            }
+            s.entries.insert(l.stream_index, l);
+        }
+        if e.terminal {
+            s.terminal_index = Some(e.terminal_index);
+        }
+    }
+    Ok(())
+}
+
+fn serve_conn(stream: TcpStream, state: Arc<Mutex<State>>) {
+    let mut w = stream.try_clone().unwrap();
+    let mut r = BufReader::new(stream);
+    while let Some(req) = read_request(&mut r) {
+        let mut st = state.lock().unwrap();
+        if req.method != "POST" {
+            st.violations.push(format!("{} {}", req.method, req.path));
+            respond(&mut w, "405 Method Not Allowed", &[], b"");
+            continue;
+        }
+        if req.path == "/prpc/logdog.Registration/RegisterPrefix" {
+            if req.headers.get("content-type").map(String::as_str)
+                != Some("application/prpc; encoding=binary")
+            {
+                st.violations.push(format!(
+                    "RegisterPrefix content-type {:?}",
+                    req.headers.get("content-type")
+                ));
+            }
+            let Ok(msg) = logdog::RegisterPrefixRequest::decode(&req.body[..]) else {
+                st.violations.push("undecodable RegisterPrefixRequest".into());
+                respond(&mut w, "400 Bad Request", &[("x-prpc-grpc-code", "3")], b"bad request");
+                continue;
+            };
+            st.nonces.push(msg.op_nonce.to_vec());
+            if st.register_failures > 0 {
+                st.register_failures -= 1;
+                respond(
+                    &mut w,
+                    "503 Service Unavailable",
+                    &[("x-prpc-grpc-code", "14")],
+                    b"try again",
+                );
+                continue;
+            }
+            st.register = Some(msg);
+            let resp = logdog::RegisterPrefixResponse {
+                secret: SECRET.to_vec().into(),
+                log_bundle_topic: "projects/luci-logdog/topics/logs".into(),
+            };
+            respond(
+                &mut w,
+                "200 OK",
+                &[("x-prpc-grpc-code", "0"), ("content-type", "application/prpc; encoding=binary")],
+                &resp.encode_to_vec(),
+            );
+        } else if req.path == "/v1/projects/luci-logdog/topics/logs:publish" {
+            st.publishes += 1;
+            if st.publish_failures > 0 {
+                st.publish_failures -= 1;
+                respond(&mut w, "503 Service Unavailable", &[], b"{\"error\":\"outage\"}");
+                continue;
+            }
+            let v: serde_json::Value = match serde_json::from_slice(&req.body) {
+                Ok(v) => v,
+                Err(e) => {
+                    st.violations.push(format!("publish body: {e}"));
+                    respond(&mut w, "400 Bad Request", &[], b"");
+                    continue;
+                }
+            };
+            use base64::Engine;
+            let mut ids = Vec::new();
+            for m in v["messages"].as_array().cloned().unwrap_or_default() {
+                let data = base64::engine::general_purpose::STANDARD
+                    .decode(m["data"].as_str().unwrap_or(""))
+                    .unwrap_or_default();
+                if let Err(e) = collect(&mut st, &data) {
+                    st.violations.push(e);
+                }
+                ids.push(ids.len().to_string());
+            }
+            respond(
+                &mut w,
+                "200 OK",
+                &[("content-type", "application/json")],
+                serde_json::json!({ "messageIds": ids }).to_string().as_bytes(),
+            );
+        } else {
+            st.violations.push(format!("unexpected path {}", req.path));
+            respond(&mut w, "404 Not Found", &[], b"");
+        }
+    }
+}
+
+fn stand_in(state: Arc<Mutex<State>>) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let st = Arc::clone(&state);
+            std::thread::spawn(move || serve_conn(conn, st));
+        }
+    });
+    port
+}
+
+fn text_of(s: &StreamSeen) -> Vec<u8> {
+    let mut out = Vec::new();
+    for e in s.entries.values() {
+        if let Some(logpb::log_entry::Content::Text(t)) = &e.content {
+            for l in &t.lines {
+                out.extend_from_slice(&l.value);
+                out.extend_from_slice(l.delimiter.as_bytes());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn logdog_output_registers_publishes_and_survives_an_outage() {
+    let state = Arc::new(Mutex::new(State {
+        register_failures: 2,
+        publish_failures: 6,
+        ..State::default()
+    }));
+    let port = stand_in(Arc::clone(&state));
+    let home = TestHome::new();
+    let host = format!("localhost:{port}");
+    let script = "echo \"host=$LOGDOG_COORDINATOR_HOST\"; i=0; while [ $i -lt 3000 ]; do echo \"line $i of the log\"; i=$((i+1)); done; printf 'no newline'";
+    let out = home
+        .butler()
+        .env("PUBSUB_EMULATOR_HOST", format!("127.0.0.1:{port}"))
+        .args([
+            "-project", "proj", "-prefix", "pre/fix", "-coordinator-host", &host,
+            "-output", "logdog,retry-initial=10ms,retry-max=40ms,retry-attempts=2,drain=10s,prefix-expiration=1h",
+            "-output-max-buffer-age", "20ms",
+            "run", "-stdout", "name=out", "--", "sh", "-c", script,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let st = state.lock().unwrap();
+    assert!(st.violations.is_empty(), "the Collector would reject: {:?}", st.violations);
+    assert_eq!(st.nonces.len(), 3, "two failed registrations, then success");
+    assert!(
+        st.nonces.iter().all(|n| n.len() == 32 && *n == st.nonces[0]),
+        "the op nonce is reused on retries"
+    );
+    let reg = st.register.as_ref().unwrap();
+    assert_eq!((reg.project.as_str(), reg.prefix.as_str()), ("proj", "pre/fix"));
+    assert_eq!(reg.expiration.as_ref().map(|d| d.seconds), Some(3600));
+    assert!(st.publishes > 6, "published after the outage");
+    let s = st.streams.get("out").expect("stream arrived");
+    let mut want = format!("host={host}\n").into_bytes();
+    for i in 0..3000 {
+        want.extend_from_slice(format!("line {i} of the log\n").as_bytes());
+    }
+    want.extend_from_slice(b"no newline");
+    assert_eq!(text_of(s), want, "every byte arrived, none twice");
+    let last = *s.entries.keys().last().unwrap();
+    assert_eq!(s.entries.len() as u64, last + 1, "no gaps");
+    assert_eq!(s.terminal_index, Some(last));
+    let spool = home.path().join("spool/logdog");
+    assert_eq!(std::fs::read_dir(&spool).unwrap().count(), 0, "the spool drained");
+    assert!(stderr(&out).contains("spooled"), "the outage spooled bundles: {}", stderr(&out));
+}
+
+#[test]
+fn logdog_output_needs_a_project_and_a_host() {
+    let home = TestHome::new();
+    let out = home.run(&[
+        "-output",
+        "logdog",
+        "-coordinator-host",
+        "localhost:1",
+        "stream",
+        "--source",
+        "/dev/null",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let out = home.run(&["-project", "p", "-output", "logdog", "stream", "--source", "/dev/null"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}
