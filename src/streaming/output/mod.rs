@@ -253,7 +253,8 @@ mod tests {
             OutputSpec::parse("logdog,service=s,prefix-expiration=1h").unwrap(),
             OutputSpec::Logdog {
                 service: Some("s".into()),
-                prefix_expiration: Some(std::time::Duration::from_secs(3600))
+                prefix_expiration: Some(std::time::Duration::from_secs(3600)),
+                backoff: logdog::Backoff::default(),
             }
         );
         for bad in [
