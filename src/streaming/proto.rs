@@ -3,9 +3,6 @@
 //! Private to the streaming module: everything else works with [`super::entry`] types, which keep
 //! text as contiguous byte runs instead of one allocation per line.
 
-// Parts are used only by the logdog output and tests.
-#![allow(dead_code)]
-
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::entry::{Bundle, BundleEntry, Content, LogEntry, StreamInfo, StreamType};
@@ -123,33 +120,6 @@ pub fn bundle(b: &Bundle) -> logpb::ButlerLogBundle {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use bytes::Bytes;
-
-    #[test]
-    fn text_lines_keep_every_byte() {
-        let data = Bytes::from_static(b"a\r\nb\n\r\n\rc\r\r\nd\re");
-        let lines = text_lines(&data);
-        let got: Vec<(&[u8], &str)> =
-            lines.iter().map(|l| (&l.value[..], l.delimiter.as_str())).collect();
-        assert_eq!(
-            got,
-            vec![
-                (&b"a"[..], "\r\n"),
-                (b"b", "\n"),
-                (b"", "\r\n"),
-                (b"\rc\r", "\r\n"),
-                (b"d\re", ""),
-            ]
-        );
-        let joined: Vec<u8> =
-            lines.iter().flat_map(|l| l.value.iter().copied().chain(l.delimiter.bytes())).collect();
-        assert_eq!(joined, &data[..]);
-    }
-}
-
 /// Bundles at least this big are zlib-compressed on the wire (the Collector's threshold).
 pub const COMPRESS_THRESHOLD: usize = 860;
 /// The largest uncompressed bundle the Collector reads.
@@ -227,4 +197,31 @@ pub fn register_prefix_response(body: &[u8]) -> Result<(Vec<u8>, String), prost:
     use prost::Message;
     let r = logdog::RegisterPrefixResponse::decode(body)?;
     Ok((r.secret.to_vec(), r.log_bundle_topic))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    #[test]
+    fn text_lines_keep_every_byte() {
+        let data = Bytes::from_static(b"a\r\nb\n\r\n\rc\r\r\nd\re");
+        let lines = text_lines(&data);
+        let got: Vec<(&[u8], &str)> =
+            lines.iter().map(|l| (&l.value[..], l.delimiter.as_str())).collect();
+        assert_eq!(
+            got,
+            vec![
+                (&b"a"[..], "\r\n"),
+                (b"b", "\n"),
+                (b"", "\r\n"),
+                (b"\rc\r", "\r\n"),
+                (b"d\re", ""),
+            ]
+        );
+        let joined: Vec<u8> =
+            lines.iter().flat_map(|l| l.value.iter().copied().chain(l.delimiter.bytes())).collect();
+        assert_eq!(joined, &data[..]);
+    }
 }
