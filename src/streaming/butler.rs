@@ -274,6 +274,7 @@ async fn run_stream<R: AsyncRead + Unpin>(
     let mut cutter = Cutter::new(info.stream_type, info.timestamp, shared.max_entry);
     let mut out = Vec::new();
     let mut draining = false;
+    let mut drain_until = None;
     if !initial.is_empty() {
         cutter.push(&initial, clock());
     }
@@ -299,9 +300,18 @@ async fn run_stream<R: AsyncRead + Unpin>(
             biased;
             r = reader.read_buf(cutter.buf()) => r,
             () = sleep_opt(deadline) => continue,
-            () = shared.closing.cancelled(), if !draining => { draining = true; continue }
+            () = shared.closing.cancelled(), if !draining => {
+                draining = true;
+                drain_until = Some(tokio::time::Instant::now() + shared.cfg.drain_idle * 20);
+                continue
+            }
+            // At shutdown: close once the client goes quiet, or after a cap if it never does.
             () = tokio::time::sleep(shared.cfg.drain_idle), if draining => {
                 tracing::warn!(path = %info.path(), "closing a stream still open at shutdown");
+                break;
+            }
+            () = sleep_opt(drain_until) => {
+                tracing::warn!(path = %info.path(), "closing a stream still writing at shutdown");
                 break;
             }
         };

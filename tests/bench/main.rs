@@ -1,3 +1,7 @@
 //! `make bench`: the figures from `shared/spec/quality.md`, each a median over several runs.
 
-fn main() {}
+mod streaming;
+
+fn main() {
+    streaming::run();
+}
