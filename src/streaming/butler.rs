@@ -26,7 +26,7 @@ use super::output::{Output, OutputError};
 /// Bytes asked of the socket per read.
 const READ_SIZE: usize = 64 * 1024;
 /// Messages (each at most about one read's worth of entries) queued for the bundler.
-const ENTRY_QUEUE: usize = 64;
+const ENTRY_QUEUE: usize = 16;
 /// Finished bundles queued for the output.
 const BUNDLE_QUEUE: usize = 2;
 

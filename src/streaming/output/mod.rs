@@ -17,7 +17,7 @@ use crate::db::{DbError, DbPath};
 
 /// Bundle size for outputs without a protocol limit: small enough to keep memory bounded while
 /// data waits for the buffer age, big enough to make per-bundle costs vanish.
-pub const LOCAL_BUNDLE_SIZE: usize = 2 * 1024 * 1024;
+pub const LOCAL_BUNDLE_SIZE: usize = 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutputError {
