@@ -574,6 +574,67 @@ mod tests {
         ]
     }
 
+    /// An output that blocks until released, and a reader that never ends: the butler must stop
+    /// reading instead of buffering.
+    #[test]
+    fn a_stalled_output_stops_reading_instead_of_buffering() {
+        struct Stalled(std::sync::mpsc::Receiver<()>);
+        impl Output for Stalled {
+            fn name(&self) -> &'static str {
+                "stalled"
+            }
+            fn max_size(&self) -> usize {
+                1024 * 1024
+            }
+            fn send(&mut self, _: Bundle) -> Result<(), OutputError> {
+                let _ = self.0.recv();
+                Ok(())
+            }
+        }
+        struct Endless(Arc<AtomicU64>);
+        impl AsyncRead for Endless {
+            fn poll_read(
+                self: std::pin::Pin<&mut Self>,
+                _cx: &mut std::task::Context<'_>,
+                buf: &mut tokio::io::ReadBuf<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                let n = buf.remaining().min(64 * 1024);
+                buf.put_slice(&vec![b'x'; n - 1]);
+                buf.put_slice(b"\n");
+                self.0.fetch_add(n as u64, Ordering::Relaxed);
+                std::task::Poll::Ready(Ok(()))
+            }
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (release, stalled) = std::sync::mpsc::channel();
+        let read = Arc::new(AtomicU64::new(0));
+        rt.block_on(async {
+            let butler = Butler::start(ButlerConfig::new("p", "pre"), Box::new(Stalled(stalled)));
+            let h = butler.handle();
+            h.add_stream(
+                StreamFlags::new("endless", StreamType::Text),
+                Endless(Arc::clone(&read)),
+                Bytes::new(),
+            )
+            .unwrap();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let after = read.load(Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert_eq!(
+                read.load(Ordering::Relaxed),
+                after,
+                "reading stopped while the output is stalled"
+            );
+            assert!(after < 16 * 1024 * 1024, "at most a few MiB in flight, got {after}");
+            drop(release);
+            drop(h);
+        });
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
         /// Whatever goes in comes out, and every bundle keeps the logpb invariants.

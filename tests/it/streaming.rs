@@ -517,3 +517,45 @@ pub fn wait_for_file(p: &Path) {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+#[test]
+fn a_partial_line_goes_out_after_the_buffer_age_while_the_stream_is_open() {
+    let home = TestHome::new();
+    let serve = Serve::start(&home, &["--prefix", "pre", "-output-max-buffer-age", "50ms"]);
+    let mut s = serve.connect();
+    s.write_all(&handshake(r#"{"name":"slow"}"#)).unwrap();
+    s.write_all("whole\npartial €".as_bytes()).unwrap();
+    s.write_all(&"€".as_bytes()[..1]).unwrap(); // an unfinished UTF-8 sequence stays behind
+    let start = Instant::now();
+    loop {
+        let streams = ls(&home, "local");
+        if streams.first().is_some_and(|s| s["bytes"] == "whole\npartial €".len()) {
+            assert_eq!(streams[0]["terminal"], false, "the stream is still open");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "partial line never flushed: {streams:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    s.write_all(&"€".as_bytes()[1..]).unwrap();
+    s.write_all(b" end").unwrap();
+    drop(s);
+    serve.stop();
+    assert_eq!(cat(&home, "local", "pre/+/slow"), "whole\npartial €€ end".as_bytes());
+}
+
+#[test]
+fn log_output_dumps_bundles_to_stderr() {
+    let home = TestHome::new();
+    let serve = Serve::start(&home, &["--prefix", "pre", "--output", "log", "--output-no-buffer"]);
+    serve.send(r#"{"name":"shown"}"#, b"hello\r\npart");
+    serve.send(r#"{"name":"bin","type":"binary"}"#, b"\x01\xff");
+    let err = serve.stop();
+    assert!(err.contains("pre/+/shown [text, text/plain; charset=utf-8]"), "{err}");
+    assert!(err.contains(r#""hello" "\r\n""#) && err.contains(r#""part" """#), "{err}");
+    assert!(err.contains("binary 01ff"), "{err}");
+    assert!(err.contains("terminal at"), "{err}");
+    assert!(ls(&home, "local").is_empty(), "nothing in the store");
+}
