@@ -266,17 +266,27 @@ fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .map_err(runtime)
 }
 
-/// Resolves on the first SIGINT or SIGTERM.
-async fn terminated() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) =
-        (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
-    else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => {}
-        _ = term.recv() => {}
+/// SIGINT and SIGTERM, caught from the moment this is created (so a signal that arrives right
+/// after `serve` printed its address is handled, not fatal).
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let int = signal(SignalKind::interrupt()).context("catching SIGINT").map_err(runtime)?;
+        let term = signal(SignalKind::terminate()).context("catching SIGTERM").map_err(runtime)?;
+        Ok(Signals { int, term })
+    }
+
+    /// The next signal's number.
+    async fn recv(&mut self) -> i32 {
+        tokio::select! {
+            _ = self.int.recv() => libc::SIGINT,
+            _ = self.term.recv() => libc::SIGTERM,
+        }
     }
 }
 
@@ -298,6 +308,7 @@ pub fn stream(args: StreamArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
         .map_err(|e| usage(e.context("--stream")))?;
     let rt = tokio_runtime()?;
     rt.block_on(async {
+        let mut signals = Signals::new()?;
         let out = open_output(global, &cfg, &spec).await?;
         let butler = Butler::start(cfg, out);
         let reader: Box<dyn tokio::io::AsyncRead + Send + Unpin> = if args.source == "-" {
@@ -314,7 +325,7 @@ pub fn stream(args: StreamArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
         let handle = butler.handle();
         tokio::select! {
             () = handle.wait_idle() => {}
-            () = terminated() => tracing::info!("signalled; flushing"),
+            _ = signals.recv() => tracing::info!("signalled; flushing"),
         }
         finish(butler).await?;
         Ok(0)
@@ -326,6 +337,7 @@ pub fn serve(args: ServeArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
     let hs_timeout = duration_flag("handshake-timeout", &args.handshake_timeout)?;
     let rt = tokio_runtime()?;
     rt.block_on(async {
+        let mut signals = Signals::new()?;
         let server = bind(args.streamserver_uri.as_deref())?;
         let out = open_output(global, &cfg, &spec).await?;
         let butler = Butler::start(cfg, out);
@@ -340,7 +352,7 @@ pub fn serve(args: ServeArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
         tracing::info!("stream server listening on {uri}");
         let stop = CancellationToken::new();
         let accept = tokio::spawn(server.run(butler.handle(), hs_timeout, stop.clone()));
-        terminated().await;
+        signals.recv().await;
         tracing::info!("signalled; flushing");
         stop.cancel();
         let _ = accept.await;
@@ -393,6 +405,7 @@ pub fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
         .map_err(|e| usage(e.context("--stderr")))?;
     let rt = tokio_runtime()?;
     rt.block_on(async {
+        let signals = Signals::new()?;
         let server = bind(args.streamserver_uri.as_deref())?;
         let out = open_output(global, &cfg, &spec).await?;
         let coordinator_host = out.coordinator_host();
@@ -401,7 +414,7 @@ pub fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
         let stop = CancellationToken::new();
         let accept = tokio::spawn(server.run(butler.handle(), hs_timeout, stop.clone()));
         let (sig_tx, sig_rx) = mpsc::channel(4);
-        let forwarder = tokio::spawn(forward_signals(sig_tx));
+        let forwarder = tokio::spawn(forward_signals(signals, sig_tx));
         let opts = RunOptions {
             command: command.clone(),
             cwd: args.chdir.clone(),
@@ -438,18 +451,9 @@ pub fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
     })
 }
 
-async fn forward_signals(tx: mpsc::Sender<i32>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) =
-        (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
-    else {
-        return;
-    };
+async fn forward_signals(mut signals: Signals, tx: mpsc::Sender<i32>) {
     loop {
-        let sig = tokio::select! {
-            _ = int.recv() => libc::SIGINT,
-            _ = term.recv() => libc::SIGTERM,
-        };
+        let sig = signals.recv().await;
         if tx.send(sig).await.is_err() {
             return;
         }

@@ -559,3 +559,44 @@ fn log_output_dumps_bundles_to_stderr() {
     assert!(err.contains("terminal at"), "{err}");
     assert!(ls(&home, "local").is_empty(), "nothing in the store");
 }
+
+#[test]
+fn the_rust_streamclient_opens_all_three_types_with_a_namespace() {
+    use butler::streaming::streamclient::StreamClient;
+    let home = TestHome::new();
+    let serve = Serve::start(&home, &["--prefix", "pre"]);
+    let client =
+        StreamClient::new(&format!("unix:{}", serve.sock.display()), Some("ns/step")).unwrap();
+    {
+        let mut t = client.open_text("log").unwrap();
+        t.write_all("héllo\nwörld".as_bytes()).unwrap();
+        let mut b = client.open_binary("blob").unwrap();
+        b.write_all(&[0, 1, 2, 255]).unwrap();
+        let mut d = client.open_datagram("dg").unwrap();
+        d.send(b"one").unwrap();
+        d.send(b"").unwrap();
+    }
+    assert!(client.open_text("_bad").is_err(), "names are validated on the client side");
+    serve.stop();
+    assert_eq!(cat(&home, "local", "pre/+/ns/step/log"), "héllo\nwörld".as_bytes());
+    assert_eq!(cat(&home, "local", "pre/+/ns/step/blob"), [0, 1, 2, 255]);
+    assert_eq!(cat(&home, "local", "pre/+/ns/step/dg"), b"\x03one\x00");
+    let streams = ls(&home, "local");
+    let log = find(&streams, "ns/step/log").unwrap();
+    assert_ne!(log["timestamp"], Value::Null, "the client sends its timestamp");
+}
+
+#[test]
+fn run_forwards_stdin_only_when_asked() {
+    let home = TestHome::new();
+    let run = |args: &[&str]| {
+        let mut c =
+            home.butler().args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+        c.stdin.take().unwrap().write_all(b"typed input\n").unwrap();
+        c.wait_with_output().unwrap()
+    };
+    let out = run(&["run", "--forward-stdin", "--", "cat"]);
+    assert_eq!(stdout(&out), "typed input\n");
+    let out = run(&["-prefix", "p2", "run", "--", "cat"]);
+    assert_eq!(stdout(&out), "", "the child's stdin is empty by default");
+}
