@@ -331,11 +331,30 @@ fn bad_flags_exit_2() {
         &["run", "--stdout", "type=video", "--", "true"],
         &["run"],
         &["logs", "cat", "not-a-path"],
+        &["serve", "--streamserver-uri", &format!("unix:/tmp/{}", "x".repeat(120))],
     ] {
         let out = home.run(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
         assert!(!stderr(&out).trim().is_empty());
     }
+}
+
+#[test]
+fn runtime_errors_exit_250() {
+    let home = TestHome::new();
+    let out = home.run(&["logs", "cat", "nothing/+/here"]);
+    assert_eq!(out.status.code(), Some(250), "{}", stderr(&out));
+    assert!(stderr(&out).contains("no stream nothing/+/here"));
+    let out = home.run(&["stream", "--source", "/nonexistent/file"]);
+    assert_eq!(out.status.code(), Some(250), "{}", stderr(&out));
+    // A prefix that already holds streams in the store is refused, as the Coordinator would.
+    let file = home.path().join("f");
+    std::fs::write(&file, "x").unwrap();
+    let args = ["-prefix", "same", "stream", "--source", file.to_str().unwrap()];
+    assert_eq!(home.run(&args).status.code(), Some(0));
+    let out = home.run(&args);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("already holds streams"));
 }
 
 #[test]
