@@ -35,9 +35,12 @@ struct State {
     register_failures: u32,
     publish_failures: u32,
     nonces: Vec<Vec<u8>>,
+    /// Registered prefixes.
+    registered: HashMap<String, logdog::RegisterPrefixRequest>,
     register: Option<logdog::RegisterPrefixRequest>,
     publishes: u32,
-    streams: HashMap<String, StreamSeen>,
+    /// By (prefix, name).
+    streams: HashMap<(String, String), StreamSeen>,
     violations: Vec<String>,
 }
 
@@ -141,7 +144,7 @@ fn collect(st: &mut State, data: &[u8]) -> Result<(), String> {
         return Err(format!("bundle of {} bytes", raw.len()));
     }
     let b = logpb::ButlerLogBundle::decode(&raw[..]).map_err(|e| format!("bundle: {e}"))?;
-    let reg = st.register.as_ref().ok_or("publish before RegisterPrefix")?;
+    let reg = st.registered.get(&b.prefix).ok_or("publish for an unregistered prefix")?;
     if b.project != reg.project || b.prefix != reg.prefix || b.secret[..] != SECRET[..] {
         return Err(format!(
             "stamp: project {:?} prefix {:?} secret {} bytes",
@@ -173,7 +176,7 @@ fn collect(st: &mut State, data: &[u8]) -> Result<(), String> {
                 return Err(format!("{}: stream indices not contiguous", d.name));
             }
         }
-        let s = st.streams.entry(d.name.clone()).or_default();
+        let s = st.streams.entry((prefix.clone(), d.name.clone())).or_default();
         if s.desc.as_ref().is_some_and(|old| *old != d) {
             return Err(format!("{}: descriptor changed", d.name));
         }
@@ -241,6 +244,7 @@ fn serve_conn(stream: TcpStream, state: Arc<Mutex<State>>) {
                 );
                 continue;
             }
+            st.registered.insert(msg.prefix.clone(), msg.clone());
             st.register = Some(msg);
             let resp = logdog::RegisterPrefixResponse {
                 secret: SECRET.to_vec().into(),
@@ -350,7 +354,7 @@ fn logdog_output_registers_publishes_and_survives_an_outage() {
     assert_eq!((reg.project.as_str(), reg.prefix.as_str()), ("proj", "pre/fix"));
     assert_eq!(reg.expiration.as_ref().map(|d| d.seconds), Some(3600));
     assert!(st.publishes > 6, "published after the outage");
-    let s = st.streams.get("out").expect("stream arrived");
+    let s = st.streams.get(&("pre/fix".to_owned(), "out".to_owned())).expect("stream arrived");
     let mut want = format!("host={host}\n").into_bytes();
     for i in 0..3000 {
         want.extend_from_slice(format!("line {i} of the log\n").as_bytes());
@@ -363,6 +367,66 @@ fn logdog_output_registers_publishes_and_survives_an_outage() {
     let spool = home.path().join("spool/logdog");
     assert_eq!(std::fs::read_dir(&spool).unwrap().count(), 0, "the spool drained");
     assert!(stderr(&out).contains("spooled"), "the outage spooled bundles: {}", stderr(&out));
+}
+
+fn logdog_run(
+    home: &TestHome,
+    port: u16,
+    prefix: &str,
+    options: &str,
+    script: &str,
+) -> std::process::Output {
+    home.butler()
+        .env("PUBSUB_EMULATOR_HOST", format!("127.0.0.1:{port}"))
+        .args([
+            "-project",
+            "proj",
+            "-prefix",
+            prefix,
+            "-coordinator-host",
+            &format!("localhost:{port}"),
+            "-output",
+            &format!("logdog,retry-initial=10ms,retry-max=20ms,{options}"),
+            "run",
+            "-stdout",
+            "name=out",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ])
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn bundles_left_spooled_by_a_run_are_delivered_by_the_next_one() {
+    let state = Arc::new(Mutex::new(State { publish_failures: u32::MAX, ..State::default() }));
+    let port = stand_in(Arc::clone(&state));
+    let home = TestHome::new();
+    let script = "i=0; while [ $i -lt 500 ]; do echo \"first run $i\"; i=$((i+1)); done";
+    let out = logdog_run(&home, port, "first/run", "retry-attempts=1,drain=100ms", script);
+    assert_eq!(out.status.code(), Some(250), "delivery failure is loud: {}", stderr(&out));
+    assert!(stderr(&out).contains("stay spooled"), "{}", stderr(&out));
+    let spool = home.path().join("spool/logdog");
+    assert!(std::fs::read_dir(&spool).unwrap().count() > 0, "bundles kept on disk");
+    assert!(state.lock().unwrap().streams.is_empty());
+
+    state.lock().unwrap().publish_failures = 0;
+    let out = logdog_run(&home, port, "second/run", "retry-attempts=2,drain=5s", "echo second");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let st = state.lock().unwrap();
+    assert!(st.violations.is_empty(), "{:?}", st.violations);
+    let first = st
+        .streams
+        .get(&("first/run".to_owned(), "out".to_owned()))
+        .expect("the first run's stream arrived");
+    let want: String = (0..500).map(|i| format!("first run {i}\n")).collect();
+    assert_eq!(text_of(first), want.as_bytes());
+    assert_eq!(first.terminal_index, Some(first.entries.len() as u64 - 1));
+    let second = st.streams.get(&("second/run".to_owned(), "out".to_owned())).unwrap();
+    assert_eq!(text_of(second), b"second\n");
+    assert_eq!(std::fs::read_dir(&spool).unwrap().count(), 0, "the spool drained");
 }
 
 #[test]
