@@ -436,7 +436,8 @@ pub fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
         drop(handle);
         let flushed = finish(butler).await;
         let outcome = result.map_err(runtime)?;
-        flushed?;
+        // The child's result is recorded even when the output failed (the error still wins the
+        // exit code, so an undelivered log is never mistaken for success).
         if let Some(path) = &args.result_path {
             let program = process::resolve_program(&command[0], args.chdir.as_deref())
                 .map(|p| p.display().to_string())
@@ -447,6 +448,7 @@ pub fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
             fs_err::write(path, serde_json::to_vec_pretty(&body).unwrap_or_default())
                 .map_err(runtime)?;
         }
+        flushed?;
         Ok(u8::try_from(outcome.exit_code.clamp(0, 255)).unwrap_or(EXIT_RUNTIME))
     })
 }
