@@ -619,3 +619,27 @@ fn run_forwards_stdin_only_when_asked() {
     let out = run(&["-prefix", "p2", "run", "--", "cat"]);
     assert_eq!(stdout(&out), "", "the child's stdin is empty by default");
 }
+
+#[test]
+fn a_hostile_datagram_header_ends_only_that_stream() {
+    let home = TestHome::new();
+    let serve = Serve::start(&home, &["--prefix", "pre"]);
+    let mut overflow = b"\x02ok".to_vec();
+    overflow.extend_from_slice(&[0xff; 11]);
+    overflow.extend_from_slice(b"\x02no");
+    serve.send(r#"{"name":"overflow","type":"datagram"}"#, &overflow);
+    // A 10 MiB + 1 length: refused before anything is buffered.
+    serve.send(r#"{"name":"huge","type":"datagram"}"#, b"\x02ok\x81\x80\x80\x05");
+    serve.send(r#"{"name":"fine","type":"datagram"}"#, b"\x03yes");
+    let err = serve.stop();
+    assert_eq!(
+        cat(&home, "local", "pre/+/overflow"),
+        b"\x02ok",
+        "data before the bad header is kept"
+    );
+    assert_eq!(cat(&home, "local", "pre/+/huge"), b"\x02ok");
+    assert_eq!(cat(&home, "local", "pre/+/fine"), b"\x03yes");
+    let streams = ls(&home, "local");
+    assert!(streams.iter().all(|s| s["terminal"] == true));
+    assert!(err.contains("overflows") && err.contains("exceeds the maximum"), "{err}");
+}
