@@ -187,8 +187,8 @@ pub async fn open_output(
             global.logdog.coordinator_host.clone().filter(|h| !h.is_empty()).ok_or_else(|| {
                 usage(anyhow::anyhow!("the logdog output needs --coordinator-host"))
             })?;
-        let token = match &global.logdog.service_account_json {
-            Some(p) => Some(read_token(p)?),
+        let credentials = match &global.logdog.service_account_json {
+            Some(p) => Some(read_credentials(p)?),
             None => None,
         };
         let spool_dir = db::home_dir().map_err(runtime)?.join("spool").join("logdog");
@@ -198,7 +198,7 @@ pub async fn open_output(
             project: cfg.project.clone(),
             prefix: cfg.prefix.clone(),
             prefix_expiration: *prefix_expiration,
-            token,
+            credentials,
             spool_dir,
             backoff: *backoff,
         };
@@ -218,18 +218,11 @@ pub async fn open_output(
     })
 }
 
-/// The bearer token in a credentials JSON file (`access_token`, as short-lived token files carry).
-fn read_token(path: &str) -> anyhow::Result<String> {
+/// The `--service-account-json` file: a service-account key, or a file with an `access_token`.
+fn read_credentials(path: &str) -> anyhow::Result<output::auth::Credentials> {
     let text = fs_err::read_to_string(path).map_err(usage)?;
-    let v: serde_json::Value = serde_json::from_str(&text)
-        .with_context(|| format!("--service-account-json {path}: not JSON"))
-        .map_err(usage)?;
-    if let Some(t) = v.get("access_token").and_then(|t| t.as_str()) {
-        return Ok(t.to_owned());
-    }
-    Err(usage(anyhow::anyhow!(
-        "--service-account-json {path}: no access_token; signing service-account keys is not supported yet, pass a file with an OAuth access_token"
-    )))
+    output::auth::Credentials::from_json(&text)
+        .map_err(|e| usage(anyhow::anyhow!("--service-account-json {path}: {e}")))
 }
 
 /// Parses `name=N,type=T,content-type=C,tag=k=v` (repeatable `tag=`).

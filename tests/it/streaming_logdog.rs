@@ -42,6 +42,46 @@ struct State {
     /// By (prefix, name).
     streams: HashMap<(String, String), StreamSeen>,
     violations: Vec<String>,
+    /// When set: the service account's public key; every call must carry the issued token.
+    service_account: Option<(String, Vec<u8>)>,
+    tokens_issued: u32,
+}
+
+const ISSUED_TOKEN: &str = "ya29.stand-in-token";
+
+/// Checks a service-account JWT as Google's token endpoint would.
+fn check_jwt(st: &State, assertion: &str, token_uri: &str) -> Result<(), String> {
+    use base64::Engine;
+    let (email, public_key) = st.service_account.as_ref().ok_or("no service account configured")?;
+    let parts: Vec<&str> = assertion.split('.').collect();
+    let [h, c, sig] = parts[..] else { return Err("JWT is not three parts".into()) };
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let sig = b64.decode(sig).map_err(|e| e.to_string())?;
+    aws_lc_rs::signature::UnparsedPublicKey::new(
+        &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256,
+        public_key,
+    )
+    .verify(format!("{h}.{c}").as_bytes(), &sig)
+    .map_err(|_| "bad JWT signature")?;
+    let header: serde_json::Value =
+        serde_json::from_slice(&b64.decode(h).map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    let claims: serde_json::Value =
+        serde_json::from_slice(&b64.decode(c).map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    if header["alg"] != "RS256" || claims["iss"] != email.as_str() || claims["aud"] != token_uri {
+        return Err(format!("JWT {header} {claims}"));
+    }
+    let scope = claims["scope"].as_str().unwrap_or("");
+    if !scope.contains("https://www.googleapis.com/auth/pubsub")
+        || !scope.contains("userinfo.email")
+    {
+        return Err(format!("scopes {scope}"));
+    }
+    if claims["exp"].as_u64().unwrap_or(0) <= claims["iat"].as_u64().unwrap_or(u64::MAX) {
+        return Err("exp before iat".into());
+    }
+    Ok(())
 }
 
 struct Request {
@@ -217,6 +257,44 @@ fn serve_conn(stream: TcpStream, state: Arc<Mutex<State>>) {
         if req.method != "POST" {
             st.violations.push(format!("{} {}", req.method, req.path));
             respond(&mut w, "405 Method Not Allowed", &[], b"");
+            continue;
+        }
+        if req.path == "/token" {
+            let form = String::from_utf8_lossy(&req.body).into_owned();
+            let assertion =
+                form.split('&').find_map(|kv| kv.strip_prefix("assertion=")).unwrap_or("");
+            let uri =
+                format!("http://{}/token", req.headers.get("host").cloned().unwrap_or_default());
+            let grant =
+                form.contains("grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer");
+            match check_jwt(&st, assertion, &uri) {
+                Ok(()) if grant => {
+                    st.tokens_issued += 1;
+                    let body = serde_json::json!({ "access_token": ISSUED_TOKEN, "expires_in": 3600, "token_type": "Bearer" });
+                    respond(
+                        &mut w,
+                        "200 OK",
+                        &[("content-type", "application/json")],
+                        body.to_string().as_bytes(),
+                    );
+                }
+                r => {
+                    st.violations.push(format!("token request: grant {grant}, {r:?}"));
+                    respond(&mut w, "400 Bad Request", &[], b"{}");
+                }
+            }
+            continue;
+        }
+        if st.service_account.is_some()
+            && req.headers.get("authorization").map(String::as_str)
+                != Some(&format!("Bearer {ISSUED_TOKEN}"))
+        {
+            st.violations.push(format!(
+                "{} without the issued token: {:?}",
+                req.path,
+                req.headers.get("authorization")
+            ));
+            respond(&mut w, "401 Unauthorized", &[("x-prpc-grpc-code", "16")], b"unauthenticated");
             continue;
         }
         if req.path == "/prpc/logdog.Registration/RegisterPrefix" {
@@ -430,6 +508,64 @@ fn bundles_left_spooled_by_a_run_are_delivered_by_the_next_one() {
 }
 
 #[test]
+fn logdog_output_authenticates_with_a_service_account_key() {
+    use aws_lc_rs::encoding::AsDer;
+    use aws_lc_rs::signature::KeyPair;
+    use base64::Engine;
+    let key = aws_lc_rs::signature::RsaKeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+    let pkcs8 = AsDer::<aws_lc_rs::encoding::Pkcs8V1Der>::as_der(&key).unwrap();
+    let email = "butler@proj.iam.gserviceaccount.com";
+    let state = Arc::new(Mutex::new(State {
+        service_account: Some((email.to_owned(), key.public_key().as_ref().to_vec())),
+        ..State::default()
+    }));
+    let port = stand_in(Arc::clone(&state));
+    let home = TestHome::new();
+    let pem = format!(
+        "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+        base64::engine::general_purpose::STANDARD.encode(pkcs8.as_ref())
+    );
+    let sa = home.path().join("sa.json");
+    let json = serde_json::json!({
+        "type": "service_account",
+        "client_email": email,
+        "private_key": pem,
+        "token_uri": format!("http://127.0.0.1:{port}/token"),
+    });
+    std::fs::write(&sa, json.to_string()).unwrap();
+    let out = home
+        .butler()
+        .env("PUBSUB_EMULATOR_HOST", format!("127.0.0.1:{port}"))
+        .args([
+            "-project",
+            "proj",
+            "-prefix",
+            "auth/run",
+            "-coordinator-host",
+            &format!("localhost:{port}"),
+            "-service-account-json",
+            sa.to_str().unwrap(),
+            "-output",
+            "logdog",
+            "run",
+            "-stdout",
+            "name=out",
+            "--",
+            "sh",
+            "-c",
+            "echo authorized",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let st = state.lock().unwrap();
+    assert!(st.violations.is_empty(), "{:?}", st.violations);
+    assert_eq!(st.tokens_issued, 1, "the token is cached");
+    let s = st.streams.get(&("auth/run".to_owned(), "out".to_owned())).unwrap();
+    assert_eq!(text_of(s), b"authorized\n");
+}
+
+#[test]
 fn logdog_output_needs_a_project_and_a_host() {
     let home = TestHome::new();
     let out = home.run(&[
@@ -444,4 +580,25 @@ fn logdog_output_needs_a_project_and_a_host() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let out = home.run(&["-project", "p", "-output", "logdog", "stream", "--source", "/dev/null"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let bad = home.path().join("bad.json");
+    std::fs::write(
+        &bad,
+        r#"{"type":"service_account","client_email":"x","private_key":"not a key"}"#,
+    )
+    .unwrap();
+    let out = home.run(&[
+        "-project",
+        "p",
+        "-output",
+        "logdog",
+        "-coordinator-host",
+        "localhost:1",
+        "-service-account-json",
+        bad.to_str().unwrap(),
+        "stream",
+        "--source",
+        "/dev/null",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("private_key"), "{}", stderr(&out));
 }

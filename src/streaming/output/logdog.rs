@@ -48,8 +48,9 @@ pub struct LogdogConfig {
     pub project: String,
     pub prefix: String,
     pub prefix_expiration: Option<Duration>,
-    /// Bearer token for both the Coordinator and Pub/Sub.
-    pub token: Option<String>,
+    /// Credentials for both the Coordinator and Pub/Sub (none: unauthenticated, for local
+    /// stand-ins).
+    pub credentials: Option<super::auth::Credentials>,
     /// Where undeliverable bundles wait.
     pub spool_dir: PathBuf,
     pub backoff: Backoff,
@@ -67,6 +68,7 @@ pub struct LogdogOutput {
     secret: Vec<u8>,
     publish_url: String,
     rt: tokio::runtime::Handle,
+    tokens: Option<super::auth::TokenSource>,
     /// Spooled files are named by this counter so they are re-sent in order.
     seq: u64,
     host_url: String,
@@ -103,11 +105,16 @@ impl LogdogOutput {
             cfg.prefix_expiration,
         );
         let url = format!("{host_url}/prpc/logdog.Registration/RegisterPrefix");
+        let tokens = cfg.credentials.clone().map(super::auth::TokenSource::new);
         let mut delay = cfg.backoff.initial;
         let mut attempt = 0;
         let (secret, topic) = loop {
             attempt += 1;
-            match prpc_call(&client, &url, cfg.token.as_deref(), body.clone()).await {
+            let token = match &tokens {
+                Some(t) => Some(t.token(&client).await?),
+                None => None,
+            };
+            match prpc_call(&client, &url, token.as_deref(), body.clone()).await {
                 Ok(resp) => {
                     break proto::register_prefix_response(&resp).map_err(|e| {
                         OutputError::Other(format!("RegisterPrefix: bad response: {e}"))
@@ -145,6 +152,7 @@ impl LogdogOutput {
             secret,
             publish_url,
             rt: tokio::runtime::Handle::current(),
+            tokens,
             seq: 0,
             host_url,
             cfg,
@@ -156,12 +164,17 @@ impl LogdogOutput {
         let body = serde_json::json!({
             "messages": [{ "data": base64::engine::general_purpose::STANDARD.encode(msg) }]
         });
-        let mut req =
-            self.client.post(url).header("content-type", "application/json").body(body.to_string());
-        if let Some(t) = &self.cfg.token {
-            req = req.bearer_auth(t);
-        }
         self.rt.block_on(async {
+            let mut req = self
+                .client
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body.to_string());
+            if let Some(t) = &self.tokens {
+                let token =
+                    t.token(&self.client).await.map_err(|e| Failure::Transient(e.to_string()))?;
+                req = req.bearer_auth(token);
+            }
             let resp =
                 req.send().await.map_err(|e| Failure::Transient(format!("publishing: {e}")))?;
             let status = resp.status();

@@ -3,6 +3,7 @@
 //! An output runs on one blocking worker thread and gets bundles in order; `send` returning an
 //! error is reported at shutdown (the command then fails), never silently ignored.
 
+pub mod auth;
 mod directory;
 mod log;
 pub mod logdog;
