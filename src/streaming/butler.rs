@@ -26,7 +26,7 @@ use super::output::{Output, OutputError};
 /// Bytes asked of the socket per read.
 const READ_SIZE: usize = 64 * 1024;
 /// Messages (each at most about one read's worth of entries) queued for the bundler.
-const ENTRY_QUEUE: usize = 64;
+const ENTRY_QUEUE: usize = 16;
 /// Finished bundles queued for the output.
 const BUNDLE_QUEUE: usize = 2;
 
@@ -274,6 +274,7 @@ async fn run_stream<R: AsyncRead + Unpin>(
     let mut cutter = Cutter::new(info.stream_type, info.timestamp, shared.max_entry);
     let mut out = Vec::new();
     let mut draining = false;
+    let mut drain_until = None;
     if !initial.is_empty() {
         cutter.push(&initial, clock());
     }
@@ -299,9 +300,18 @@ async fn run_stream<R: AsyncRead + Unpin>(
             biased;
             r = reader.read_buf(cutter.buf()) => r,
             () = sleep_opt(deadline) => continue,
-            () = shared.closing.cancelled(), if !draining => { draining = true; continue }
+            () = shared.closing.cancelled(), if !draining => {
+                draining = true;
+                drain_until = Some(tokio::time::Instant::now() + shared.cfg.drain_idle * 20);
+                continue
+            }
+            // At shutdown: close once the client goes quiet, or after a cap if it never does.
             () = tokio::time::sleep(shared.cfg.drain_idle), if draining => {
                 tracing::warn!(path = %info.path(), "closing a stream still open at shutdown");
+                break;
+            }
+            () = sleep_opt(drain_until) => {
+                tracing::warn!(path = %info.path(), "closing a stream still writing at shutdown");
                 break;
             }
         };
@@ -562,6 +572,67 @@ mod tests {
             ),
             (any::<u8>(), 1usize..20_000).prop_map(|(b, n)| vec![b; n]),
         ]
+    }
+
+    /// An output that blocks until released, and a reader that never ends: the butler must stop
+    /// reading instead of buffering.
+    #[test]
+    fn a_stalled_output_stops_reading_instead_of_buffering() {
+        struct Stalled(std::sync::mpsc::Receiver<()>);
+        impl Output for Stalled {
+            fn name(&self) -> &'static str {
+                "stalled"
+            }
+            fn max_size(&self) -> usize {
+                1024 * 1024
+            }
+            fn send(&mut self, _: Bundle) -> Result<(), OutputError> {
+                let _ = self.0.recv();
+                Ok(())
+            }
+        }
+        struct Endless(Arc<AtomicU64>);
+        impl AsyncRead for Endless {
+            fn poll_read(
+                self: std::pin::Pin<&mut Self>,
+                _cx: &mut std::task::Context<'_>,
+                buf: &mut tokio::io::ReadBuf<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                let n = buf.remaining().min(64 * 1024);
+                buf.put_slice(&vec![b'x'; n - 1]);
+                buf.put_slice(b"\n");
+                self.0.fetch_add(n as u64, Ordering::Relaxed);
+                std::task::Poll::Ready(Ok(()))
+            }
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (release, stalled) = std::sync::mpsc::channel();
+        let read = Arc::new(AtomicU64::new(0));
+        rt.block_on(async {
+            let butler = Butler::start(ButlerConfig::new("p", "pre"), Box::new(Stalled(stalled)));
+            let h = butler.handle();
+            h.add_stream(
+                StreamFlags::new("endless", StreamType::Text),
+                Endless(Arc::clone(&read)),
+                Bytes::new(),
+            )
+            .unwrap();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let after = read.load(Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert_eq!(
+                read.load(Ordering::Relaxed),
+                after,
+                "reading stopped while the output is stalled"
+            );
+            assert!(after < 16 * 1024 * 1024, "at most a few MiB in flight, got {after}");
+            drop(release);
+            drop(h);
+        });
     }
 
     proptest! {

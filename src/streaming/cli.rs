@@ -175,12 +175,38 @@ pub fn setup(global: &GlobalArgs) -> anyhow::Result<(ButlerConfig, OutputSpec)> 
     Ok((cfg, spec))
 }
 
-/// Opens the output for `cfg` (the store at `--dbpath` or the embedded default).
-pub fn open_output(
+/// Opens the output for `cfg` (the store at `--dbpath` or the embedded default; for `logdog`,
+/// registers the prefix with the Coordinator).
+pub async fn open_output(
     global: &GlobalArgs,
     cfg: &ButlerConfig,
     spec: &OutputSpec,
 ) -> anyhow::Result<Box<dyn output::Output>> {
+    if let OutputSpec::Logdog { service, prefix_expiration, backoff } = spec {
+        let host =
+            global.logdog.coordinator_host.clone().filter(|h| !h.is_empty()).ok_or_else(|| {
+                usage(anyhow::anyhow!("the logdog output needs --coordinator-host"))
+            })?;
+        let credentials = match &global.logdog.service_account_json {
+            Some(p) => Some(read_credentials(p)?),
+            None => None,
+        };
+        let spool_dir = db::home_dir().map_err(runtime)?.join("spool").join("logdog");
+        let lcfg = output::logdog::LogdogConfig {
+            coordinator_host: host,
+            service: service.clone(),
+            project: cfg.project.clone(),
+            prefix: cfg.prefix.clone(),
+            prefix_expiration: *prefix_expiration,
+            credentials,
+            spool_dir,
+            backoff: *backoff,
+        };
+        let out = output::logdog::LogdogOutput::register(lcfg)
+            .await
+            .map_err(|e| runtime(anyhow::Error::new(e).context("logdog output")))?;
+        return Ok(Box::new(out));
+    }
     let ctx = OutputContext {
         dbpath: global.dbpath.clone(),
         project: cfg.project.clone(),
@@ -190,6 +216,13 @@ pub fn open_output(
         OutputError::Config(_) => usage(e),
         e => runtime(anyhow::Error::new(e).context("opening the output")),
     })
+}
+
+/// The `--service-account-json` file: a service-account key, or a file with an `access_token`.
+fn read_credentials(path: &str) -> anyhow::Result<output::auth::Credentials> {
+    let text = fs_err::read_to_string(path).map_err(usage)?;
+    output::auth::Credentials::from_json(&text)
+        .map_err(|e| usage(anyhow::anyhow!("--service-account-json {path}: {e}")))
 }
 
 /// Parses `name=N,type=T,content-type=C,tag=k=v` (repeatable `tag=`).
@@ -226,17 +259,27 @@ fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .map_err(runtime)
 }
 
-/// Resolves on the first SIGINT or SIGTERM.
-async fn terminated() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) =
-        (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
-    else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => {}
-        _ = term.recv() => {}
+/// SIGINT and SIGTERM, caught from the moment this is created (so a signal that arrives right
+/// after `serve` printed its address is handled, not fatal).
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let int = signal(SignalKind::interrupt()).context("catching SIGINT").map_err(runtime)?;
+        let term = signal(SignalKind::terminate()).context("catching SIGTERM").map_err(runtime)?;
+        Ok(Signals { int, term })
+    }
+
+    /// The next signal's number.
+    async fn recv(&mut self) -> i32 {
+        tokio::select! {
+            _ = self.int.recv() => libc::SIGINT,
+            _ = self.term.recv() => libc::SIGTERM,
+        }
     }
 }
 
@@ -258,7 +301,8 @@ pub fn stream(args: StreamArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
         .map_err(|e| usage(e.context("--stream")))?;
     let rt = tokio_runtime()?;
     rt.block_on(async {
-        let out = open_output(global, &cfg, &spec)?;
+        let mut signals = Signals::new()?;
+        let out = open_output(global, &cfg, &spec).await?;
         let butler = Butler::start(cfg, out);
         let reader: Box<dyn tokio::io::AsyncRead + Send + Unpin> = if args.source == "-" {
             Box::new(tokio::io::stdin())
@@ -274,7 +318,7 @@ pub fn stream(args: StreamArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
         let handle = butler.handle();
         tokio::select! {
             () = handle.wait_idle() => {}
-            () = terminated() => tracing::info!("signalled; flushing"),
+            _ = signals.recv() => tracing::info!("signalled; flushing"),
         }
         finish(butler).await?;
         Ok(0)
@@ -286,8 +330,9 @@ pub fn serve(args: ServeArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
     let hs_timeout = duration_flag("handshake-timeout", &args.handshake_timeout)?;
     let rt = tokio_runtime()?;
     rt.block_on(async {
+        let mut signals = Signals::new()?;
         let server = bind(args.streamserver_uri.as_deref())?;
-        let out = open_output(global, &cfg, &spec)?;
+        let out = open_output(global, &cfg, &spec).await?;
         let butler = Butler::start(cfg, out);
         let uri = server.uri().to_owned();
         if global.json {
@@ -300,7 +345,7 @@ pub fn serve(args: ServeArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
         tracing::info!("stream server listening on {uri}");
         let stop = CancellationToken::new();
         let accept = tokio::spawn(server.run(butler.handle(), hs_timeout, stop.clone()));
-        terminated().await;
+        signals.recv().await;
         tracing::info!("signalled; flushing");
         stop.cancel();
         let _ = accept.await;
@@ -353,15 +398,16 @@ pub fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
         .map_err(|e| usage(e.context("--stderr")))?;
     let rt = tokio_runtime()?;
     rt.block_on(async {
+        let signals = Signals::new()?;
         let server = bind(args.streamserver_uri.as_deref())?;
-        let out = open_output(global, &cfg, &spec)?;
+        let out = open_output(global, &cfg, &spec).await?;
         let coordinator_host = out.coordinator_host();
         let butler = Butler::start(cfg, out);
         let uri = server.uri().to_owned();
         let stop = CancellationToken::new();
         let accept = tokio::spawn(server.run(butler.handle(), hs_timeout, stop.clone()));
         let (sig_tx, sig_rx) = mpsc::channel(4);
-        let forwarder = tokio::spawn(forward_signals(sig_tx));
+        let forwarder = tokio::spawn(forward_signals(signals, sig_tx));
         let opts = RunOptions {
             command: command.clone(),
             cwd: args.chdir.clone(),
@@ -383,7 +429,8 @@ pub fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
         drop(handle);
         let flushed = finish(butler).await;
         let outcome = result.map_err(runtime)?;
-        flushed?;
+        // The child's result is recorded even when the output failed (the error still wins the
+        // exit code, so an undelivered log is never mistaken for success).
         if let Some(path) = &args.result_path {
             let program = process::resolve_program(&command[0], args.chdir.as_deref())
                 .map(|p| p.display().to_string())
@@ -394,22 +441,14 @@ pub fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
             fs_err::write(path, serde_json::to_vec_pretty(&body).unwrap_or_default())
                 .map_err(runtime)?;
         }
+        flushed?;
         Ok(u8::try_from(outcome.exit_code.clamp(0, 255)).unwrap_or(EXIT_RUNTIME))
     })
 }
 
-async fn forward_signals(tx: mpsc::Sender<i32>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) =
-        (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
-    else {
-        return;
-    };
+async fn forward_signals(mut signals: Signals, tx: mpsc::Sender<i32>) {
     loop {
-        let sig = tokio::select! {
-            _ = int.recv() => libc::SIGINT,
-            _ = term.recv() => libc::SIGTERM,
-        };
+        let sig = signals.recv().await;
         if tx.send(sig).await.is_err() {
             return;
         }

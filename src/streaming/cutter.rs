@@ -128,6 +128,11 @@ impl Cutter {
             self.pending.clear();
         }
         self.settle_time();
+        if aggressive && !self.pending.is_empty() {
+            // What an aggressive cut leaves (a held `\r`, half a UTF-8 sequence or varint) can
+            // only go out with more data: no age timer for it, or the stream task would spin.
+            self.pending_since = None;
+        }
         res
     }
 
@@ -344,6 +349,7 @@ mod tests {
         assert_eq!(text_of(&out), vec![b"ab".to_vec()]);
         c.cut(true, &mut out).unwrap();
         assert_eq!(out.len(), 1, "an unfinished sequence waits");
+        assert_eq!(c.pending_since(), None, "and arms no timer until more data comes");
         c.push(&[0xff, 0xe2], now());
         c.finish(&mut out).unwrap();
         assert_eq!(text_of(&out[1..]), vec![vec![0xe2, 0x82, 0xff, 0xe2]]);

@@ -3,9 +3,6 @@
 //! Private to the streaming module: everything else works with [`super::entry`] types, which keep
 //! text as contiguous byte runs instead of one allocation per line.
 
-// Parts are used only by the logdog output and tests.
-#![allow(dead_code)]
-
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::entry::{Bundle, BundleEntry, Content, LogEntry, StreamInfo, StreamType};
@@ -121,6 +118,85 @@ pub fn bundle(b: &Bundle) -> logpb::ButlerLogBundle {
         prefix: String::new(),
         secret: Default::default(),
     }
+}
+
+/// Bundles at least this big are zlib-compressed on the wire (the Collector's threshold).
+pub const COMPRESS_THRESHOLD: usize = 860;
+/// The largest uncompressed bundle the Collector reads.
+pub const MAX_BUNDLE: usize = 10 * 1024 * 1024;
+
+/// Frames a bundle as the Collector reads a Pub/Sub message: uvarint-length `ButlerMetadata`,
+/// then the uvarint-length bundle (zlib when ≥ 860 bytes), stamped with project, prefix, secret.
+pub fn pubsub_message(
+    b: &Bundle,
+    project: &str,
+    prefix: &str,
+    secret: &[u8],
+) -> std::io::Result<Vec<u8>> {
+    use prost::Message;
+    let mut pb = bundle(b);
+    pb.project = project.to_owned();
+    pb.prefix = prefix.to_owned();
+    pb.secret = bytes::Bytes::copy_from_slice(secret);
+    let raw = pb.encode_to_vec();
+    if raw.len() > MAX_BUNDLE {
+        return Err(std::io::Error::other(format!(
+            "bundle of {} bytes exceeds the {MAX_BUNDLE}-byte limit",
+            raw.len()
+        )));
+    }
+    let (compression, payload) = if raw.len() >= COMPRESS_THRESHOLD {
+        let mut z = flate2::write::ZlibEncoder::new(
+            Vec::with_capacity(raw.len() / 2),
+            flate2::Compression::default(),
+        );
+        std::io::Write::write_all(&mut z, &raw)?;
+        (logpb::butler_metadata::Compression::Zlib, z.finish()?)
+    } else {
+        (logpb::butler_metadata::Compression::None, raw)
+    };
+    let meta = logpb::ButlerMetadata {
+        r#type: logpb::butler_metadata::ContentType::ButlerLogBundle as i32,
+        compression: compression as i32,
+        proto_version: PROTOCOL_VERSION.to_owned(),
+    }
+    .encode_to_vec();
+    let mut out = Vec::with_capacity(meta.len() + payload.len() + 20);
+    super::handshake::put_uvarint(&mut out, meta.len() as u64);
+    out.extend_from_slice(&meta);
+    super::handshake::put_uvarint(&mut out, payload.len() as u64);
+    out.extend_from_slice(&payload);
+    Ok(out)
+}
+
+/// The RegisterPrefix request body.
+pub fn register_prefix_request(
+    project: &str,
+    prefix: &str,
+    nonce: &[u8],
+    expiration: Option<Duration>,
+) -> Vec<u8> {
+    use prost::Message;
+    logdog::RegisterPrefixRequest {
+        project: project.to_owned(),
+        prefix: prefix.to_owned(),
+        source_info: vec![
+            "LogDog Butler".to_owned(),
+            format!("GOARCH={}", std::env::consts::ARCH),
+            format!("GOOS={}", std::env::consts::OS),
+        ],
+        op_nonce: bytes::Bytes::copy_from_slice(nonce),
+        realm: String::new(),
+        expiration: expiration.map(duration),
+    }
+    .encode_to_vec()
+}
+
+/// Decodes a RegisterPrefix response: (secret, topic).
+pub fn register_prefix_response(body: &[u8]) -> Result<(Vec<u8>, String), prost::DecodeError> {
+    use prost::Message;
+    let r = logdog::RegisterPrefixResponse::decode(body)?;
+    Ok((r.secret.to_vec(), r.log_bundle_topic))
 }
 
 #[cfg(test)]

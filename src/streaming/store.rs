@@ -258,3 +258,35 @@ pub fn write_tail(
     w.write_all(&buf[start..])?;
     Ok(end)
 }
+
+/// Splits a text entry's data into `(line, delimiter)` pairs (`"\n"`, `"\r\n"`, or `""` for a
+/// partial last line), the shape `Streams.Read` returns.
+pub fn text_lines(data: &[u8]) -> Vec<(&[u8], &'static str)> {
+    let mut lines = Vec::new();
+    let mut start = 0;
+    for nl in memchr::memchr_iter(b'\n', data) {
+        let (end, delimiter) =
+            if nl > start && data[nl - 1] == b'\r' { (nl - 1, "\r\n") } else { (nl, "\n") };
+        lines.push((&data[start..end], delimiter));
+        start = nl + 1;
+    }
+    if start < data.len() {
+        lines.push((&data[start..], ""));
+    }
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_lines_round_trip() {
+        let data = b"a\r\nb\n\rc\r\r\nd";
+        let lines = text_lines(data);
+        assert_eq!(lines, vec![(&b"a"[..], "\r\n"), (b"b", "\n"), (b"\rc\r", "\r\n"), (b"d", "")]);
+        let joined: Vec<u8> =
+            lines.iter().flat_map(|(l, d)| l.iter().copied().chain(d.bytes())).collect();
+        assert_eq!(joined, data);
+    }
+}

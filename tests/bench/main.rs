@@ -2,6 +2,7 @@
 //! measured against the real release binary with baselines taken in the same run.
 
 mod daemon;
+mod streaming;
 mod update;
 
 use std::time::Duration;
@@ -14,6 +15,7 @@ fn main() {
     );
     daemon::run();
     update::run();
+    streaming::run();
 }
 
 /// The release `butler` executable this bench target was built with.

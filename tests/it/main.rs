@@ -3,6 +3,7 @@
 mod cli;
 mod daemon;
 mod streaming;
+mod streaming_logdog;
 mod streaming_noloss;
 mod upgrade;
 mod util;

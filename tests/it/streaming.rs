@@ -331,11 +331,30 @@ fn bad_flags_exit_2() {
         &["run", "--stdout", "type=video", "--", "true"],
         &["run"],
         &["logs", "cat", "not-a-path"],
+        &["serve", "--streamserver-uri", &format!("unix:/tmp/{}", "x".repeat(120))],
     ] {
         let out = home.run(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
         assert!(!stderr(&out).trim().is_empty());
     }
+}
+
+#[test]
+fn runtime_errors_exit_250() {
+    let home = TestHome::new();
+    let out = home.run(&["logs", "cat", "nothing/+/here"]);
+    assert_eq!(out.status.code(), Some(250), "{}", stderr(&out));
+    assert!(stderr(&out).contains("no stream nothing/+/here"));
+    let out = home.run(&["stream", "--source", "/nonexistent/file"]);
+    assert_eq!(out.status.code(), Some(250), "{}", stderr(&out));
+    // A prefix that already holds streams in the store is refused, as the Coordinator would.
+    let file = home.path().join("f");
+    std::fs::write(&file, "x").unwrap();
+    let args = ["-prefix", "same", "stream", "--source", file.to_str().unwrap()];
+    assert_eq!(home.run(&args).status.code(), Some(0));
+    let out = home.run(&args);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("already holds streams"));
 }
 
 #[test]
@@ -516,4 +535,111 @@ pub fn wait_for_file(p: &Path) {
         assert!(start.elapsed() < Duration::from_secs(10), "{} never appeared", p.display());
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+#[test]
+fn a_partial_line_goes_out_after_the_buffer_age_while_the_stream_is_open() {
+    let home = TestHome::new();
+    let serve = Serve::start(&home, &["--prefix", "pre", "-output-max-buffer-age", "50ms"]);
+    let mut s = serve.connect();
+    s.write_all(&handshake(r#"{"name":"slow"}"#)).unwrap();
+    s.write_all("whole\npartial €".as_bytes()).unwrap();
+    s.write_all(&"€".as_bytes()[..1]).unwrap(); // an unfinished UTF-8 sequence stays behind
+    let start = Instant::now();
+    loop {
+        let streams = ls(&home, "local");
+        if streams.first().is_some_and(|s| s["bytes"] == "whole\npartial €".len()) {
+            assert_eq!(streams[0]["terminal"], false, "the stream is still open");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "partial line never flushed: {streams:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    s.write_all(&"€".as_bytes()[1..]).unwrap();
+    s.write_all(b" end").unwrap();
+    drop(s);
+    serve.stop();
+    assert_eq!(cat(&home, "local", "pre/+/slow"), "whole\npartial €€ end".as_bytes());
+}
+
+#[test]
+fn log_output_dumps_bundles_to_stderr() {
+    let home = TestHome::new();
+    let serve = Serve::start(&home, &["--prefix", "pre", "--output", "log", "--output-no-buffer"]);
+    serve.send(r#"{"name":"shown"}"#, b"hello\r\npart");
+    serve.send(r#"{"name":"bin","type":"binary"}"#, b"\x01\xff");
+    let err = serve.stop();
+    assert!(err.contains("pre/+/shown [text, text/plain; charset=utf-8]"), "{err}");
+    assert!(err.contains(r#""hello" "\r\n""#) && err.contains(r#""part" """#), "{err}");
+    assert!(err.contains("binary 01ff"), "{err}");
+    assert!(err.contains("terminal at"), "{err}");
+    assert!(ls(&home, "local").is_empty(), "nothing in the store");
+}
+
+#[test]
+fn the_rust_streamclient_opens_all_three_types_with_a_namespace() {
+    use butler::streaming::streamclient::StreamClient;
+    let home = TestHome::new();
+    let serve = Serve::start(&home, &["--prefix", "pre"]);
+    let client =
+        StreamClient::new(&format!("unix:{}", serve.sock.display()), Some("ns/step")).unwrap();
+    {
+        let mut t = client.open_text("log").unwrap();
+        t.write_all("héllo\nwörld".as_bytes()).unwrap();
+        let mut b = client.open_binary("blob").unwrap();
+        b.write_all(&[0, 1, 2, 255]).unwrap();
+        let mut d = client.open_datagram("dg").unwrap();
+        d.send(b"one").unwrap();
+        d.send(b"").unwrap();
+    }
+    assert!(client.open_text("_bad").is_err(), "names are validated on the client side");
+    serve.stop();
+    assert_eq!(cat(&home, "local", "pre/+/ns/step/log"), "héllo\nwörld".as_bytes());
+    assert_eq!(cat(&home, "local", "pre/+/ns/step/blob"), [0, 1, 2, 255]);
+    assert_eq!(cat(&home, "local", "pre/+/ns/step/dg"), b"\x03one\x00");
+    let streams = ls(&home, "local");
+    let log = find(&streams, "ns/step/log").unwrap();
+    assert_ne!(log["timestamp"], Value::Null, "the client sends its timestamp");
+}
+
+#[test]
+fn run_forwards_stdin_only_when_asked() {
+    let home = TestHome::new();
+    let run = |args: &[&str]| {
+        let mut c =
+            home.butler().args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+        c.stdin.take().unwrap().write_all(b"typed input\n").unwrap();
+        c.wait_with_output().unwrap()
+    };
+    let out = run(&["run", "--forward-stdin", "--", "cat"]);
+    assert_eq!(stdout(&out), "typed input\n");
+    let out = run(&["-prefix", "p2", "run", "--", "cat"]);
+    assert_eq!(stdout(&out), "", "the child's stdin is empty by default");
+}
+
+#[test]
+fn a_hostile_datagram_header_ends_only_that_stream() {
+    let home = TestHome::new();
+    let serve = Serve::start(&home, &["--prefix", "pre"]);
+    let mut overflow = b"\x02ok".to_vec();
+    overflow.extend_from_slice(&[0xff; 11]);
+    overflow.extend_from_slice(b"\x02no");
+    serve.send(r#"{"name":"overflow","type":"datagram"}"#, &overflow);
+    // A 10 MiB + 1 length: refused before anything is buffered.
+    serve.send(r#"{"name":"huge","type":"datagram"}"#, b"\x02ok\x81\x80\x80\x05");
+    serve.send(r#"{"name":"fine","type":"datagram"}"#, b"\x03yes");
+    let err = serve.stop();
+    assert_eq!(
+        cat(&home, "local", "pre/+/overflow"),
+        b"\x02ok",
+        "data before the bad header is kept"
+    );
+    assert_eq!(cat(&home, "local", "pre/+/huge"), b"\x02ok");
+    assert_eq!(cat(&home, "local", "pre/+/fine"), b"\x03yes");
+    let streams = ls(&home, "local");
+    assert!(streams.iter().all(|s| s["terminal"] == true));
+    assert!(err.contains("overflows") && err.contains("exceeds the maximum"), "{err}");
 }

@@ -3,8 +3,10 @@
 //! An output runs on one blocking worker thread and gets bundles in order; `send` returning an
 //! error is reported at shutdown (the command then fails), never silently ignored.
 
+pub mod auth;
 mod directory;
 mod log;
+pub mod logdog;
 mod store;
 
 pub use directory::DirectoryOutput;
@@ -16,7 +18,7 @@ use crate::db::{DbError, DbPath};
 
 /// Bundle size for outputs without a protocol limit: small enough to keep memory bounded while
 /// data waits for the buffer age, big enough to make per-bundle costs vanish.
-pub const LOCAL_BUNDLE_SIZE: usize = 2 * 1024 * 1024;
+pub const LOCAL_BUNDLE_SIZE: usize = 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutputError {
@@ -52,11 +54,29 @@ pub trait Output: Send + 'static {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OutputSpec {
     Store,
-    Directory { path: String },
-    Log { bundle_size: usize },
+    Directory {
+        path: String,
+    },
+    Log {
+        bundle_size: usize,
+    },
     Null,
-    Logdog { service: Option<String>, prefix_expiration: Option<std::time::Duration> },
+    Logdog {
+        service: Option<String>,
+        prefix_expiration: Option<std::time::Duration>,
+        /// `retry-initial=DUR,retry-attempts=N,drain=DUR`: the retry policy (short in tests).
+        backoff: logdog::Backoff,
+    },
 }
+
+impl PartialEq for logdog::Backoff {
+    fn eq(&self, o: &Self) -> bool {
+        (self.initial, self.max, self.attempts, self.drain)
+            == (o.initial, o.max, o.attempts, o.drain)
+    }
+}
+
+impl Eq for logdog::Backoff {}
 
 impl OutputSpec {
     /// Parses `NAME[,key=value...]` (values may be double-quoted to hold commas).
@@ -113,9 +133,23 @@ impl OutputSpec {
             }
             "logdog" => {
                 let (mut service, mut prefix_expiration) = (None, None);
+                let mut backoff = logdog::Backoff::default();
+                let dur = |v: &str| {
+                    super::timefmt::parse_duration(v)
+                        .map_err(|e| bad(format!("--output logdog: {e}")))
+                };
                 for (k, v) in kv {
                     match k.as_str() {
                         "service" => service = Some(v),
+                        "retry-initial" => backoff.initial = dur(&v)?,
+                        "retry-max" => backoff.max = dur(&v)?,
+                        "drain" => backoff.drain = dur(&v)?,
+                        "retry-attempts" => {
+                            backoff.attempts =
+                                v.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                                    bad(format!("--output logdog: retry-attempts {v:?}"))
+                                })?
+                        }
                         "prefix-expiration" => {
                             prefix_expiration = Some(
                                 super::timefmt::parse_duration(&v)
@@ -125,7 +159,7 @@ impl OutputSpec {
                         _ => return Err(unknown(&k)),
                     }
                 }
-                Ok(OutputSpec::Logdog { service, prefix_expiration })
+                Ok(OutputSpec::Logdog { service, prefix_expiration, backoff })
             }
             other => {
                 Err(bad(format!("unknown output {other:?} (store, directory, log, null, logdog)")))
@@ -220,7 +254,8 @@ mod tests {
             OutputSpec::parse("logdog,service=s,prefix-expiration=1h").unwrap(),
             OutputSpec::Logdog {
                 service: Some("s".into()),
-                prefix_expiration: Some(std::time::Duration::from_secs(3600))
+                prefix_expiration: Some(std::time::Duration::from_secs(3600)),
+                backoff: logdog::Backoff::default(),
             }
         );
         for bad in [

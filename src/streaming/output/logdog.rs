@@ -1,0 +1,372 @@
+//! The `logdog` output: register the prefix with the Coordinator (pRPC), then publish each bundle
+//! to the returned Pub/Sub topic in the Collector's framing. Transient failures are retried with
+//! backoff; a bundle that still cannot be delivered is spooled to disk and re-sent later (before
+//! newer bundles, at close, and by the next butler run), never dropped.
+//!
+//! `PUBSUB_EMULATOR_HOST` (the Google client convention) points publishing at a plain-HTTP
+//! endpoint; Coordinator hosts starting with `localhost` are reached over plain HTTP too.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use base64::Engine;
+
+use super::{Output, OutputError};
+use crate::streaming::entry::Bundle;
+use crate::streaming::proto;
+
+/// Largest bundle: half the Pub/Sub message limit, as upstream.
+pub const MAX_SIZE: usize = 5_000_000;
+
+/// Retry policy (short in tests).
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    pub initial: Duration,
+    pub max: Duration,
+    /// Attempts per bundle before it is spooled.
+    pub attempts: u32,
+    /// At close, how long to keep re-sending spooled bundles.
+    pub drain: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            initial: Duration::from_millis(500),
+            max: Duration::from_secs(30),
+            attempts: 5,
+            drain: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What the `logdog` output needs.
+#[derive(Debug, Clone)]
+pub struct LogdogConfig {
+    pub coordinator_host: String,
+    pub service: Option<String>,
+    pub project: String,
+    pub prefix: String,
+    pub prefix_expiration: Option<Duration>,
+    /// Credentials for both the Coordinator and Pub/Sub (none: unauthenticated, for local
+    /// stand-ins).
+    pub credentials: Option<super::auth::Credentials>,
+    /// Where undeliverable bundles wait.
+    pub spool_dir: PathBuf,
+    pub backoff: Backoff,
+}
+
+enum Failure {
+    Transient(String),
+    Permanent(String),
+}
+
+#[derive(Debug)]
+pub struct LogdogOutput {
+    cfg: LogdogConfig,
+    client: reqwest::Client,
+    secret: Vec<u8>,
+    publish_url: String,
+    rt: tokio::runtime::Handle,
+    tokens: Option<super::auth::TokenSource>,
+    /// Spooled files are named by this counter so they are re-sent in order.
+    seq: u64,
+    host_url: String,
+}
+
+fn url_base(host: &str) -> String {
+    if host.starts_with("localhost") || host.starts_with("127.0.0.1") {
+        format!("http://{host}")
+    } else {
+        format!("https://{host}")
+    }
+}
+
+impl LogdogOutput {
+    /// Registers the prefix (retrying transient errors with the same op nonce) and returns the
+    /// ready output.
+    pub async fn register(cfg: LogdogConfig) -> Result<LogdogOutput, OutputError> {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| OutputError::Other(format!("HTTP client: {e}")))?;
+        let host = match &cfg.service {
+            Some(s) => format!("{s}-dot-{}", cfg.coordinator_host),
+            None => cfg.coordinator_host.clone(),
+        };
+        let host_url = url_base(&host);
+        let mut nonce = [0u8; 32];
+        getrandom::fill(&mut nonce)
+            .map_err(|e| OutputError::Other(format!("random nonce: {e}")))?;
+        let body = proto::register_prefix_request(
+            &cfg.project,
+            &cfg.prefix,
+            &nonce,
+            cfg.prefix_expiration,
+        );
+        let url = format!("{host_url}/prpc/logdog.Registration/RegisterPrefix");
+        let tokens = cfg.credentials.clone().map(super::auth::TokenSource::new);
+        let mut delay = cfg.backoff.initial;
+        let mut attempt = 0;
+        let (secret, topic) = loop {
+            attempt += 1;
+            let token = match &tokens {
+                Some(t) => Some(t.token(&client).await?),
+                None => None,
+            };
+            match prpc_call(&client, &url, token.as_deref(), body.clone()).await {
+                Ok(resp) => {
+                    break proto::register_prefix_response(&resp).map_err(|e| {
+                        OutputError::Other(format!("RegisterPrefix: bad response: {e}"))
+                    })?;
+                }
+                Err(Failure::Permanent(m)) => {
+                    return Err(OutputError::Other(format!("RegisterPrefix: {m}")));
+                }
+                // Nothing can be sent before the prefix is registered: try harder than per bundle.
+                Err(Failure::Transient(m)) if attempt >= cfg.backoff.attempts.max(10) => {
+                    return Err(OutputError::Other(format!(
+                        "RegisterPrefix: {m} (after {attempt} attempts)"
+                    )));
+                }
+                Err(Failure::Transient(m)) => {
+                    tracing::warn!("RegisterPrefix: {m}; retrying in {delay:?}");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(cfg.backoff.max);
+                }
+            }
+        };
+        if secret.len() != 36 {
+            return Err(OutputError::Other(format!(
+                "RegisterPrefix: secret of {} bytes, expected 36",
+                secret.len()
+            )));
+        }
+        let publish_url = publish_url(&topic)?;
+        std::fs::create_dir_all(&cfg.spool_dir).map_err(|source| OutputError::Io {
+            path: cfg.spool_dir.display().to_string(),
+            source,
+        })?;
+        let out = LogdogOutput {
+            client,
+            secret,
+            publish_url,
+            rt: tokio::runtime::Handle::current(),
+            tokens,
+            seq: 0,
+            host_url,
+            cfg,
+        };
+        Ok(out)
+    }
+
+    fn publish_once(&self, url: &str, msg: &[u8]) -> Result<(), Failure> {
+        let body = serde_json::json!({
+            "messages": [{ "data": base64::engine::general_purpose::STANDARD.encode(msg) }]
+        });
+        self.rt.block_on(async {
+            let mut req = self
+                .client
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body.to_string());
+            if let Some(t) = &self.tokens {
+                let token =
+                    t.token(&self.client).await.map_err(|e| Failure::Transient(e.to_string()))?;
+                req = req.bearer_auth(token);
+            }
+            let resp =
+                req.send().await.map_err(|e| Failure::Transient(format!("publishing: {e}")))?;
+            let status = resp.status();
+            if status.is_success() {
+                return Ok(());
+            }
+            let text = resp.text().await.unwrap_or_default();
+            let m = format!("publishing: HTTP {status}: {}", text.trim());
+            if status.is_server_error() || status.as_u16() == 429 || status.as_u16() == 408 {
+                Err(Failure::Transient(m))
+            } else {
+                Err(Failure::Permanent(m))
+            }
+        })
+    }
+
+    /// Sends with retries; `Err` when it should be spooled.
+    fn publish(&self, url: &str, msg: &[u8], attempts: u32) -> Result<(), String> {
+        let mut delay = self.cfg.backoff.initial;
+        let mut last = String::new();
+        for attempt in 1..=attempts.max(1) {
+            match self.publish_once(url, msg) {
+                Ok(()) => return Ok(()),
+                Err(Failure::Permanent(m)) => return Err(m),
+                Err(Failure::Transient(m)) => {
+                    last = m;
+                    if attempt < attempts {
+                        tracing::warn!("{last}; retrying in {delay:?}");
+                        std::thread::sleep(delay);
+                        delay = (delay * 2).min(self.cfg.backoff.max);
+                    }
+                }
+            }
+        }
+        Err(last)
+    }
+
+    fn spool(&mut self, msg: &[u8]) -> Result<(), OutputError> {
+        let name = format!("{:020}-{:010}", crate::report::unix_now(), self.seq);
+        self.seq += 1;
+        let dir = &self.cfg.spool_dir;
+        let io = |p: &Path| {
+            let p = p.display().to_string();
+            move |source| OutputError::Io { path: p, source }
+        };
+        // The URL travels with the message so a later run can deliver it.
+        let tmp = dir.join(format!("{name}.tmp"));
+        let mut content = self.publish_url.clone().into_bytes();
+        content.push(b'\n');
+        content.extend_from_slice(msg);
+        std::fs::write(&tmp, &content).map_err(io(&tmp))?;
+        let dst = dir.join(format!("{name}.msg"));
+        std::fs::rename(&tmp, &dst).map_err(io(&dst))?;
+        tracing::warn!("bundle spooled to {} for a later retry", dst.display());
+        Ok(())
+    }
+
+    fn spooled(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.cfg.spool_dir)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|x| x == "msg"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        files.sort();
+        files
+    }
+
+    /// Re-sends spooled bundles in order; stops at the first that still fails. Returns how many
+    /// remain.
+    fn resend_spooled(&self) -> usize {
+        let files = self.spooled();
+        for (i, f) in files.iter().enumerate() {
+            let Ok(content) = std::fs::read(f) else { continue };
+            let Some(nl) = content.iter().position(|b| *b == b'\n') else {
+                tracing::error!("{} is not a spooled bundle; leaving it", f.display());
+                continue;
+            };
+            let url = String::from_utf8_lossy(&content[..nl]).into_owned();
+            match self.publish(&url, &content[nl + 1..], 1) {
+                Ok(()) => {
+                    let _ = std::fs::remove_file(f);
+                    tracing::info!("re-sent spooled bundle {}", f.display());
+                }
+                Err(m) => {
+                    tracing::debug!("spooled bundle still undeliverable: {m}");
+                    return files.len() - i;
+                }
+            }
+        }
+        0
+    }
+}
+
+fn publish_url(topic: &str) -> Result<String, OutputError> {
+    let parts: Vec<&str> = topic.split('/').collect();
+    let ["projects", p, "topics", t] = parts[..] else {
+        return Err(OutputError::Other(format!("RegisterPrefix returned a bad topic {topic:?}")));
+    };
+    let base = match std::env::var("PUBSUB_EMULATOR_HOST").ok().filter(|h| !h.is_empty()) {
+        Some(h) => format!("http://{h}"),
+        None => "https://pubsub.googleapis.com".to_owned(),
+    };
+    Ok(format!("{base}/v1/projects/{p}/topics/{t}:publish"))
+}
+
+async fn prpc_call(
+    client: &reqwest::Client,
+    url: &str,
+    token: Option<&str>,
+    body: Vec<u8>,
+) -> Result<Vec<u8>, Failure> {
+    let mut req = client
+        .post(url)
+        .header("content-type", "application/prpc; encoding=binary")
+        .header("accept", "application/prpc; encoding=binary")
+        .body(body);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.map_err(|e| Failure::Transient(format!("{url}: {e}")))?;
+    let status = resp.status();
+    let code: Option<u32> = resp
+        .headers()
+        .get("x-prpc-grpc-code")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let body = resp.bytes().await.map_err(|e| Failure::Transient(format!("{url}: {e}")))?;
+    match code {
+        Some(0) if status.is_success() => Ok(body.to_vec()),
+        // Unknown, DeadlineExceeded, ResourceExhausted, Internal, Unavailable.
+        Some(c @ (2 | 4 | 8 | 13 | 14)) => Err(Failure::Transient(format!(
+            "gRPC code {c}: {}",
+            String::from_utf8_lossy(&body).trim()
+        ))),
+        Some(c) => Err(Failure::Permanent(format!(
+            "gRPC code {c}: {}",
+            String::from_utf8_lossy(&body).trim()
+        ))),
+        None if status.is_server_error() => Err(Failure::Transient(format!("HTTP {status}"))),
+        None => Err(Failure::Permanent(format!("HTTP {status} without a pRPC code"))),
+    }
+}
+
+impl Output for LogdogOutput {
+    fn name(&self) -> &'static str {
+        "logdog"
+    }
+
+    fn max_size(&self) -> usize {
+        MAX_SIZE
+    }
+
+    fn coordinator_host(&self) -> Option<String> {
+        Some(self.cfg.coordinator_host.clone())
+    }
+
+    fn send(&mut self, bundle: Bundle) -> Result<(), OutputError> {
+        let msg = proto::pubsub_message(&bundle, &self.cfg.project, &self.cfg.prefix, &self.secret)
+            .map_err(|e| OutputError::Other(format!("framing a bundle: {e}")))?;
+        // Older bundles first: the Collector does not mind order, but a backlog should shrink.
+        if self.resend_spooled() > 0 {
+            return self.spool(&msg);
+        }
+        let url = self.publish_url.clone();
+        match self.publish(&url, &msg, self.cfg.backoff.attempts) {
+            Ok(()) => Ok(()),
+            Err(m) => {
+                tracing::warn!("{m}");
+                self.spool(&msg)
+            }
+        }
+    }
+
+    fn close(&mut self) -> Result<(), OutputError> {
+        let deadline = std::time::Instant::now() + self.cfg.backoff.drain;
+        let mut delay = self.cfg.backoff.initial;
+        loop {
+            let left = self.resend_spooled();
+            if left == 0 {
+                return Ok(());
+            }
+            if std::time::Instant::now() + delay > deadline {
+                return Err(OutputError::Other(format!(
+                    "{left} bundles could not be delivered yet; they stay spooled in {} and are re-sent by the next butler run with the logdog output (host {})",
+                    self.cfg.spool_dir.display(),
+                    self.host_url
+                )));
+            }
+            std::thread::sleep(delay);
+            delay = (delay * 2).min(self.cfg.backoff.max);
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! Log-streaming figures: text ingestion into `null` and `store` against a raw unix-socket copy,
+//! 500 streams × 3 lines through a whole butler lifecycle, and peak memory while ingesting 1 GiB.
+
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use butler::streaming::handshake::StreamFlags;
+use butler::streaming::output::{NullOutput, Output, StoreOutput};
+use butler::streaming::server::StreamServer;
+use butler::streaming::{Butler, ButlerConfig, StreamType};
+use tokio_util::sync::CancellationToken;
+
+const RUNS: usize = 5;
+const INGEST_BYTES: usize = 256 << 20;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// 1 MiB of 100-byte lines (99 bytes + `\n`).
+fn block() -> Vec<u8> {
+    let mut b = Vec::with_capacity(1 << 20);
+    let mut i = 0u64;
+    while b.len() + 100 <= 1 << 20 {
+        let line = format!(
+            "{i:010} the quick brown fox jumps over the lazy dog, again and again and again, line after line after line"
+        );
+        b.extend_from_slice(&line.as_bytes()[..99]);
+        b.push(b'\n');
+        i += 1;
+    }
+    b
+}
+
+/// Writes whole blocks until at least `total` bytes are out; returns how many were.
+fn write_all(mut s: UnixStream, block: &[u8], total: usize) -> usize {
+    let mut sent = 0;
+    while sent < total {
+        s.write_all(block).unwrap();
+        sent += block.len();
+    }
+    sent
+}
+
+/// The floor: the same bytes over a unix socket into a reader that discards them.
+fn raw_copy(block: &[u8]) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("raw.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    let reader = std::thread::spawn(move || {
+        let (mut c, _) = listener.accept().unwrap();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut n = 0usize;
+        loop {
+            let r = c.read(&mut buf).unwrap();
+            if r == 0 {
+                break n;
+            }
+            n += r;
+        }
+    });
+    let start = Instant::now();
+    let sent = write_all(UnixStream::connect(&path).unwrap(), block, INGEST_BYTES);
+    let n = reader.join().unwrap();
+    assert_eq!(n, sent);
+    let secs = start.elapsed().as_secs_f64();
+    n as f64 / secs / (1 << 20) as f64
+}
+
+/// One text stream through a real stream server into `output`; MiB/s until everything is flushed.
+fn ingest(block: &[u8], output: Box<dyn Output>) -> f64 {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let uri = format!("unix:{}", dir.path().join("s.sock").display());
+    rt.block_on(async {
+        let butler = Butler::start(ButlerConfig::new("bench", "bench"), output);
+        let server = StreamServer::bind(Some(&uri)).unwrap();
+        let path = server.path().to_owned();
+        let stop = CancellationToken::new();
+        let accept =
+            tokio::spawn(server.run(butler.handle(), Duration::from_secs(5), stop.clone()));
+        let block = block.to_vec();
+        let start = Instant::now();
+        let writer = std::thread::spawn(move || {
+            let mut s = UnixStream::connect(&path).unwrap();
+            s.write_all(&StreamFlags::new("bench", StreamType::Text).encode()).unwrap();
+            write_all(s, &block, INGEST_BYTES)
+        });
+        let sent = tokio::task::spawn_blocking(move || writer.join().unwrap()).await.unwrap();
+        butler.handle().wait_idle().await;
+        stop.cancel();
+        accept.await.unwrap();
+        let stats = butler.shutdown().await.unwrap();
+        assert_eq!(stats.bytes as usize, sent, "every byte bundled");
+        sent as f64 / start.elapsed().as_secs_f64() / (1 << 20) as f64
+    })
+}
+
+/// Upstream's BenchmarkButler: N streams of 3 short lines, no buffering, `null`, start to finish.
+fn lifecycle(streams: usize) -> f64 {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let start = Instant::now();
+        let mut cfg = ButlerConfig::new("bench", "bench");
+        cfg.max_buffer_age = Duration::ZERO;
+        let butler = Butler::start(cfg, Box::new(NullOutput));
+        let h = butler.handle();
+        for i in 0..streams {
+            let data: &'static [u8] = b"line one\nline two\nline three\n";
+            h.add_stream(
+                StreamFlags::new(format!("s{i}"), StreamType::Text),
+                data,
+                bytes::Bytes::new(),
+            )
+            .unwrap();
+        }
+        h.wait_idle().await;
+        drop(h);
+        let stats = butler.shutdown().await.unwrap();
+        assert_eq!(stats.streams as usize, streams);
+        start.elapsed().as_secs_f64() * 1000.0
+    })
+}
+
+fn status_kib(pid: u32, key: &str) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Peak RSS of the real binary (`serve`, `null` output) before and after ingesting 1 GiB.
+fn memory(block: &[u8], output: &str) -> (u64, u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("m.sock");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_butler"))
+        .env("BUTLER_HOME", dir.path())
+        .args([
+            "--output",
+            output,
+            "serve",
+            "--streamserver-uri",
+            &format!("unix:{}", sock.display()),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = [0u8; 1];
+    let mut out = child.stdout.take().unwrap();
+    while out.read(&mut line).unwrap() == 1 && line[0] != b'\n' {}
+    let idle = status_kib(child.id(), "VmHWM:");
+    let mut s = UnixStream::connect(&sock).unwrap();
+    s.write_all(&StreamFlags::new("big", StreamType::Text).encode()).unwrap();
+    let _ = write_all(s, block, 1 << 30);
+    std::thread::sleep(Duration::from_millis(300));
+    let peak = status_kib(child.id(), "VmHWM:");
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = child.wait();
+    (idle, peak)
+}
+
+pub fn run() {
+    // `BENCH_STREAMING=store` measures only the store figure (for tuning).
+    let only_store = std::env::var("BENCH_STREAMING").is_ok_and(|v| v == "store");
+    let block = block();
+    let raw = median((0..RUNS).map(|_| raw_copy(&block)).collect());
+    let null = if only_store {
+        0.0
+    } else {
+        median((0..RUNS).map(|_| ingest(&block, Box::new(NullOutput))).collect())
+    };
+    println!(
+        "streaming: text ingestion, 1 stream of 100-byte lines, unix socket -> null: {null:.0} MiB/s median of {RUNS} x {} MiB (raw unix-socket copy {raw:.0} MiB/s; {:.0}% of raw; target >= 500)",
+        INGEST_BYTES >> 20,
+        100.0 * null / raw
+    );
+    let store = median(
+        (0..RUNS)
+            .map(|i| {
+                let dir = tempfile::tempdir().unwrap();
+                let db = butler::db::DbPath::File(dir.path().join("b.db"));
+                let out = StoreOutput::open(&db, "bench", &format!("p{i}")).unwrap();
+                ingest(&block, Box::new(out))
+            })
+            .collect(),
+    );
+    println!(
+        "streaming: text ingestion into the store output (SQLite): {store:.0} MiB/s median of {RUNS} (raw copy {raw:.0} MiB/s; {:.0}% of raw; target >= 200)",
+        100.0 * store / raw
+    );
+    if only_store {
+        return;
+    }
+    for n in [10, 100, 500] {
+        let ms = median((0..RUNS * 2).map(|_| lifecycle(n)).collect());
+        println!(
+            "streaming: {n} streams x 3 lines, whole butler lifecycle, null output: {ms:.2} ms median of {} (target for 500: <= 30 ms; upstream 59 ms)",
+            RUNS * 2
+        );
+    }
+    for output in ["null", "store"] {
+        let (idle, peak) = memory(&block, output);
+        println!(
+            "streaming: peak RSS of `butler serve` ({output}) ingesting 1 GiB: {:.1} MiB (idle {:.1} MiB; +{:.1} MiB)",
+            peak as f64 / 1024.0,
+            idle as f64 / 1024.0,
+            (peak.saturating_sub(idle)) as f64 / 1024.0
+        );
+    }
+}
