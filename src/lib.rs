@@ -17,16 +17,18 @@ pub mod version;
 use cli::{Cli, Command};
 
 /// An error that ends the process with a particular exit code (the default is 1).
+///
+/// The inner error is shown as this error's message (not as its `source`), so it prints once.
 #[derive(Debug, thiserror::Error)]
-#[error("{source:#}")]
+#[error("{error:#}")]
 pub struct ExitError {
     pub code: u8,
-    pub source: anyhow::Error,
+    pub error: anyhow::Error,
 }
 
 impl ExitError {
-    pub fn new(code: u8, source: impl Into<anyhow::Error>) -> Self {
-        ExitError { code, source: source.into() }
+    pub fn new(code: u8, error: impl Into<anyhow::Error>) -> Self {
+        ExitError { code, error: error.into() }
     }
 }
 
