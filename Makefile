@@ -15,7 +15,7 @@ run: ## build and start the daemon on the embedded default database
 	./target/debug/butler --json daemon --transport tcp --keep-alive
 
 test: it-fixtures ## every test, then fmt and clippy with warnings denied
-	$(CARGO) test --workspace --locked
+	BUTLER_IT_FIXTURES=$(abspath $(IT_FIXTURES)) $(CARGO) test --workspace --locked
 	$(MAKE) test-node
 	$(MAKE) lint
 

@@ -811,10 +811,7 @@ fn sigkill_during_a_versioned_update_leaves_a_chosen_butler_that_runs() {
         let cmd = |extra: &[&str]| {
             let mut args = vec!["-y", "--root", root_s.as_str()];
             args.extend_from_slice(extra);
-            let mut c = inst.cmd(&broth, &args);
-            // TODO(merge): drop the skip once the daemon answers Version.Get (the lead's branch).
-            c.env("BUTLER_TEST_SKIP_DAEMON_CHECK", "true");
-            c
+            inst.cmd(&broth, &args)
         };
         let out = cmd(&["--to", &f.old_version]).output().unwrap();
         assert!(out.status.success(), "{}", stderr(&out));
@@ -864,8 +861,7 @@ fn versioned_root_chooses_keeps_last_good_and_rolls_back() {
     let run = |args: &[&str]| {
         let mut all = vec!["-y", "--root", root_s];
         all.extend_from_slice(args);
-        // TODO(merge): drop the skip once the daemon answers Version.Get (the lead's branch).
-        inst.cmd(&broth, &all).env("BUTLER_TEST_SKIP_DAEMON_CHECK", "true").output().unwrap()
+        inst.cmd(&broth, &all).output().unwrap()
     };
     let out = run(&["--to", &f.old_version]);
     assert!(out.status.success(), "{}", stderr(&out));
