@@ -46,6 +46,15 @@ pub struct UpgradeArgs {
     /// Manage a versioned install (versions/<v>/ and .chosen-version) instead of this executable.
     #[arg(long, value_name = "DIR")]
     pub root: Option<PathBuf>,
+    #[command(flatten)]
+    pub source: SourceArgs,
+    #[command(flatten)]
+    pub tuning: TuningArgs,
+}
+
+/// Where updates come from and whom to trust: shared by `butler upgrade` and the daemon.
+#[derive(Debug, Clone, Args)]
+pub struct SourceArgs {
     /// The broth server.
     #[arg(long, env = "BUTLER_BROTH_URL", default_value = butler_updater::DEFAULT_BROTH_URL)]
     pub broth_url: String,
@@ -60,8 +69,19 @@ pub struct UpgradeArgs {
         value_name = "KEY"
     )]
     pub trusted_keys: Vec<String>,
-    #[command(flatten)]
-    pub tuning: TuningArgs,
+}
+
+impl SourceArgs {
+    /// The butler package on `channel` of this server, with the keys loaded.
+    pub fn source(&self, channel: Channel) -> Result<Source, butler_updater::ErrorKind> {
+        Ok(Source {
+            base_url: self.broth_url.clone(),
+            package: "butler".into(),
+            channel,
+            keys: TrustedKeys::load(&self.trusted_keys)?,
+            require_signature: self.require_signature,
+        })
+    }
 }
 
 /// Limits tests shorten so failures show up in milliseconds; hidden from help.
@@ -158,7 +178,7 @@ async fn run_async(
     // Opening (and on first use migrating) the database costs fsyncs; do it beside the network.
     let opener = {
         let (dbpath, url, ch, t) =
-            (global.dbpath.clone(), args.broth_url.clone(), channel.name(), target.clone());
+            (global.dbpath.clone(), args.source.broth_url.clone(), channel.name(), target.clone());
         std::thread::spawn(move || History::open(dbpath.as_deref(), &url, &ch, &t))
     };
     let history = || opener.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
@@ -178,16 +198,9 @@ async fn run_async(
         };
     }
 
-    let keys = TrustedKeys::load(&args.trusted_keys).map_err(|e| {
+    let source = args.source.source(channel.clone()).map_err(|e| {
         ExitError::new(2, anyhow::anyhow!("--trusted-key / BUTLER_TRUSTED_KEYS: {e}"))
     })?;
-    let source = Source {
-        base_url: args.broth_url.clone(),
-        package: "butler".into(),
-        channel: channel.clone(),
-        keys,
-        require_signature: args.require_signature,
-    };
     let mut updater =
         Updater::new(source, args.tuning.tuning()).map_err(|e| ExitError::new(2, e))?;
     let current = target.current(VERSION).map_err(|e| ExitError::new(13, e))?;
@@ -197,27 +210,11 @@ async fn run_async(
     };
     let checked = updater.check(current.as_deref(), &want, args.force).await;
     let mut history = history();
-    let check = match checked {
-        Ok(c) => c,
-        Err(e) => return Err(fail(&reporter, &mut history, "check", current.as_deref(), e)),
-    };
-    // A channel that served signatures before must keep doing so (else: a downgrade attack).
-    if history.channel_was_signed() {
-        if matches!(want, Want::Latest) && !check.signed {
-            let e = UpdateError {
-                step: Step::Verify,
-                kind: butler_updater::ErrorKind::Unsigned(format!(
-                    "LATEST for {} came without a signature, but this channel served signatures before",
-                    check.channel
-                )),
-            };
-            return Err(fail(&reporter, &mut history, "check", current.as_deref(), e));
-        }
-        updater.source.require_signature = true;
-    }
-    if check.signed {
-        history.remember_signed();
-    }
+    let check =
+        match checked.and_then(|c| enforce_signed_channel(&mut updater, &mut history, &want, c)) {
+            Ok(c) => c,
+            Err(e) => return Err(fail(&reporter, &mut history, "check", current.as_deref(), e)),
+        };
     let result = json!({
         "channel": check.channel,
         "current": check.current,
@@ -315,6 +312,32 @@ async fn run_async(
         }
         Err(e) => Err(fail(&reporter, &mut history, "upgrade", current.as_deref(), e)),
     }
+}
+
+/// A channel that served signatures before must keep doing so (else: a downgrade attack); once
+/// it has, the rest of this update requires them too. Every caller of `check` goes through here.
+pub(crate) fn enforce_signed_channel(
+    updater: &mut Updater,
+    history: &mut History,
+    want: &Want,
+    check: butler_updater::CheckResult,
+) -> Result<butler_updater::CheckResult, UpdateError> {
+    if history.channel_was_signed() {
+        if matches!(want, Want::Latest) && !check.signed {
+            return Err(UpdateError {
+                step: Step::Verify,
+                kind: butler_updater::ErrorKind::Unsigned(format!(
+                    "LATEST for {} came without a signature, but this channel served signatures before",
+                    check.channel
+                )),
+            });
+        }
+        updater.source.require_signature = true;
+    }
+    if check.signed {
+        history.remember_signed();
+    }
+    Ok(check)
 }
 
 /// Logs, records and converts an update failure into the exit error `main` prints.
@@ -456,7 +479,7 @@ impl Ui {
 
 /// The database side: outcomes and the signed-channel memory. A database that cannot be opened
 /// does not block an update (butler must stay fixable), but it is said.
-struct History {
+pub(crate) struct History {
     conn: Option<rusqlite::Connection>,
     base_url: String,
     channel: String,
@@ -464,7 +487,12 @@ struct History {
 }
 
 impl History {
-    fn open(dbpath: Option<&str>, base_url: &str, channel: &str, target: &Target) -> History {
+    pub(crate) fn open(
+        dbpath: Option<&str>,
+        base_url: &str,
+        channel: &str,
+        target: &Target,
+    ) -> History {
         let conn = DbPath::resolve(dbpath).and_then(|p| db::open(&p));
         // A short-lived command need not checkpoint the WAL on exit (an fsync-heavy step);
         // the daemon or the next run does it.
@@ -512,7 +540,7 @@ impl History {
         }
     }
 
-    fn record(
+    pub(crate) fn record(
         &mut self,
         action: &str,
         from: Option<&str>,
@@ -545,4 +573,45 @@ impl History {
             tracing::warn!("could not record the update outcome: {e}");
         }
     }
+}
+
+/// One row of the update history, newest first from [`recent_history`].
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryEntry {
+    /// Unix seconds.
+    pub time: i64,
+    pub action: String,
+    pub channel: String,
+    pub from_version: Option<String>,
+    pub to_version: Option<String>,
+    pub outcome: String,
+    pub step: Option<String>,
+    pub message: Option<String>,
+    pub verified: bool,
+}
+
+/// The newest `limit` update outcomes.
+pub fn recent_history(
+    conn: &rusqlite::Connection,
+    limit: usize,
+) -> Result<Vec<HistoryEntry>, db::DbError> {
+    let mut stmt = conn.prepare(
+        "SELECT time, action, channel, from_version, to_version, outcome, step, message, verified
+         FROM update_history ORDER BY id DESC LIMIT ?1",
+    )?;
+    let rows = stmt.query_map([limit as i64], |r| {
+        Ok(HistoryEntry {
+            time: r.get(0)?,
+            action: r.get(1)?,
+            channel: r.get(2)?,
+            from_version: r.get(3)?,
+            to_version: r.get(4)?,
+            outcome: r.get(5)?,
+            step: r.get(6)?,
+            message: r.get(7)?,
+            verified: r.get(8)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }

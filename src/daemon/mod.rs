@@ -58,6 +58,9 @@ pub struct DaemonArgs {
     #[arg(long, value_name = "UA")]
     pub user_agent: Option<String>,
 
+    #[command(flatten)]
+    pub update_source: crate::upgrade::SourceArgs,
+
     /// Close connections that have not authenticated within this time.
     #[arg(long, hide = true, default_value = "10s", value_parser = parse_duration)]
     pub auth_timeout: Duration,
@@ -108,6 +111,8 @@ async fn serve(args: DaemonArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
             log_traffic: args.log,
             address: args.address.clone(),
             user_agent: args.user_agent.clone(),
+            dbpath: global.dbpath.clone(),
+            update_source: args.update_source.clone(),
         },
         methods::router(),
         new_secret()?,

@@ -28,6 +28,10 @@ pub struct Config {
     /// The itch API base URL and HTTP user agent, kept for features that call out.
     pub address: Option<String>,
     pub user_agent: Option<String>,
+    /// `--dbpath` as given (the update history opens its own connection to it).
+    pub dbpath: Option<String>,
+    /// Where `Update.*` looks for new versions and whom it trusts.
+    pub update_source: crate::upgrade::SourceArgs,
 }
 
 /// The database as the daemon sees it: opened in the background so it never delays the listen line.

@@ -916,3 +916,70 @@ fn a_candidate_failing_the_daemon_check_is_never_chosen() {
     assert_eq!(listing(&root.join("versions")), vec![f.old_version.clone()]);
     assert_eq!(listing(&root), [".chosen-version", "versions"]);
 }
+
+/// The daemon's `Update.Check` / `Update.Status` against the same loopback broth tree.
+#[test]
+fn the_daemon_checks_for_updates_and_reports_history() {
+    use crate::util::DaemonProc;
+    use serde_json::json;
+    let f = fixtures();
+    let broth = Broth::new(true);
+    let home = TestHome::new();
+    let mut cmd = home.butler();
+    cmd.args(["--json", "daemon", "--transport", "tcp", "--keep-alive"])
+        .env("BUTLER_BROTH_URL", broth.url())
+        .env("BUTLER_TRUSTED_KEYS", key().public_base64());
+    let d = DaemonProc::start_cmd(cmd);
+    let mut c = d.client();
+    let r = c.request(json!(1), "Update.Check", json!({}));
+    let result = &r["result"];
+    assert_eq!(result["currentVersion"], env!("CARGO_PKG_VERSION"), "{r}");
+    assert_eq!(result["latestVersion"], f.new_version.as_str());
+    assert_eq!(result["updateAvailable"], true);
+    assert_eq!(result["signed"], true);
+    assert_eq!(result["stale"], false);
+    assert_eq!(result["channel"], channel().name());
+
+    let r = c.request(json!(2), "Update.Status", json!({}));
+    let history = r["result"]["history"].as_array().unwrap_or_else(|| panic!("{r}"));
+    assert_eq!(history.len(), 1, "{r}");
+    assert_eq!(history[0]["outcome"], "available");
+    assert_eq!(r["result"]["lastResult"], "available");
+    assert_eq!(r["result"]["lastCheck"]["toVersion"], f.new_version.as_str());
+}
+
+#[test]
+fn the_daemon_reports_a_stale_latest_and_a_missing_server() {
+    use crate::util::DaemonProc;
+    use serde_json::json;
+    let f = fixtures();
+    let dir = tempfile::tempdir().unwrap();
+    publish(dir.path(), &f.new, &f.new_version, true, Some(key()), 0);
+    let broth = Broth { server: Server::start(dir.path().to_owned()), _dir: dir };
+    let home = TestHome::new();
+    let start = |url: String| {
+        let mut cmd = home.butler();
+        cmd.args([
+            "--json",
+            "daemon",
+            "--transport",
+            "tcp",
+            "--keep-alive",
+            "--dbpath",
+            ":memory:",
+        ])
+        .env("BUTLER_BROTH_URL", url)
+        .env("BUTLER_TRUSTED_KEYS", key().public_base64());
+        DaemonProc::start_cmd(cmd)
+    };
+    let d = start(broth.url());
+    let r = d.client().request(json!(1), "Update.Check", json!({}));
+    assert_eq!(r["result"]["stale"], true, "{r}");
+    assert_eq!(r["result"]["updateAvailable"], false);
+
+    // Nothing listens on port 9 of loopback.
+    let d = start("http://127.0.0.1:9".into());
+    let r = d.client().request(json!(1), "Update.Check", json!({}));
+    assert_eq!(r["error"]["code"], 9000, "{r}");
+    assert_eq!(r["error"]["data"]["step"], "check");
+}

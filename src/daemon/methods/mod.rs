@@ -2,6 +2,7 @@
 //! and one module per further family, each with a `register` function.
 
 mod streams;
+mod update;
 
 use serde::{Deserialize, Serialize};
 
@@ -20,6 +21,7 @@ pub fn router() -> Router {
     r.method("Test.DoubleTwice", test_double_twice);
     r.method("Operation.Cancel", operation_cancel);
     streams::register(&mut r);
+    update::register(&mut r);
     r
 }
 
