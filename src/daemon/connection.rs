@@ -318,16 +318,27 @@ impl Connection {
             let ticket = operation.as_ref().map(|op| daemon.register_operation(op, cancel.clone()));
             let result = match daemon.router.dispatch(&method, ctx, params) {
                 None => Err(RpcError::method_not_found(&method)),
-                Some(fut) => tokio::select! {
-                    biased;
-                    r = std::panic::AssertUnwindSafe(fut).catch_unwind() => r.unwrap_or_else(|p| {
-                        let what = p.downcast_ref::<&str>().map(|s| s.to_string())
-                            .or_else(|| p.downcast_ref::<String>().cloned())
-                            .unwrap_or_default();
-                        Err(RpcError::internal(format!("{method} panicked: {what}")))
-                    }),
-                    _ = cancel.cancelled() => Err(RpcError::cancelled()),
-                },
+                Some((fut, owns_cancellation)) => {
+                    let guarded = async {
+                        std::panic::AssertUnwindSafe(fut).catch_unwind().await.unwrap_or_else(|p| {
+                            let what = p
+                                .downcast_ref::<&str>()
+                                .map(|s| s.to_string())
+                                .or_else(|| p.downcast_ref::<String>().cloned())
+                                .unwrap_or_default();
+                            Err(RpcError::internal(format!("{method} panicked: {what}")))
+                        })
+                    };
+                    if owns_cancellation {
+                        guarded.await
+                    } else {
+                        tokio::select! {
+                            biased;
+                            r = guarded => r,
+                            _ = cancel.cancelled() => Err(RpcError::cancelled()),
+                        }
+                    }
+                }
             };
             if let (Some(op), Some(ticket)) = (&operation, ticket) {
                 daemon.unregister_operation(op, ticket);

@@ -22,10 +22,17 @@ use crate::report::Level;
 type BoxFuture = Pin<Box<dyn Future<Output = Result<Value, RpcError>> + Send>>;
 type Handler = Box<dyn Fn(Ctx, Value) -> BoxFuture + Send + Sync>;
 
+struct Method {
+    handler: Handler,
+    /// The handler watches `Ctx::cancelled` itself and cleans up (kills a child, say) before it
+    /// answers, so the connection must not drop it when the request is cancelled.
+    owns_cancellation: bool,
+}
+
 /// Every method the daemon answers.
 #[derive(Default)]
 pub struct Router {
-    methods: HashMap<&'static str, Handler>,
+    methods: HashMap<&'static str, Method>,
 }
 
 impl std::fmt::Debug for Router {
@@ -35,8 +42,31 @@ impl std::fmt::Debug for Router {
 }
 
 impl Router {
-    /// Registers `name`; `params` missing from the request arrive as `{}`.
+    /// Registers `name`; `params` missing from the request arrive as `{}`. A cancelled request
+    /// is dropped at its next await and answered 499.
     pub fn method<P, R, F, Fut>(&mut self, name: &'static str, handler: F)
+    where
+        P: DeserializeOwned + Send + 'static,
+        R: Serialize + Send + 'static,
+        F: Fn(Ctx, P) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R, RpcError>> + Send + 'static,
+    {
+        self.insert(name, handler, false);
+    }
+
+    /// Registers a handler that reacts to `Ctx::cancelled` itself and answers when it has
+    /// cleaned up; it is never dropped half-way.
+    pub fn cancellable<P, R, F, Fut>(&mut self, name: &'static str, handler: F)
+    where
+        P: DeserializeOwned + Send + 'static,
+        R: Serialize + Send + 'static,
+        F: Fn(Ctx, P) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R, RpcError>> + Send + 'static,
+    {
+        self.insert(name, handler, true);
+    }
+
+    fn insert<P, R, F, Fut>(&mut self, name: &'static str, handler: F, owns_cancellation: bool)
     where
         P: DeserializeOwned + Send + 'static,
         R: Serialize + Send + 'static,
@@ -53,12 +83,13 @@ impl Router {
                 serde_json::to_value(result).map_err(RpcError::internal)
             })
         });
-        self.methods.insert(name, boxed);
+        self.methods.insert(name, Method { handler: boxed, owns_cancellation });
     }
 
-    /// The future answering `method`, or `None` if there is no such method.
-    pub fn dispatch(&self, method: &str, ctx: Ctx, params: Value) -> Option<BoxFuture> {
-        self.methods.get(method).map(|h| h(ctx, params))
+    /// The future answering `method` and whether it handles its own cancellation, or `None` if
+    /// there is no such method.
+    pub fn dispatch(&self, method: &str, ctx: Ctx, params: Value) -> Option<(BoxFuture, bool)> {
+        self.methods.get(method).map(|m| ((m.handler)(ctx, params), m.owns_cancellation))
     }
 }
 

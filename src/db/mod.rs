@@ -123,18 +123,40 @@ fn migrate(conn: &Connection, name: &str) -> Result<(), DbError> {
 }
 
 fn migrate_to(conn: &Connection, name: &str, target: usize) -> Result<(), DbError> {
-    let current: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    let known = MIGRATIONS.len() as i64;
-    if current > known {
-        return Err(DbError::TooNew { path: name.to_owned(), found: current, known });
+    // Fast path: an up-to-date database needs no write lock.
+    if user_version(conn)? as usize >= target.min(MIGRATIONS.len()) {
+        return check_not_too_new(conn, name);
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().take(target).skip(current as usize) {
+    // Several processes may open a new database at once (a daemon and a CLI command): take the
+    // write lock first and read the version under it, so each migration runs exactly once.
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let result = apply_pending(conn, name, target);
+    let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+    let ended = conn.execute_batch(end);
+    result?;
+    Ok(ended?)
+}
+
+fn apply_pending(conn: &Connection, name: &str, target: usize) -> Result<(), DbError> {
+    check_not_too_new(conn, name)?;
+    let current = user_version(conn)? as usize;
+    for (i, sql) in MIGRATIONS.iter().enumerate().take(target).skip(current) {
         let version = i + 1;
         let err = |source| DbError::Migrate { path: name.to_owned(), version, source };
-        let tx = conn.unchecked_transaction().map_err(err)?;
-        tx.execute_batch(sql).map_err(err)?;
-        tx.pragma_update(None, "user_version", version as i64).map_err(err)?;
-        tx.commit().map_err(err)?;
+        conn.execute_batch(sql).map_err(err)?;
+        conn.pragma_update(None, "user_version", version as i64).map_err(err)?;
+    }
+    Ok(())
+}
+
+fn user_version(conn: &Connection) -> Result<i64, DbError> {
+    Ok(conn.pragma_query_value(None, "user_version", |r| r.get(0))?)
+}
+
+fn check_not_too_new(conn: &Connection, name: &str) -> Result<(), DbError> {
+    let (found, known) = (user_version(conn)?, MIGRATIONS.len() as i64);
+    if found > known {
+        return Err(DbError::TooNew { path: name.to_owned(), found, known });
     }
     Ok(())
 }
@@ -251,6 +273,21 @@ mod tests {
             }
             let conn = open(&DbPath::File(path)).unwrap();
             assert_eq!(version(&conn), MIGRATIONS.len() as i64, "from version {start}");
+        }
+    }
+
+    #[test]
+    fn concurrent_openers_of_a_new_database_migrate_it_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = DbPath::File(dir.path().join("butler.db"));
+        let openers: Vec<_> = (0..8)
+            .map(|_| {
+                let path = path.clone();
+                std::thread::spawn(move || open(&path).map(|c| version(&c)))
+            })
+            .collect();
+        for o in openers {
+            assert_eq!(o.join().unwrap().unwrap(), MIGRATIONS.len() as i64);
         }
     }
 

@@ -13,7 +13,7 @@ use clap::{Args, Subcommand};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::butler::{Butler, ButlerConfig, ButlerHandle};
+use super::butler::{Butler, ButlerConfig};
 use super::entry::StreamType;
 use super::handshake::StreamFlags;
 use super::output::{self, OutputContext, OutputError, OutputSpec};
@@ -133,7 +133,7 @@ fn duration_flag(flag: &str, v: &str) -> anyhow::Result<Duration> {
 }
 
 /// The default prefix: `butler/users/<user>/<random>`.
-fn default_prefix() -> String {
+pub fn default_prefix() -> String {
     use base64::Engine;
     let user = std::env::var("USER")
         .or_else(|_| std::env::var("USERNAME"))
@@ -403,9 +403,6 @@ pub fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
         let out = open_output(global, &cfg, &spec).await?;
         let coordinator_host = out.coordinator_host();
         let butler = Butler::start(cfg, out);
-        let uri = server.uri().to_owned();
-        let stop = CancellationToken::new();
-        let accept = tokio::spawn(server.run(butler.handle(), hs_timeout, stop.clone()));
         let (sig_tx, sig_rx) = mpsc::channel(4);
         let forwarder = tokio::spawn(forward_signals(signals, sig_tx));
         let opts = RunOptions {
@@ -418,16 +415,15 @@ pub fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
             kill_grace,
             coordinator_host,
         };
-        let handle: ButlerHandle = butler.handle();
-        let result = process::run_child(&handle, &uri, &opts, sig_rx, |pid| {
-            tracing::debug!("child pid {pid}")
-        })
-        .await;
+        let (result, flushed) =
+            process::run_with_stream_server(butler, server, hs_timeout, &opts, sig_rx, |pid| {
+                tracing::debug!("child pid {pid}")
+            })
+            .await;
         forwarder.abort();
-        stop.cancel();
-        let _ = accept.await;
-        drop(handle);
-        let flushed = finish(butler).await;
+        let flushed = flushed
+            .map(|stats| tracing::debug!(?stats, "butler finished"))
+            .map_err(|e| runtime(anyhow::Error::new(e).context("output")));
         let outcome = result.map_err(runtime)?;
         // The child's result is recorded even when the output failed (the error still wins the
         // exit code, so an undelivered log is never mistaken for success).

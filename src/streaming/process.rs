@@ -9,8 +9,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use super::butler::{AddStreamError, ButlerHandle};
+use tokio_util::sync::CancellationToken;
+
+use super::butler::{AddStreamError, Butler, ButlerHandle, Stats};
 use super::handshake::StreamFlags;
+use super::output::OutputError;
+use super::server::StreamServer;
 use super::streamclient::{
     ENV_COORDINATOR_HOST, ENV_STREAM_PREFIX, ENV_STREAM_PROJECT, ENV_STREAM_SERVER_PATH,
 };
@@ -66,6 +70,28 @@ pub fn resolve_program(program: &str, cwd: Option<&Path>) -> Option<PathBuf> {
     std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join(program)).find(|c| c.is_file())
 }
 
+/// What `butler run` and the daemon's `Process.Run` share: serve `server` into `butler` while the
+/// child runs, then flush. The child's outcome and the output's flush come back separately, so a
+/// caller can record the first even when the second failed.
+pub async fn run_with_stream_server(
+    butler: Butler,
+    server: StreamServer,
+    handshake_timeout: Duration,
+    opts: &RunOptions,
+    signals: mpsc::Receiver<i32>,
+    started: impl FnOnce(u32),
+) -> (Result<RunOutcome, ProcessError>, Result<Stats, OutputError>) {
+    let uri = server.uri().to_owned();
+    let stop = CancellationToken::new();
+    let accept = tokio::spawn(server.run(butler.handle(), handshake_timeout, stop.clone()));
+    let handle = butler.handle();
+    let outcome = run_child(&handle, &uri, opts, signals, started).await;
+    stop.cancel();
+    let _ = accept.await;
+    drop(handle);
+    (outcome, butler.shutdown().await)
+}
+
 /// Runs the child to completion with `server_uri` as its stream server. `signals` carries
 /// signal numbers to forward (SIGINT, SIGTERM); the first starts the grace period.
 pub async fn run_child(
@@ -78,6 +104,8 @@ pub async fn run_child(
     let (program, args) = opts.command.split_first().ok_or(ProcessError::NoCommand)?;
     let cfg = butler.config();
     let mut cmd = tokio::process::Command::new(program);
+    // If this future is dropped (a shutdown past its deadline), the child must not outlive it.
+    cmd.kill_on_drop(true);
     cmd.args(args)
         .env(ENV_STREAM_SERVER_PATH, server_uri)
         .env(ENV_STREAM_PREFIX, &cfg.prefix)

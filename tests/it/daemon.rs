@@ -555,3 +555,59 @@ fn a_database_from_a_newer_butler_is_reported_without_delaying_the_listen_line()
     assert_eq!(error_code(&r), -32004, "{r}");
     assert!(r["error"]["message"].as_str().unwrap().contains("newer"), "{r}");
 }
+
+#[test]
+fn process_run_captures_output_into_the_store() {
+    let home = TestHome::new();
+    let d = DaemonProc::start(&home, &["--keep-alive"]);
+    let mut c = d.client();
+    c.send(&json!({"jsonrpc": "2.0", "id": 1, "method": "Process.Run", "params": {
+        "command": ["sh", "-c", "echo out; echo err >&2; exit 3"],
+        "prefix": "game/launch1",
+    }}));
+    let started = c.recv();
+    assert_eq!(started["method"], "Process.Started", "{started}");
+    assert!(started["params"]["pid"].as_u64().unwrap() > 0);
+    assert!(started["params"]["streamServer"].as_str().unwrap().starts_with("unix:"));
+    let r = until_id(&mut c, &json!(1));
+    assert_eq!(r["result"]["exitCode"], 3, "{r}");
+    let mut streams: Vec<String> = r["result"]["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_owned())
+        .collect();
+    streams.sort();
+    assert_eq!(streams, ["game/launch1/+/stderr", "game/launch1/+/stdout"]);
+    let r = c.request(json!(2), "Streams.Read", json!({"path": "game/launch1/+/stdout"}));
+    let text: String = r["result"]["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(text, "out\n");
+}
+
+#[test]
+fn cancelling_process_run_terminates_the_child() {
+    let home = TestHome::new();
+    let d = DaemonProc::start(&home, &["--keep-alive"]);
+    let mut a = d.client();
+    a.send(&json!({"jsonrpc": "2.0", "id": 1, "method": "Process.Run", "params": {
+        "command": ["sleep", "30"], "id": "game-1",
+    }}));
+    let pid = a.recv()["params"]["pid"].as_u64().unwrap();
+    let started = Instant::now();
+    let r = d.client().request(json!(1), "Operation.Cancel", json!({"id": "game-1"}));
+    assert_eq!(r["result"]["didCancel"], true);
+    let r = until_id(&mut a, &json!(1));
+    assert_eq!(error_code(&r), 499, "{r}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // SAFETY: probing whether the pid still exists; signal 0 sends nothing.
+    let alive = unsafe { libc::kill(pid as libc::pid_t, 0) } == 0;
+    assert!(!alive, "the child outlived the cancel");
+
+    let r = a.request(json!(2), "Process.Run", json!({"command": []}));
+    assert_eq!(error_code(&r), -32602);
+}

@@ -1,6 +1,7 @@
 //! The method table: butlerd's core (`Meta.*`, `Version.Get`, `Test.*`, `Operation.Cancel`) here,
 //! and one module per further family, each with a `register` function.
 
+mod process;
 mod streams;
 mod update;
 
@@ -20,6 +21,7 @@ pub fn router() -> Router {
     r.method("Test.Double", test_double);
     r.method("Test.DoubleTwice", test_double_twice);
     r.method("Operation.Cancel", operation_cancel);
+    process::register(&mut r);
     streams::register(&mut r);
     update::register(&mut r);
     r
