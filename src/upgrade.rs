@@ -222,47 +222,36 @@ async fn run_async(
         "updateAvailable": check.update_available,
         "signed": check.signed,
     });
-    if !check.update_available {
-        let msg = format!(
-            "butler {} is up to date ({} on {})",
-            current.as_deref().unwrap_or("?"),
-            check.latest,
-            check.channel
-        );
+    if !check.update_available || args.check {
+        let up_to_date = !check.update_available;
+        let (msg, outcome) = if up_to_date {
+            let current = current.as_deref().unwrap_or("?");
+            (
+                format!("butler {current} is up to date ({} on {})", check.latest, check.channel),
+                "up-to-date",
+            )
+        } else {
+            let current = current.as_deref().unwrap_or("(none)");
+            (
+                format!(
+                    "an update is available: {current} -> {} on {}",
+                    check.latest, check.channel
+                ),
+                "available",
+            )
+        };
         reporter.log(Level::Info, &msg);
         history.record(
             "check",
             current.as_deref(),
             Some(&check.latest),
-            "up-to-date",
+            outcome,
             None,
             check.signed,
         );
         reporter.result(merge(
             result,
-            json!({"installed": null, "verified": check.signed, "upToDate": true}),
-        ));
-        return Ok(0);
-    }
-    if args.check {
-        let msg = format!(
-            "an update is available: {} -> {} on {}",
-            current.as_deref().unwrap_or("(none)"),
-            check.latest,
-            check.channel
-        );
-        reporter.log(Level::Info, &msg);
-        history.record(
-            "check",
-            current.as_deref(),
-            Some(&check.latest),
-            "available",
-            None,
-            check.signed,
-        );
-        reporter.result(merge(
-            result,
-            json!({"installed": null, "verified": check.signed, "upToDate": false}),
+            json!({"installed": null, "verified": check.signed, "upToDate": up_to_date}),
         ));
         return Ok(0);
     }
