@@ -259,6 +259,8 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
 
 /// The version a butler binary reports (`<bin> version --json`).
 pub fn binary_version(bin: &Path) -> Result<String> {
+    // A bare file name would be looked up on PATH; the user means the file here.
+    let bin = &std::path::absolute(bin).with_context(|| format!("finding {}", bin.display()))?;
     let out = std::process::Command::new(bin)
         .args(["version", "--json"])
         .output()
