@@ -611,3 +611,47 @@ fn cancelling_process_run_terminates_the_child() {
     let r = a.request(json!(2), "Process.Run", json!({"command": []}));
     assert_eq!(error_code(&r), -32602);
 }
+
+#[test]
+fn streams_follow_sends_entries_as_they_arrive_until_the_stream_ends() {
+    use crate::streaming::{Serve, handshake};
+    let home = TestHome::new();
+    let serve = Serve::start(&home, &["--output-no-buffer", "--prefix", "live/run"]);
+    let mut writer = serve.connect();
+    writer.write_all(&handshake(r#"{"name": "game"}"#)).unwrap();
+    writer.write_all(b"one\n").unwrap();
+
+    let d = DaemonProc::start(&home, &["--keep-alive"]);
+    let mut c = d.client();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while c.request(json!(0), "Streams.List", json!({"prefix": "live/"}))["result"]["streams"]
+        == json!([])
+    {
+        assert!(Instant::now() < deadline, "the stream never reached the store");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    c.send(&json!({"jsonrpc": "2.0", "id": 1, "method": "Streams.Follow",
+        "params": {"path": "live/run/+/game"}}));
+    let mut text = String::new();
+    let mut expect = |c: &mut RpcClient, want: &str, text: &mut String| {
+        while !text.ends_with(want) {
+            let m = c.recv();
+            assert_eq!(m["method"], "Streams.Entries", "{m}");
+            assert_eq!(m["params"]["path"], "live/run/+/game");
+            for e in m["params"]["entries"].as_array().unwrap() {
+                text.push_str(e["text"].as_str().unwrap());
+            }
+        }
+    };
+    expect(&mut c, "one\n", &mut text);
+    writer.write_all(b"two\n").unwrap();
+    expect(&mut c, "two\n", &mut text);
+    drop(writer);
+    let done = until_id(&mut c, &json!(1));
+    assert_eq!(done["result"]["terminal"], true, "{done}");
+    assert_eq!(text, "one\ntwo\n");
+    serve.stop();
+
+    let r = c.request(json!(2), "Streams.Follow", json!({"path": "live/run/+/nope"}));
+    assert_eq!(error_code(&r), -32602);
+}

@@ -10,12 +10,15 @@ use crate::streaming::store::{self, StoredEntry, StoredStream};
 pub fn register(r: &mut Router) {
     r.method("Streams.List", list);
     r.method("Streams.Read", read);
+    r.method("Streams.Follow", follow);
 }
 
 /// The project `butler logs` and the stream commands use when none is named.
 const DEFAULT_PROJECT: &str = "local";
 /// Most entries one `Streams.Read` returns, so a reply stays a reasonable size.
 const MAX_READ: usize = 1000;
+/// How often `Streams.Follow` looks for new entries (writers may be other processes).
+const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -102,30 +105,94 @@ impl EntryDto {
     }
 }
 
-async fn read(ctx: Ctx, p: ReadParams) -> Result<ReadResult, RpcError> {
+/// One page of a stream from `from_index`, or `None` if there is no such stream.
+async fn read_page(
+    ctx: &Ctx,
+    project: &str,
+    path: &str,
+    from_index: u64,
+    limit: usize,
+) -> Result<Option<ReadResult>, RpcError> {
     let db = ctx.daemon().db().await?;
-    let project = p.project.unwrap_or_else(|| DEFAULT_PROJECT.to_owned());
-    let limit = p.limit.unwrap_or(MAX_READ).clamp(1, MAX_READ);
-    let path = p.path.clone();
+    let (project, path) = (project.to_owned(), path.to_owned());
     let found = db
         .call(move |conn| {
             let query = |e: store::StoreError| crate::db::DbError::Query(e.to_string());
             let Some(stream) = store::find_stream(conn, &project, &path).map_err(query)? else {
                 return Ok(None);
             };
-            let entries =
-                store::read_entries(conn, stream.id, p.from_index, limit).map_err(query)?;
+            let entries = store::read_entries(conn, stream.id, from_index, limit).map_err(query)?;
             Ok(Some((stream, entries)))
         })
         .await
         .map_err(RpcError::internal)?;
-    let Some((stream, entries)) = found else {
-        return Err(RpcError::invalid_params("Streams.Read", format!("no stream at {}", p.path)));
-    };
-    let next_index = entries.last().map_or(p.from_index, |e| e.stream_index + 1);
+    let Some((stream, entries)) = found else { return Ok(None) };
+    let next_index = entries.last().map_or(from_index, |e| e.stream_index + 1);
     let text = stream.stream_type == "text";
     let entries: Vec<EntryDto> = entries.into_iter().map(|e| EntryDto::new(e, text)).collect();
     // Terminal only once the reader has everything up to the terminal entry.
     let terminal = stream.terminal && stream.terminal_index.is_none_or(|t| next_index > t);
-    Ok(ReadResult { entries, next_index, terminal })
+    Ok(Some(ReadResult { entries, next_index, terminal }))
+}
+
+fn no_stream(method: &str, path: &str) -> RpcError {
+    RpcError::invalid_params(method, format!("no stream at {path}"))
+}
+
+async fn read(ctx: Ctx, p: ReadParams) -> Result<ReadResult, RpcError> {
+    let project = p.project.as_deref().unwrap_or(DEFAULT_PROJECT);
+    let limit = p.limit.unwrap_or(MAX_READ).clamp(1, MAX_READ);
+    read_page(&ctx, project, &p.path, p.from_index, limit)
+        .await?
+        .ok_or_else(|| no_stream("Streams.Read", &p.path))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct FollowParams {
+    path: String,
+    project: Option<String>,
+    #[serde(default)]
+    from_index: u64,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EntriesNotification<'a> {
+    path: &'a str,
+    entries: Vec<EntryDto>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct FollowResult {
+    next_index: u64,
+    terminal: bool,
+}
+
+/// Sends `Streams.Entries` notifications as entries arrive; answers once the stream has ended
+/// and every entry was sent. Cancelled (499) when its connection closes or by `Operation.Cancel`.
+async fn follow(ctx: Ctx, p: FollowParams) -> Result<FollowResult, RpcError> {
+    let project = p.project.as_deref().unwrap_or(DEFAULT_PROJECT);
+    let mut next = p.from_index;
+    loop {
+        let page = read_page(&ctx, project, &p.path, next, MAX_READ)
+            .await?
+            .ok_or_else(|| no_stream("Streams.Follow", &p.path))?;
+        let caught_up = page.entries.len() < MAX_READ;
+        next = page.next_index;
+        if !page.entries.is_empty() {
+            ctx.notify(
+                "Streams.Entries",
+                EntriesNotification { path: &p.path, entries: page.entries },
+            )
+            .await;
+        }
+        if page.terminal {
+            return Ok(FollowResult { next_index: next, terminal: true });
+        }
+        if caught_up {
+            tokio::time::sleep(FOLLOW_POLL).await;
+        }
+    }
 }
