@@ -633,7 +633,7 @@ fn streams_follow_sends_entries_as_they_arrive_until_the_stream_ends() {
     c.send(&json!({"jsonrpc": "2.0", "id": 1, "method": "Streams.Follow",
         "params": {"path": "live/run/+/game"}}));
     let mut text = String::new();
-    let mut expect = |c: &mut RpcClient, want: &str, text: &mut String| {
+    let expect = |c: &mut RpcClient, want: &str, text: &mut String| {
         while !text.ends_with(want) {
             let m = c.recv();
             assert_eq!(m["method"], "Streams.Entries", "{m}");
