@@ -257,23 +257,14 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// The version a butler binary reports (`<bin> version --json`).
+/// The version a butler binary reports, read exactly as the updater's smoke test reads it, so the
+/// tree never publishes a version the updater would then refuse as a mismatch.
 pub fn binary_version(bin: &Path) -> Result<String> {
     // A bare file name would be looked up on PATH; the user means the file here.
-    let bin = &std::path::absolute(bin).with_context(|| format!("finding {}", bin.display()))?;
-    let out = std::process::Command::new(bin)
-        .args(["version", "--json"])
-        .output()
-        .with_context(|| format!("running {}", bin.display()))?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    for line in text.lines() {
-        if let Ok(v) = serde_json::from_str::<serde_json::Value>(line)
-            && let Some(s) = v["value"]["version"].as_str()
-        {
-            return Ok(s.trim_start_matches('v').to_owned());
-        }
-    }
-    bail!("{} did not report a version", bin.display())
+    let bin = std::path::absolute(bin).with_context(|| format!("finding {}", bin.display()))?;
+    let scratch = tempfile::tempdir().context("making a scratch folder")?;
+    butler_updater::install::smoke_test(&bin, scratch.path(), std::time::Duration::from_secs(30))
+        .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 #[cfg(test)]
