@@ -930,9 +930,16 @@ fn the_daemon_checks_for_updates_and_reports_history() {
         .env("BUTLER_BROTH_URL", broth.url())
         .env("BUTLER_TRUSTED_KEYS", key().public_base64());
     let d = DaemonProc::start_cmd(cmd);
+    let mut flow = d.client();
+    flow.send(&json!({"jsonrpc": "2.0", "id": 1, "method": "Meta.Flow", "params": {}}));
+    assert_eq!(flow.recv()["method"], "MetaFlowEstablished");
     let mut c = d.client();
     let r = c.request(json!(1), "Update.Check", json!({}));
     let result = &r["result"];
+    // The Meta.Flow connection hears of it too.
+    let news = flow.recv();
+    assert_eq!(news["method"], "Update.Available", "{news}");
+    assert_eq!(news["params"]["latestVersion"], f.new_version.as_str());
     assert_eq!(result["currentVersion"], env!("CARGO_PKG_VERSION"), "{r}");
     assert_eq!(result["latestVersion"], f.new_version.as_str());
     assert_eq!(result["updateAvailable"], true);

@@ -57,6 +57,16 @@ async fn check(ctx: Ctx, p: CheckParams) -> Result<CheckResult, RpcError> {
         Ok(c) => {
             let outcome = if c.update_available { "available" } else { "up-to-date" };
             history.record("check", Some(VERSION), Some(&c.latest), outcome, None, c.signed);
+            if c.update_available {
+                // Daemon-wide news: every Meta.Flow connection hears of it, not just the asker.
+                let news = serde_json::json!({
+                    "currentVersion": VERSION,
+                    "latestVersion": c.latest,
+                    "channel": c.channel,
+                    "signed": c.signed,
+                });
+                ctx.daemon().broadcast("Update.Available", news).await;
+            }
             Ok(CheckResult {
                 current_version: VERSION.to_owned(),
                 latest_version: Some(c.latest),
