@@ -12,13 +12,10 @@ use butler::streaming::server::StreamServer;
 use butler::streaming::{Butler, ButlerConfig, StreamType};
 use tokio_util::sync::CancellationToken;
 
+use crate::median;
+
 const RUNS: usize = 5;
 const INGEST_BYTES: usize = 256 << 20;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
 
 /// 1 MiB of 100-byte lines (99 bytes + `\n`).
 fn block() -> Vec<u8> {

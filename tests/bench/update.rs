@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use butler_release::{Publish, SigningKey};
 use butler_updater::Channel;
 
+use crate::median;
+
 const RUNS: usize = 7;
 const TARGET_ARCHIVE: u64 = 10 << 20;
 
@@ -41,17 +43,7 @@ pub fn run() {
     let mut upgrade_rss = Vec::new();
     for i in 0..RUNS {
         let dir = work.path().join(format!("install-{i}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let exe = dir.join("butler");
-        std::fs::copy(&bin, &exe).unwrap();
-        let mut cmd = Command::new(&exe);
-        cmd.args(["--json", "upgrade", "-y", "--force"])
-            .env("BUTLER_HOME", dir.join("home"))
-            .env("BUTLER_BROTH_URL", srv.url())
-            .env("BUTLER_TRUSTED_KEYS", key.public_base64())
-            .env_remove("http_proxy")
-            .env_remove("HTTP_PROXY");
-        let (t, ok, rss) = measured(&mut cmd);
+        let (t, ok, rss) = measured(&mut upgrade_cmd(&bin, &dir, &srv.url(), &key));
         assert!(ok, "butler upgrade failed in the bench");
         assert!(dir.join("butler.old").exists(), "the upgrade did not swap");
         upgrade_ms.push(t.as_secs_f64() * 1e3);
@@ -120,15 +112,7 @@ pub fn run() {
     let big_rss: Vec<u64> = (0..3)
         .filter_map(|i| {
             let dir = work.path().join(format!("install-big-{i}"));
-            std::fs::create_dir_all(&dir).unwrap();
-            let exe = dir.join("butler");
-            std::fs::copy(&bin, &exe).unwrap();
-            let mut cmd = Command::new(&exe);
-            cmd.args(["--json", "upgrade", "-y", "--force"])
-                .env("BUTLER_HOME", dir.join("home"))
-                .env("BUTLER_BROTH_URL", big_srv.url())
-                .env("BUTLER_TRUSTED_KEYS", key.public_base64());
-            let (_, ok, rss) = measured(&mut cmd);
+            let (_, ok, rss) = measured(&mut upgrade_cmd(&bin, &dir, &big_srv.url(), &key));
             assert!(ok, "butler upgrade (big) failed in the bench");
             rss
         })
@@ -137,8 +121,8 @@ pub fn run() {
         println!("update: peak RSS skipped (GNU time is not installed at /usr/bin/time)");
         return;
     }
-    let peak = median_u(upgrade_rss);
-    let idle = median_u(idle_rss);
+    let peak = median(upgrade_rss);
+    let idle = median(idle_rss);
     println!(
         "update: peak RSS of butler upgrade: median {:.1} MiB (butler version alone: {:.1} MiB; +{:.1} MiB for a {:.1} MiB archive)",
         peak as f64 / 1024.0,
@@ -149,13 +133,28 @@ pub fn run() {
     println!(
         "update: peak RSS of butler upgrade of a {:.1} MiB archive: median {:.1} MiB (independent of size: {:+.1} MiB vs the {:.1} MiB one)",
         big_size as f64 / (1 << 20) as f64,
-        median_u(big_rss.clone()) as f64 / 1024.0,
-        (median_u(big_rss) as f64 - peak as f64) / 1024.0,
+        median(big_rss.clone()) as f64 / 1024.0,
+        (median(big_rss) as f64 - peak as f64) / 1024.0,
         size as f64 / (1 << 20) as f64
     );
 }
 
 /// Publishes `bin` plus an incompressible payload sized so the archive is about 10 MiB.
+/// `butler upgrade -y --force` of a fresh copy of `bin` installed in `dir`, from `url`.
+fn upgrade_cmd(bin: &Path, dir: &Path, url: &str, key: &SigningKey) -> Command {
+    std::fs::create_dir_all(dir).unwrap();
+    let exe = dir.join("butler");
+    std::fs::copy(bin, &exe).unwrap();
+    let mut cmd = Command::new(&exe);
+    cmd.args(["--json", "upgrade", "-y", "--force"])
+        .env("BUTLER_HOME", dir.join("home"))
+        .env("BUTLER_BROTH_URL", url)
+        .env("BUTLER_TRUSTED_KEYS", key.public_base64())
+        .env_remove("http_proxy")
+        .env_remove("HTTP_PROXY");
+    cmd
+}
+
 fn publish_10mib(bin: &Path, version: &str, tree: &Path, work: &Path, key: &SigningKey) -> PathBuf {
     publish_sized(bin, version, tree, work, key, TARGET_ARCHIVE)
 }
@@ -240,14 +239,4 @@ fn measured(cmd: &mut Command) -> (Duration, bool, Option<u64>) {
         .ok()
         .and_then(|s| s.trim().lines().last()?.trim().parse().ok());
     (elapsed, status.success(), rss)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-fn median_u(mut v: Vec<u64>) -> u64 {
-    v.sort();
-    v[v.len() / 2]
 }

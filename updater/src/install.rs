@@ -89,16 +89,23 @@ pub fn sync_dir(dir: &Path) -> Result<(), ErrorKind> {
     Ok(())
 }
 
-/// Runs `<exe> version --json` and returns the version it reports (no leading `v`).
-pub fn smoke_test(exe: &Path, scratch: &Path, timeout: Duration) -> Result<String, ErrorKind> {
-    let fail = |why: String| ErrorKind::SmokeTest(format!("{}: {why}", exe.display()));
+/// A candidate butler run in isolation: its own home in `scratch`, no test pause points, stdout
+/// piped for us to read, nothing else inherited.
+fn candidate_command(exe: &Path, scratch: &Path) -> Command {
     let mut cmd = Command::new(exe);
-    cmd.args(["version", "--json"])
-        .env("BUTLER_HOME", scratch)
+    cmd.env("BUTLER_HOME", scratch)
         .env_remove("BUTLER_TEST_PAUSE_AT")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
+    cmd
+}
+
+/// Runs `<exe> version --json` and returns the version it reports (no leading `v`).
+pub fn smoke_test(exe: &Path, scratch: &Path, timeout: Duration) -> Result<String, ErrorKind> {
+    let fail = |why: String| ErrorKind::SmokeTest(format!("{}: {why}", exe.display()));
+    let mut cmd = candidate_command(exe, scratch);
+    cmd.args(["version", "--json"]);
     let child = spawn(&mut cmd).map_err(|e| fail(format!("it does not start: {e}")))?;
     let mut guard = ChildGuard(child);
     let mut stdout = guard.0.stdout.take().expect("piped");
@@ -134,14 +141,8 @@ pub fn daemon_check(exe: &Path, scratch: &Path, timeout: Duration) -> Result<Str
     let fail = |why: String| ErrorKind::DaemonCheck(format!("{}: {why}", exe.display()));
     let deadline = Instant::now() + timeout;
     let db = scratch.join("sanity.db");
-    let mut cmd = Command::new(exe);
-    cmd.args(["--json", "daemon", "--transport", "tcp", "--dbpath"])
-        .arg(&db)
-        .env("BUTLER_HOME", scratch)
-        .env_remove("BUTLER_TEST_PAUSE_AT")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+    let mut cmd = candidate_command(exe, scratch);
+    cmd.args(["--json", "daemon", "--transport", "tcp", "--dbpath"]).arg(&db);
     let child = spawn(&mut cmd).map_err(|e| fail(format!("it does not start: {e}")))?;
     let mut guard = ChildGuard(child);
     let stdout = guard.0.stdout.take().expect("piped");
