@@ -13,9 +13,18 @@ fn main() {
         "butler bench ({} cores)",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    daemon::run();
-    update::run();
-    streaming::run();
+    // `BENCH_ONLY=daemon|update|streaming` runs one group (for tuning).
+    let only = std::env::var("BENCH_ONLY").ok();
+    let wanted = |group: &str| only.as_deref().is_none_or(|o| o == group);
+    if wanted("daemon") {
+        daemon::run();
+    }
+    if wanted("update") {
+        update::run();
+    }
+    if wanted("streaming") {
+        streaming::run();
+    }
 }
 
 /// The release `butler` executable this bench target was built with.
