@@ -356,9 +356,7 @@ pub fn serve(args: ServeArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
 
 fn bind(uri: Option<&str>) -> anyhow::Result<StreamServer> {
     StreamServer::bind(uri).map_err(|e| match e {
-        ServerError::BadAddress(_)
-        | ServerError::PathTooLong { .. }
-        | ServerError::PipeUnsupported => usage(e),
+        ServerError::Address(_) => usage(e),
         e => runtime(e),
     })
 }

@@ -3,10 +3,11 @@
 //! Layers, bottom up: [`names`] and [`timefmt`] (validation and formats), [`handshake`] (the
 //! `BTLR1` wire protocol), `cutter` (bytes → log entries per stream type), [`butler`] (per-stream
 //! tasks feeding one bundler task, feeding one output worker), [`output`] (where bundles go),
-//! [`server`] (the unix-socket stream server), [`store`] (reading the SQLite log store),
+//! [`address`] (`unix:`/`net.pipe:` addresses), [`server`] (the stream server), [`store`] (reading the SQLite log store),
 //! [`process`] (running a child with a stream server), [`streamclient`] (the client side), and
 //! [`cli`] (the commands). Generated protobuf types live in `proto` and never leave this module.
 
+pub mod address;
 pub mod butler;
 pub mod cli;
 mod cutter;

@@ -1,83 +1,40 @@
 //! The stream server: accepts local clients, reads each one's handshake (with a timeout) and
 //! hands the connection to the butler as a stream. Nothing is ever written back.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use tokio::io::AsyncRead;
 use tokio_util::sync::CancellationToken;
 
+use super::address::{Address, AddressError};
 use super::butler::ButlerHandle;
 use super::handshake;
 
-/// Longest unix socket path (upstream's `maxPOSIXNamedSocketLength`).
-pub const MAX_SOCKET_PATH: usize = 104;
-
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("stream server address {0:?}: expected unix:<absolute path>")]
-    BadAddress(String),
-    #[error("stream server path {path} is {len} bytes long, more than {MAX_SOCKET_PATH}")]
-    PathTooLong { path: String, len: usize },
-    #[error("net.pipe stream servers exist on Windows only")]
-    PipeUnsupported,
-    #[error("cannot listen on {path}: {source}")]
-    Listen { path: String, source: std::io::Error },
+    #[error(transparent)]
+    Address(#[from] AddressError),
+    #[error("cannot listen on {uri}: {source}")]
+    Listen { uri: String, source: std::io::Error },
 }
 
-/// A listening stream server. The socket file is removed when it is dropped.
+/// A listening stream server. A unix socket file is removed when it is dropped.
 #[derive(Debug)]
 pub struct StreamServer {
-    #[cfg(unix)]
-    listener: tokio::net::UnixListener,
-    path: PathBuf,
+    listener: Listener,
+    address: Address,
     uri: String,
 }
 
-/// Parses `unix:<path>` (relative paths are made absolute); `None` for a fresh temp path.
-pub fn parse_address(uri: Option<&str>) -> Result<PathBuf, ServerError> {
-    let Some(uri) = uri.filter(|u| !u.is_empty()) else {
-        let dir = std::env::temp_dir();
-        let mut rnd = [0u8; 6];
-        let _ = getrandom::fill(&mut rnd);
-        let tag: String = rnd.iter().map(|b| format!("{b:02x}")).collect();
-        return Ok(dir.join(format!("ld{}-{tag}.sock", std::process::id())));
-    };
-    let Some((proto, rest)) = uri.split_once(':') else {
-        return Err(ServerError::BadAddress(uri.to_owned()));
-    };
-    match proto {
-        "unix" if !rest.is_empty() => {
-            let p = Path::new(rest);
-            Ok(if p.is_absolute() {
-                p.to_owned()
-            } else {
-                std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_owned())
-            })
-        }
-        "net.pipe" => Err(ServerError::PipeUnsupported),
-        _ => Err(ServerError::BadAddress(uri.to_owned())),
-    }
-}
-
-#[cfg(unix)]
 impl StreamServer {
-    /// Listens at `uri` (`unix:<path>`, or a temp path when `None`), replacing a stale socket file.
+    /// Listens at `uri` (`unix:<path>` or `net.pipe:<name>`, or a fresh address when `None`),
+    /// replacing a stale socket file.
     pub fn bind(uri: Option<&str>) -> Result<StreamServer, ServerError> {
-        let path = parse_address(uri)?;
-        let shown = path.display().to_string();
-        if shown.len() > MAX_SOCKET_PATH {
-            return Err(ServerError::PathTooLong { len: shown.len(), path: shown });
-        }
-        if let Ok(meta) = std::fs::symlink_metadata(&path) {
-            use std::os::unix::fs::FileTypeExt;
-            // Only a socket is "stale"; never delete someone's regular file.
-            if meta.file_type().is_socket() {
-                let _ = std::fs::remove_file(&path);
-            }
-        }
-        let listener = tokio::net::UnixListener::bind(&path)
-            .map_err(|source| ServerError::Listen { path: shown.clone(), source })?;
-        Ok(StreamServer { listener, uri: format!("unix:{shown}"), path })
+        let address = Address::resolve(uri)?;
+        let uri = address.uri();
+        let listener = Listener::bind(&address)
+            .map_err(|source| ServerError::Listen { uri: uri.clone(), source })?;
+        Ok(StreamServer { listener, address, uri })
     }
 
     /// The address clients use (`LOGDOG_STREAM_SERVER_PATH`).
@@ -85,8 +42,8 @@ impl StreamServer {
         &self.uri
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    pub fn address(&self) -> &Address {
+        &self.address
     }
 
     /// Accepts clients until `stop` is cancelled. Every handshake runs in its own task, bounded
@@ -94,7 +51,7 @@ impl StreamServer {
     /// already connected (in the backlog or mid-handshake) get a short grace to finish their
     /// handshake, so a client that connected and wrote before the signal loses nothing.
     pub async fn run(
-        self,
+        mut self,
         butler: ButlerHandle,
         handshake_timeout: Duration,
         stop: CancellationToken,
@@ -107,9 +64,7 @@ impl StreamServer {
                 () = stop.cancelled() => break,
             };
             match conn {
-                Ok((c, _)) => {
-                    spawn_handshake(&handshakes, &butler, c, handshake_timeout, &stop, grace)
-                }
+                Ok(c) => spawn_handshake(&handshakes, &butler, c, handshake_timeout, &stop, grace),
                 Err(e) => {
                     tracing::warn!("stream server accept: {e}");
                     tokio::time::sleep(Duration::from_millis(10)).await;
@@ -117,7 +72,7 @@ impl StreamServer {
             }
         }
         // Whoever is still in the backlog connected before we stopped.
-        while let Ok(Ok((c, _))) =
+        while let Ok(Ok(c)) =
             tokio::time::timeout(Duration::from_millis(5), self.listener.accept()).await
         {
             spawn_handshake(&handshakes, &butler, c, handshake_timeout, &stop, grace);
@@ -127,11 +82,10 @@ impl StreamServer {
     }
 }
 
-#[cfg(unix)]
-fn spawn_handshake(
+fn spawn_handshake<C: AsyncRead + Send + Unpin + 'static>(
     tasks: &tokio_util::task::TaskTracker,
     butler: &ButlerHandle,
-    mut conn: tokio::net::UnixStream,
+    mut conn: C,
     handshake_timeout: Duration,
     stop: &CancellationToken,
     grace: Duration,
@@ -167,8 +121,104 @@ fn spawn_handshake(
     });
 }
 
-impl Drop for StreamServer {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+#[cfg(unix)]
+use unix_listener::Listener;
+
+#[cfg(windows)]
+use pipe_listener::Listener;
+
+#[cfg(unix)]
+mod unix_listener {
+    use std::io;
+    use std::path::PathBuf;
+
+    use crate::streaming::address::{Address, AddressError};
+
+    #[derive(Debug)]
+    pub struct Listener {
+        socket: tokio::net::UnixListener,
+        path: PathBuf,
+    }
+
+    impl Listener {
+        pub fn bind(address: &Address) -> io::Result<Listener> {
+            let Address::Unix(path) = address else {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    AddressError::Unsupported("net.pipe"),
+                ));
+            };
+            if let Ok(meta) = std::fs::symlink_metadata(path) {
+                use std::os::unix::fs::FileTypeExt;
+                // Only a socket is "stale"; never delete someone's regular file.
+                if meta.file_type().is_socket() {
+                    let _ = std::fs::remove_file(path);
+                }
+            }
+            let socket = tokio::net::UnixListener::bind(path)?;
+            Ok(Listener { socket, path: path.clone() })
+        }
+
+        /// Cancel-safe.
+        pub async fn accept(&mut self) -> io::Result<tokio::net::UnixStream> {
+            self.socket.accept().await.map(|(c, _)| c)
+        }
+    }
+
+    impl Drop for Listener {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Byte-mode pipe instances, as upstream's go-winio listener makes them (1 MiB buffers, local
+/// clients only, which is tokio's default). A pipe has no backlog: each accepted client takes the
+/// waiting instance, and the next one is created at once so later clients find it.
+#[cfg(windows)]
+mod pipe_listener {
+    use std::io;
+
+    use tokio::net::windows::named_pipe::{NamedPipeServer, ServerOptions};
+
+    use crate::streaming::address::{Address, AddressError, pipe_path};
+
+    const PIPE_BUFFER: u32 = 1 << 20;
+
+    #[derive(Debug)]
+    pub struct Listener {
+        path: String,
+        waiting: NamedPipeServer,
+    }
+
+    impl Listener {
+        pub fn bind(address: &Address) -> io::Result<Listener> {
+            let Address::Pipe(name) = address else {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    AddressError::Unsupported("unix"),
+                ));
+            };
+            let path = pipe_path(name);
+            // The first instance must be ours: another process owning the name would get our
+            // clients' logs.
+            let waiting = options().first_pipe_instance(true).create(&path)?;
+            Ok(Listener { path, waiting })
+        }
+
+        /// Cancel-safe: tokio's `connect` loses no connection when dropped.
+        pub async fn accept(&mut self) -> io::Result<NamedPipeServer> {
+            self.waiting.connect().await?;
+            let next = options().create(&self.path)?;
+            Ok(std::mem::replace(&mut self.waiting, next))
+        }
+    }
+
+    fn options() -> ServerOptions {
+        // Duplex, though we never write back: clients built on go-winio open pipes for reading
+        // and writing, and an inbound-only pipe would refuse them.
+        let mut o = ServerOptions::new();
+        o.in_buffer_size(PIPE_BUFFER).out_buffer_size(PIPE_BUFFER);
+        o
     }
 }

@@ -10,8 +10,8 @@
 //! ```
 
 use std::io::Write;
-use std::path::PathBuf;
 
+use super::address::{Address, AddressError, Connection};
 use super::entry::StreamType;
 use super::handshake::{StreamFlags, put_uvarint};
 use super::names;
@@ -26,8 +26,8 @@ pub const ENV_NAMESPACE: &str = "LOGDOG_NAMESPACE";
 pub enum ClientError {
     #[error("not running under a butler: {ENV_STREAM_SERVER_PATH} is not set")]
     NotBootstrapped,
-    #[error("unsupported stream server address {0:?} (unix:<path>)")]
-    BadAddress(String),
+    #[error(transparent)]
+    Address(#[from] AddressError),
     #[error("invalid {what}: {source}")]
     Name { what: &'static str, source: names::NameError },
     #[error("invalid stream: {0}")]
@@ -39,7 +39,7 @@ pub enum ClientError {
 /// Where streams go, and the namespace put in front of every name.
 #[derive(Debug, Clone)]
 pub struct StreamClient {
-    path: PathBuf,
+    address: Address,
     namespace: Option<String>,
     pub prefix: Option<String>,
     pub project: Option<String>,
@@ -67,33 +67,21 @@ impl StreamClient {
         Ok(c)
     }
 
-    /// A client for `unix:<path>` with an optional namespace.
+    /// A client for `unix:<path>` (or `net.pipe:<name>` on Windows) with an optional namespace.
     pub fn new(uri: &str, namespace: Option<&str>) -> Result<Self, ClientError> {
-        let path = uri
-            .strip_prefix("unix:")
-            .filter(|p| !p.is_empty())
-            .ok_or_else(|| ClientError::BadAddress(uri.to_owned()))?;
+        let address = Address::resolve(Some(uri))?;
         let namespace =
             namespace.map(|n| n.trim_end_matches('/').to_owned()).filter(|n| !n.is_empty());
         if let Some(ns) = &namespace {
             names::validate_stream_name(ns)
                 .map_err(|source| ClientError::Name { what: "namespace", source })?;
         }
-        Ok(StreamClient {
-            path: PathBuf::from(path),
-            namespace,
-            prefix: None,
-            project: None,
-            coordinator_host: None,
-        })
+        Ok(StreamClient { address, namespace, prefix: None, project: None, coordinator_host: None })
     }
 
     /// Opens a stream described by `flags` (the namespace is put in front of its name) and returns
     /// the connection to write its payload to; close it to end the stream.
-    pub fn open(
-        &self,
-        mut flags: StreamFlags,
-    ) -> Result<std::os::unix::net::UnixStream, ClientError> {
+    pub fn open(&self, mut flags: StreamFlags) -> Result<Connection, ClientError> {
         if let Some(ns) = &self.namespace {
             flags.name = format!("{ns}/{}", flags.name);
         }
@@ -101,18 +89,17 @@ impl StreamClient {
             flags.timestamp = Some(std::time::SystemTime::now());
         }
         flags.validate()?;
-        let connect =
-            |source| ClientError::Connect { path: self.path.display().to_string(), source };
-        let mut sock = std::os::unix::net::UnixStream::connect(&self.path).map_err(connect)?;
+        let connect = |source| ClientError::Connect { path: self.address.uri(), source };
+        let mut sock = self.address.connect().map_err(connect)?;
         sock.write_all(&flags.encode()).map_err(connect)?;
         Ok(sock)
     }
 
-    pub fn open_text(&self, name: &str) -> Result<std::os::unix::net::UnixStream, ClientError> {
+    pub fn open_text(&self, name: &str) -> Result<Connection, ClientError> {
         self.open(StreamFlags::new(name, StreamType::Text))
     }
 
-    pub fn open_binary(&self, name: &str) -> Result<std::os::unix::net::UnixStream, ClientError> {
+    pub fn open_binary(&self, name: &str) -> Result<Connection, ClientError> {
         self.open(StreamFlags::new(name, StreamType::Binary))
     }
 
@@ -124,7 +111,7 @@ impl StreamClient {
 /// A datagram stream: each [`DatagramStream::send`] is one datagram.
 #[derive(Debug)]
 pub struct DatagramStream {
-    sock: std::os::unix::net::UnixStream,
+    sock: Connection,
 }
 
 impl DatagramStream {

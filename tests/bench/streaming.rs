@@ -6,6 +6,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use butler::streaming::address::Address;
 use butler::streaming::handshake::StreamFlags;
 use butler::streaming::output::{NullOutput, Output, StoreOutput};
 use butler::streaming::server::StreamServer;
@@ -75,7 +76,7 @@ fn ingest(block: &[u8], output: Box<dyn Output>) -> f64 {
     rt.block_on(async {
         let butler = Butler::start(ButlerConfig::new("bench", "bench"), output);
         let server = StreamServer::bind(Some(&uri)).unwrap();
-        let path = server.path().to_owned();
+        let Address::Unix(path) = server.address().clone() else { unreachable!("unix: address") };
         let stop = CancellationToken::new();
         let accept =
             tokio::spawn(server.run(butler.handle(), Duration::from_secs(5), stop.clone()));

@@ -340,6 +340,29 @@ fn bad_flags_exit_2() {
 }
 
 #[test]
+fn bad_stream_server_addresses_say_what_is_wrong() {
+    let home = TestHome::new();
+    let long = format!("unix:/tmp/{}", "x".repeat(120));
+    let pipe_name = format!("net.pipe:{}", "p".repeat(260));
+    for (uri, says) in [
+        ("tcp:1234", "expected unix:<path> or net.pipe:<name>"),
+        ("unix:", "expected unix:<path> or net.pipe:<name>"),
+        ("net.pipe:logdog_butler.1.0", "net.pipe stream servers do not exist on this platform"),
+        (&long, "more than 104"),
+        (&pipe_name, "more than 256"),
+    ] {
+        for cmd in ["serve", "run"] {
+            let out = home.run(
+                &[cmd, "--streamserver-uri", uri, "--", "true"]
+                    [..if cmd == "serve" { 3 } else { 5 }],
+            );
+            assert_eq!(out.status.code(), Some(2), "{cmd} {uri}: {}", stderr(&out));
+            assert!(stderr(&out).contains(says), "{cmd} {uri}: {}", stderr(&out));
+        }
+    }
+}
+
+#[test]
 fn runtime_errors_exit_250() {
     let home = TestHome::new();
     let out = home.run(&["logs", "cat", "nothing/+/here"]);
