@@ -206,7 +206,9 @@ async fn run_async(
     let current = target.current(VERSION).map_err(|e| ExitError::new(13, e))?;
     let want = match &args.to {
         None => Want::Latest,
-        Some(v) => parse_want(v, &channel)?,
+        Some(v) => {
+            parse_want(v, &channel).map_err(|e| ExitError::new(2, anyhow::anyhow!("--to {e}")))?
+        }
     };
     let checked = updater.check(current.as_deref(), &want, args.force).await;
     let mut history = history();
@@ -361,18 +363,30 @@ fn merge(mut a: serde_json::Value, b: serde_json::Value) -> serde_json::Value {
 }
 
 /// `--to 1.2.3` names a version (downgrades allowed); `--to ^1.2` is a range over `versions`.
-fn parse_want(v: &str, channel: &Channel) -> anyhow::Result<Want> {
+/// `--to` (and `Update.Apply`'s `version`): an exact version, or a semver range on stable.
+pub(crate) fn parse_want(v: &str, channel: &Channel) -> Result<Want, String> {
     let plain = v.trim().trim_start_matches('v');
     if channel.head || semver::Version::parse(plain).is_ok() {
         return Ok(Want::Exact(plain.to_owned()));
     }
-    match semver::VersionReq::parse(v) {
-        Ok(req) => Ok(Want::Range(req)),
-        Err(e) => Err(ExitError::new(
-            2,
-            anyhow::anyhow!("--to {v:?} is neither a version nor a semver range: {e}"),
-        )
-        .into()),
+    semver::VersionReq::parse(v)
+        .map(Want::Range)
+        .map_err(|e| format!("{v:?} is neither a version nor a semver range: {e}"))
+}
+
+/// Progress reports at most every 500 ms, plus the final one.
+#[derive(Debug, Default)]
+pub(crate) struct ProgressThrottle {
+    last: Option<Instant>,
+}
+
+impl ProgressThrottle {
+    pub(crate) fn due(&mut self, p: &butler_updater::Progress) -> bool {
+        if !p.is_final() && self.last.is_some_and(|t| t.elapsed() < Duration::from_millis(500)) {
+            return false;
+        }
+        self.last = Some(Instant::now());
+        true
     }
 }
 
@@ -397,13 +411,13 @@ fn confirm(current: Option<&str>, latest: &str) -> anyhow::Result<bool> {
 struct Ui {
     reporter: Reporter,
     bar: bool,
-    last: Option<Instant>,
+    throttle: ProgressThrottle,
     drawn: bool,
 }
 
 impl Ui {
     fn new(reporter: Reporter, bar: bool) -> Self {
-        Ui { reporter, bar, last: None, drawn: false }
+        Ui { reporter, bar, throttle: ProgressThrottle::default(), drawn: false }
     }
 
     fn event(&mut self, ev: Event) {
@@ -417,23 +431,14 @@ impl Ui {
                 self.reporter.log(Level::Warning, &m);
             }
             Event::Progress(p) => {
-                let final_report = p.total == Some(p.done);
-                if !final_report
-                    && self.last.is_some_and(|t| t.elapsed() < Duration::from_millis(500))
-                {
+                if !self.throttle.due(&p) {
                     return;
                 }
-                self.last = Some(Instant::now());
-                let frac =
-                    p.total.filter(|t| *t > 0).map(|t| p.done as f64 / t as f64).unwrap_or(0.0);
-                let eta = p
-                    .total
-                    .filter(|_| p.bps > 0.0)
-                    .map(|t| t.saturating_sub(p.done) as f64 / p.bps);
+                let (frac, eta) = (p.fraction(), p.eta_secs());
                 if self.reporter.json {
                     self.reporter.emit(
                         "progress",
-                        json!({"progress": frac.clamp(0.0, 1.0), "eta": eta.unwrap_or(0.0), "bps": p.bps.round(), "done": p.done, "total": p.total}),
+                        json!({"progress": frac, "eta": eta.unwrap_or(0.0), "bps": p.bps.round(), "done": p.done, "total": p.total}),
                     );
                 } else if self.bar {
                     let width = 30usize;
@@ -518,7 +523,7 @@ impl History {
         .is_ok()
     }
 
-    fn remember_signed(&mut self) {
+    pub(crate) fn remember_signed(&mut self) {
         if let Some(c) = &self.conn
             && let Err(e) = c.execute(
                 "INSERT OR IGNORE INTO update_signed_channels (base_url, channel, first_seen) VALUES (?1, ?2, ?3)",

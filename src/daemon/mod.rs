@@ -6,6 +6,7 @@
 
 mod connection;
 mod framing;
+mod hand_over;
 pub mod jsonrpc;
 mod methods;
 pub mod router;
@@ -21,6 +22,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
+use crate::ExitError;
 use crate::cli::{GlobalArgs, parse_duration};
 use crate::db::{self, DaemonLock, Db, DbPath};
 use crate::report::{Level, Reporter};
@@ -80,19 +82,25 @@ pub struct DaemonArgs {
 
 /// Runs the daemon until it shuts down; exit code 0 on any graceful shutdown.
 pub fn run(args: DaemonArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
+    // SAFETY: the runtime is not built yet and nothing before this starts threads.
+    let inherited = unsafe { hand_over::take() }?;
     raise_fd_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let result = runtime.block_on(serve(args, global));
+    let result = runtime.block_on(serve(args, global, inherited));
     // stdin readers and database work may still sit on blocking threads; do not wait for them.
     runtime.shutdown_timeout(Duration::from_millis(100));
     result
 }
 
-async fn serve(args: DaemonArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
+async fn serve(
+    args: DaemonArgs,
+    global: &GlobalArgs,
+    inherited: Option<hand_over::Inherited>,
+) -> anyhow::Result<u8> {
     let stdio = args.transport == Transport::Stdio;
     // On stdio, stdout is the JSON-RPC channel: every message for people goes to stderr.
     let reporter = Reporter::new(global.json && !stdio, global.verbose, global.quiet);
@@ -113,19 +121,28 @@ async fn serve(args: DaemonArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
             user_agent: args.user_agent.clone(),
             dbpath: global.dbpath.clone(),
             update_source: args.update_source.clone(),
+            exe: std::env::current_exe().context("finding the running executable")?,
+            can_hand_over: cfg!(unix) && !stdio && args.keep_alive,
         },
         methods::router(),
-        new_secret()?,
+        match &inherited {
+            Some(i) => i.secret.clone(),
+            None => new_secret()?,
+        },
         db_rx,
     ));
 
-    let listener = if stdio {
-        None
-    } else {
-        let listener = TcpListener::bind(("127.0.0.1", 0))
-            .await
-            .context("listening on 127.0.0.1 (loopback)")?;
-        Some(listener)
+    let resumed = inherited.is_some();
+    let listener = match (stdio, inherited) {
+        (true, _) => None,
+        (false, Some(i)) => {
+            Some(TcpListener::from_std(i.listener).context("taking over the listening socket")?)
+        }
+        (false, None) => Some(
+            TcpListener::bind(("127.0.0.1", 0))
+                .await
+                .context("listening on 127.0.0.1 (loopback)")?,
+        ),
     };
 
     watch_signals(&daemon)?;
@@ -139,10 +156,16 @@ async fn serve(args: DaemonArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
     );
     if let Some(listener) = &listener {
         let address = listener.local_addr().context("reading the listening address")?;
-        crate::report::print_json_line(
-            "butlerd/listen-notification",
-            json!({ "secret": daemon.secret_for_listen_notification(), "tcp": { "address": address.to_string() } }),
-        );
+        if resumed {
+            // Clients already have the address and secret; a second notification would only
+            // confuse a launcher still reading our stdout.
+            reporter.log(Level::Info, &format!("restarted after an update; still on {address}"));
+        } else {
+            crate::report::print_json_line(
+                "butlerd/listen-notification",
+                json!({ "secret": daemon.secret_for_listen_notification(), "tcp": { "address": address.to_string() } }),
+            );
+        }
     }
 
     // The database opens in the background; requests that need it wait for it.
@@ -161,19 +184,31 @@ async fn serve(args: DaemonArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
         watch_destiny(&daemon, pid, reporter);
     }
 
-    match listener {
+    // Kept open through the drain when a hand-over may follow: clients that connect meanwhile wait
+    // in its backlog for the next process.
+    let kept = match listener {
         Some(listener) => accept_loop(&daemon, listener, &args).await,
         None => {
             connection::serve(Arc::clone(&daemon), 0, tokio::io::stdin(), tokio::io::stdout())
                 .await;
-            daemon.shutdown.cancel();
+            None
         }
-    }
+    };
 
     daemon.shutdown.cancel();
     daemon.tracker.close();
     if tokio::time::timeout(args.drain_timeout, daemon.tracker.wait()).await.is_err() {
         reporter.log(Level::Warning, "In-flight work did not finish in time; exiting anyway");
+    }
+    if let Some(listener) = kept.filter(|_| daemon.hand_over_requested()) {
+        let exe = &daemon.config.exe;
+        reporter.log(Level::Info, &format!("restarting into {}", exe.display()));
+        let err = hand_over::exec(exe, &listener, daemon.secret_for_listen_notification());
+        return Err(ExitError::new(
+            250,
+            anyhow::anyhow!("could not restart into {}: {err}", exe.display()),
+        )
+        .into());
     }
     reporter.log(Level::Info, "butler daemon stopped");
     Ok(0)
@@ -183,12 +218,17 @@ fn transport_name(stdio: bool) -> &'static str {
     if stdio { "stdio" } else { "tcp" }
 }
 
-async fn accept_loop(daemon: &Arc<Daemon>, listener: TcpListener, args: &DaemonArgs) {
+/// Accepts until shutdown; gives the listener back in `--keep-alive` mode (for a hand-over).
+async fn accept_loop(
+    daemon: &Arc<Daemon>,
+    listener: TcpListener,
+    args: &DaemonArgs,
+) -> Option<TcpListener> {
     let slots = Arc::new(Semaphore::new(args.max_connections));
     let next_id = AtomicU64::new(1);
     loop {
         let socket = tokio::select! {
-            _ = daemon.shutdown.cancelled() => return,
+            _ = daemon.shutdown.cancelled() => return Some(listener),
             accepted = listener.accept() => match accepted {
                 Ok((socket, _)) => socket,
                 Err(e) => {
@@ -213,7 +253,7 @@ async fn accept_loop(daemon: &Arc<Daemon>, listener: TcpListener, args: &DaemonA
             drop(listener);
             let _ = conn.await;
             drop(slot);
-            return;
+            return None;
         }
         daemon.tracker.spawn(async move {
             let _ = conn.await;

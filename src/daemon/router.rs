@@ -141,6 +141,11 @@ impl Ctx {
         self.cancel.cancelled().await;
     }
 
+    /// This request's cancellation, for work that checks it itself.
+    pub fn cancellation(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
     pub fn peer(&self) -> &Arc<Peer> {
         &self.peer
     }

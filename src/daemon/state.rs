@@ -1,7 +1,7 @@
 //! What the whole daemon shares across connections: config, secret, shutdown, operations, the database.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -32,6 +32,10 @@ pub struct Config {
     pub dbpath: Option<String>,
     /// Where `Update.*` looks for new versions and whom it trusts.
     pub update_source: crate::upgrade::SourceArgs,
+    /// The executable this daemon was started from: what `Update.Apply` replaces and restarts.
+    pub exe: std::path::PathBuf,
+    /// A listening socket to pass on exists (TCP with `--keep-alive`), so `restart` is possible.
+    pub can_hand_over: bool,
 }
 
 /// The database as the daemon sees it: opened in the background so it never delays the listen line.
@@ -54,6 +58,7 @@ pub struct Daemon {
     next_ticket: AtomicU64,
     flows: Mutex<Vec<Weak<Peer>>>,
     db: watch::Receiver<DbState>,
+    hand_over: AtomicBool,
 }
 
 impl Daemon {
@@ -73,10 +78,11 @@ impl Daemon {
             next_ticket: AtomicU64::new(0),
             flows: Mutex::default(),
             db,
+            hand_over: AtomicBool::new(false),
         }
     }
 
-    /// Only for the listen notification: the one place the secret is ever written.
+    /// Only for the listen notification and the restart hand-over: the secret is written nowhere else.
     pub fn secret_for_listen_notification(&self) -> &str {
         &self.secret
     }
@@ -133,6 +139,15 @@ impl Daemon {
             }
             None => false,
         }
+    }
+
+    /// After the drain, re-execute `config.exe` on the same socket instead of exiting.
+    pub fn request_hand_over(&self) {
+        self.hand_over.store(true, Ordering::Release);
+    }
+
+    pub fn hand_over_requested(&self) -> bool {
+        self.hand_over.load(Ordering::Acquire)
     }
 
     pub fn add_flow(&self, peer: &Arc<Peer>) {

@@ -990,3 +990,169 @@ fn the_daemon_reports_a_stale_latest_and_a_missing_server() {
     assert_eq!(r["error"]["code"], 9000, "{r}");
     assert_eq!(r["error"]["data"]["step"], "check");
 }
+
+/// An installed old butler running as a TCP daemon, its updates from `broth`.
+fn daemon_from(install: &Install, broth: &Broth) -> crate::util::DaemonProc {
+    let mut cmd = Command::new(&install.exe);
+    install.env(&mut cmd, broth);
+    cmd.args(["--json", "daemon", "--transport", "tcp", "--keep-alive"]);
+    crate::util::DaemonProc::start_cmd(cmd)
+}
+
+/// Sends a request and reads until its reply; returns the reply and the notifications before it.
+fn call(
+    c: &mut crate::util::RpcClient,
+    id: i64,
+    method: &str,
+    params: serde_json::Value,
+) -> (serde_json::Value, Vec<serde_json::Value>) {
+    c.send(&serde_json::json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}));
+    let mut notes = Vec::new();
+    loop {
+        let msg = c.recv();
+        if msg["id"] == id {
+            return (msg, notes);
+        }
+        notes.push(msg);
+    }
+}
+
+fn flow(d: &crate::util::DaemonProc) -> crate::util::RpcClient {
+    let mut flow = d.client();
+    flow.send(&serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "Meta.Flow", "params": {}}));
+    assert_eq!(flow.recv()["method"], "MetaFlowEstablished");
+    flow
+}
+
+#[test]
+fn the_daemon_installs_an_update_with_progress_and_rolls_it_back() {
+    use serde_json::json;
+    let f = fixtures();
+    let broth = Broth::new(true);
+    let inst = Install::new();
+    let d = daemon_from(&inst, &broth);
+    let mut news = flow(&d);
+    let mut c = d.client();
+
+    let (r, notes) = call(&mut c, 1, "Update.Apply", json!({}));
+    let res = &r["result"];
+    assert_eq!(res["previousVersion"], f.old_version.as_str(), "{r}");
+    assert_eq!(res["installedVersion"], f.new_version.as_str());
+    assert_eq!(res["verified"], true);
+    assert_eq!(res["restartRequired"], true);
+    let progress: Vec<f64> = notes
+        .iter()
+        .filter(|n| n["method"] == "Progress")
+        .map(|n| n["params"]["progress"].as_f64().unwrap())
+        .collect();
+    assert_eq!(progress.last(), Some(&1.0), "the final progress is always sent: {notes:?}");
+    assert!(progress.windows(2).all(|w| w[0] <= w[1]), "{progress:?}");
+    assert!(notes.iter().any(|n| n["method"] == "Log"), "{notes:?}");
+    let applied = news.recv();
+    assert_eq!(applied["method"], "Update.Applied", "{applied}");
+    assert_eq!(applied["params"]["installedVersion"], f.new_version.as_str());
+    assert_eq!(applied["params"]["restarting"], false);
+    // On disk: the new build, the old one kept. In memory: still the old daemon.
+    assert_eq!(version_of(&inst.exe), f.new_version);
+    assert_eq!(inst.listing(), ["butler", "butler.old"]);
+    let (v, _) = call(&mut c, 2, "Version.Get", json!({}));
+    assert_eq!(v["result"]["version"], format!("v{}", f.old_version), "{v}");
+
+    // A bad version is refused before anything happens.
+    let (r, _) = call(&mut c, 3, "Update.Apply", json!({"version": "not a version"}));
+    assert_eq!(r["error"]["code"], -32602, "{r}");
+
+    let (r, _) = call(&mut c, 4, "Update.Rollback", json!({}));
+    assert_eq!(r["result"]["restoredVersion"], f.old_version.as_str(), "{r}");
+    assert_eq!(r["result"]["restartRequired"], true);
+    assert_eq!(news.recv()["method"], "Update.RolledBack");
+    assert_eq!(version_of(&inst.exe), f.old_version);
+
+    let (s, _) = call(&mut c, 5, "Update.Status", json!({}));
+    let outcomes: Vec<&str> = s["result"]["history"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{s}"))
+        .iter()
+        .map(|h| h["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["rolled-back", "installed"], "{s}");
+}
+
+#[test]
+fn the_daemon_restarts_into_the_update_on_the_same_socket_and_secret() {
+    use serde_json::json;
+    let f = fixtures();
+    let broth = Broth::new(true);
+    let inst = Install::new();
+    let mut d = daemon_from(&inst, &broth);
+    let pid = d.child.id();
+    let mut news = flow(&d);
+    let mut c = d.client();
+    let (r, _) = call(&mut c, 1, "Update.Apply", json!({"restart": true}));
+    assert_eq!(r["result"]["installedVersion"], f.new_version.as_str(), "{r}");
+    assert_eq!(r["result"]["restartRequired"], false);
+    let applied = news.recv();
+    assert_eq!(applied["params"]["restarting"], true, "{applied}");
+    // Connections open at the hand-over are closed.
+    // Connections open at the hand-over are closed: Meta.Flow is answered as at any shutdown.
+    let ended = news.recv();
+    assert_eq!((ended["id"].as_i64(), ended["error"]["code"].as_i64()), (Some(1), Some(499)));
+    assert!(news.try_recv().is_none(), "the Meta.Flow connection ends with the old process");
+    assert!(c.try_recv().is_none());
+
+    // Same process, same address, same secret: the new build answers.
+    let mut c = d.client();
+    let (v, _) = call(&mut c, 2, "Version.Get", json!({}));
+    assert_eq!(v["result"]["version"], format!("v{}", f.new_version), "{v}");
+    assert!(d.child.try_wait().unwrap().is_none(), "the launcher's child is still running");
+    assert_eq!(d.child.id(), pid);
+    let (r, _) = call(&mut c, 3, "Meta.Shutdown", json!({}));
+    assert!(r.get("result").is_some(), "{r}");
+    let (code, out, err) = d.wait_exit(10);
+    assert_eq!(code, Some(0), "{err}");
+    // stdout stays JSON lines, and the listen notification is not repeated.
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(lines.iter().all(|l| l["type"] != "butlerd/listen-notification"), "{out}");
+    assert!(
+        lines.iter().any(|l| l["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("restarted after an update"))),
+        "{out}"
+    );
+}
+
+#[test]
+fn cancelling_an_update_leaves_the_old_butler_untouched() {
+    use serde_json::json;
+    let f = fixtures();
+    let broth = Broth::new(true);
+    broth.server.fault(&broth.archive_path(&f.new_version), Fault::Trickle);
+    let inst = Install::new();
+    let d = daemon_from(&inst, &broth);
+    let mut c = d.client();
+    c.send(&json!({"jsonrpc": "2.0", "id": 1, "method": "Update.Apply", "params": {"id": "up"}}));
+    // Wait until the download has started.
+    loop {
+        let n = c.recv();
+        if n["method"] == "Log"
+            && n["params"]["message"].as_str().is_some_and(|m| m.starts_with("downloading"))
+        {
+            break;
+        }
+    }
+    let (r, _) = call(&mut d.client(), 7, "Operation.Cancel", json!({"id": "up"}));
+    assert_eq!(r["result"]["didCancel"], true, "{r}");
+    let reply = loop {
+        let m = c.recv();
+        if m["id"] == 1 {
+            break m;
+        }
+    };
+    assert_eq!(reply["error"]["code"], 499, "{reply}");
+    assert_eq!(version_of(&inst.exe), f.old_version);
+    assert_eq!(inst.listing(), ["butler"], "nothing left behind");
+    assert_eq!(inst.history().last().unwrap().1, "cancelled");
+}

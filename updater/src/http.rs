@@ -54,6 +54,22 @@ pub struct Progress {
     pub bps: f64,
 }
 
+impl Progress {
+    /// Done over total, in 0..=1; 0 while the total is unknown.
+    pub fn fraction(&self) -> f64 {
+        self.total.filter(|t| *t > 0).map_or(0.0, |t| (self.done as f64 / t as f64).clamp(0.0, 1.0))
+    }
+
+    /// Seconds left at the current rate, when both are known.
+    pub fn eta_secs(&self) -> Option<f64> {
+        self.total.filter(|_| self.bps > 0.0).map(|t| t.saturating_sub(self.done) as f64 / self.bps)
+    }
+
+    pub fn is_final(&self) -> bool {
+        self.total == Some(self.done)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Http {
     client: reqwest::Client,

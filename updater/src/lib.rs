@@ -16,6 +16,8 @@ pub mod verify;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
+
 pub use channel::Channel;
 pub use http::{NetConfig, Progress};
 pub use manifest::{LatestStatement, Manifest};
@@ -110,6 +112,8 @@ pub enum ErrorKind {
     Locked(PathBuf),
     #[error("there is no previous version to roll back to")]
     NothingToRollBack,
+    #[error("cancelled before anything was installed")]
+    Cancelled,
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -158,6 +162,7 @@ impl ErrorKind {
             ErrorKind::NotWritable { .. } => "not-writable",
             ErrorKind::Locked(_) => "locked",
             ErrorKind::NothingToRollBack => "no-rollback",
+            ErrorKind::Cancelled => "cancelled",
             ErrorKind::Io(_) => "io",
         }
     }
@@ -301,6 +306,8 @@ impl Default for Tuning {
 pub struct Updater {
     pub source: Source,
     pub tuning: Tuning,
+    /// Stops [`Updater::apply`] at its next step, up to the swap; from the swap on it finishes.
+    pub cancel: CancellationToken,
     http: http::Http,
 }
 
@@ -320,7 +327,7 @@ impl Updater {
             .at(Step::Check);
         }
         let http = http::Http::new(tuning.net.clone()).at(Step::Check)?;
-        Ok(Updater { source, tuning, http })
+        Ok(Updater { source, tuning, cancel: CancellationToken::new(), http })
     }
 
     /// Reads LATEST (and its signature) or `versions`, and decides whether to update.
@@ -452,7 +459,7 @@ impl Updater {
     ) -> Result<Installed, Error> {
         let ch = &self.source.channel;
         let main_exe = ch.executable_name();
-        let manifest = self.manifest(version).await?;
+        let manifest = self.unless_cancelled(Step::Verify, self.manifest(version)).await?;
         let verified = manifest.is_some();
         if !verified {
             on_event(Event::Warning(format!(
@@ -466,10 +473,11 @@ impl Updater {
         let archive = staging.join("archive.zip");
         let cap = manifest.as_ref().map(|m| m.archive.size).unwrap_or(self.tuning.net.max_archive);
         on_event(Event::Info(format!("downloading {url}")));
+        let mut progress = |p| on_event(Event::Progress(p));
+        let download = self.http.download(&url, &archive, cap, &mut progress);
         let (size, sha) = self
-            .http
-            .download(&url, &archive, cap, &mut |p| on_event(Event::Progress(p)))
-            .await
+            .unless_cancelled(Step::Download, async { Ok(download.await) })
+            .await?
             .map_err(|e| match e {
                 ErrorKind::Http { status: 404, .. } => ErrorKind::NotFound(url.clone()),
                 other => other,
@@ -493,6 +501,7 @@ impl Updater {
                 .at(Step::Verify);
             }
         }
+        self.check_cancelled(Step::Unpack)?;
         let unpacked = staging.join("new");
         fs_err::create_dir(&unpacked).at(Step::Unpack)?;
         let limits = self.tuning.unpack;
@@ -530,6 +539,8 @@ impl Updater {
         on_event(Event::Info(format!("the new butler runs and reports {reported}")));
         hook::point("after-smoke-test");
         let names: Vec<String> = files.iter().map(|f| f.path.clone()).collect();
+        // The last moment to stop: from here on the install is finished, not abandoned.
+        self.check_cancelled(Step::Swap)?;
         let installed_path = match target {
             Target::InPlace { exe: current } => {
                 let (current, unpacked) = (current.clone(), unpacked.clone());
@@ -574,6 +585,24 @@ impl Updater {
         };
         hook::point("after-swap");
         Ok(Installed { version: version.to_owned(), verified, path: installed_path })
+    }
+
+    /// Runs `work` unless [`Updater::cancel`] fires first. Only for purely async work: dropping it
+    /// must leave nothing running (blocking steps are checked between, not interrupted).
+    async fn unless_cancelled<T>(
+        &self,
+        step: Step,
+        work: impl Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        tokio::select! {
+            biased;
+            () = self.cancel.cancelled() => Err(ErrorKind::Cancelled).at(step),
+            r = work => r,
+        }
+    }
+
+    fn check_cancelled(&self, step: Step) -> Result<(), Error> {
+        if self.cancel.is_cancelled() { Err(ErrorKind::Cancelled).at(step) } else { Ok(()) }
     }
 
     /// Fetches and checks `<version>/manifest.json`; `None` when the server publishes none.
@@ -654,8 +683,8 @@ fn verify_files(m: &Manifest, files: &[manifest::FileEntry]) -> Result<(), Error
     Ok(())
 }
 
-/// `--rollback`: restores the previous version kept by the last update. Returns what it
-/// restored (for versioned roots the version name; in place, the executable's path).
+/// `--rollback`: restores the previous version kept by the last update and returns the version
+/// now active.
 pub fn rollback(target: &Target) -> Result<String, Error> {
     let dir = target.dir();
     let _lock = install::InstallLock::acquire(dir).at(Step::Lock)?;
@@ -663,7 +692,17 @@ pub fn rollback(target: &Target) -> Result<String, Error> {
     match target {
         Target::InPlace { exe } => {
             install::rollback_in_place(exe).at(Step::Rollback)?;
-            Ok(exe.display().to_string())
+            // The version is only known by asking the restored binary (cleanup after a kill
+            // here is the usual leftover sweep).
+            let scratch = dir.join(format!("{}.rollback-check", install::TEMP_PREFIX));
+            fs_err::create_dir_all(&scratch).at(Step::Rollback)?;
+            let version = install::smoke_test(exe, &scratch, Tuning::default().smoke_timeout);
+            let _ = fs_err::remove_dir_all(&scratch);
+            version
+                .map_err(|e| {
+                    ErrorKind::SmokeTest(format!("rolled back, but the restored butler fails: {e}"))
+                })
+                .at(Step::Rollback)
         }
         Target::Versioned { root } => install::rollback_versioned(root).at(Step::Rollback),
     }

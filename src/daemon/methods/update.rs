@@ -1,17 +1,56 @@
-//! `Update.Check` and `Update.Status`: launchers ask the daemon whether a newer butler exists and
-//! what the last updates did. Checking goes through the same path as `butler upgrade --check`.
+//! `Update.*`: launchers ask the daemon whether a newer butler exists, have it install one (or
+//! restore the previous one), optionally restarting into it on the same socket, and read what the
+//! last updates did. Everything goes through the same updater paths as `butler upgrade`.
 
-use butler_updater::{Channel, Step, Target, Tuning, Updater, Want};
+use butler_updater::{Channel, ErrorKind, Event, Step, Target, Tuning, Updater, Want};
 use serde::{Deserialize, Serialize};
 
 use crate::daemon::jsonrpc::{RpcError, code};
 use crate::daemon::router::{Ctx, Router};
-use crate::upgrade::{self, History};
+use crate::report::Level;
+use crate::upgrade::{self, History, ProgressThrottle};
 use crate::version::VERSION;
 
 pub fn register(r: &mut Router) {
     r.method("Update.Check", check);
+    r.cancellable("Update.Apply", apply);
+    r.method("Update.Rollback", rollback);
     r.method("Update.Status", status);
+}
+
+/// The channel a request names: `stable` (default) or `head`, or a full name ending in `-head`.
+fn channel_of(name: Option<&str>) -> Channel {
+    Channel::current(name.is_some_and(|c| c == "head" || c.ends_with("-head")))
+}
+
+/// The running executable, as it was when the daemon started (after an in-place swap, Linux
+/// names the running file "... (deleted)").
+fn target(ctx: &Ctx) -> Target {
+    Target::InPlace { exe: ctx.daemon().config.exe.clone() }
+}
+
+/// An updater for `channel` and the history it records into (opened off the runtime: it may
+/// migrate, which fsyncs).
+async fn updater_for(ctx: &Ctx, channel: &Channel) -> Result<(Updater, History), RpcError> {
+    let config = &ctx.daemon().config;
+    let source = config.update_source.source(channel.clone()).map_err(|e| {
+        RpcError::new(code::INVALID_PARAMS, format!("the daemon's trusted keys are unusable: {e}"))
+    })?;
+    let updater = Updater::new(source, Tuning::default()).map_err(update_error)?;
+    Ok((updater, open_history(ctx, channel).await?))
+}
+
+async fn open_history(ctx: &Ctx, channel: &Channel) -> Result<History, RpcError> {
+    let config = &ctx.daemon().config;
+    let (dbpath, url, name, target) = (
+        config.dbpath.clone(),
+        config.update_source.broth_url.clone(),
+        channel.name(),
+        target(ctx),
+    );
+    tokio::task::spawn_blocking(move || History::open(dbpath.as_deref(), &url, &name, &target))
+        .await
+        .map_err(RpcError::internal)
 }
 
 #[derive(Debug, Deserialize)]
@@ -33,23 +72,8 @@ struct CheckResult {
 }
 
 async fn check(ctx: Ctx, p: CheckParams) -> Result<CheckResult, RpcError> {
-    let head = p.channel.as_deref().is_some_and(|c| c == "head" || c.ends_with("-head"));
-    let channel = Channel::current(head);
-    let config = &ctx.daemon().config;
-    let source = config.update_source.source(channel.clone()).map_err(|e| {
-        RpcError::new(code::INVALID_PARAMS, format!("the daemon's trusted keys are unusable: {e}"))
-    })?;
-    let mut updater = Updater::new(source, Tuning::default()).map_err(update_error)?;
-    let target = Target::InPlace {
-        exe: std::env::current_exe()
-            .map_err(|e| RpcError::internal(format!("finding butler: {e}")))?,
-    };
-    let (dbpath, url, name) =
-        (config.dbpath.clone(), config.update_source.broth_url.clone(), channel.name());
-    let mut history =
-        tokio::task::spawn_blocking(move || History::open(dbpath.as_deref(), &url, &name, &target))
-            .await
-            .map_err(RpcError::internal)?;
+    let channel = channel_of(p.channel.as_deref());
+    let (mut updater, mut history) = updater_for(&ctx, &channel).await?;
     let checked = updater.check(Some(VERSION), &Want::Latest, false).await.and_then(|c| {
         upgrade::enforce_signed_channel(&mut updater, &mut history, &Want::Latest, c)
     });
@@ -94,12 +118,182 @@ async fn check(ctx: Ctx, p: CheckParams) -> Result<CheckResult, RpcError> {
     }
 }
 
+#[derive(Debug, Deserialize)]
+struct ApplyParams {
+    channel: Option<String>,
+    /// A version (may downgrade) or a semver range; the newest on the channel when absent.
+    version: Option<String>,
+    /// Restart into the new butler on the same socket and secret once this reply is out.
+    #[serde(default)]
+    restart: bool,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ApplyResult {
+    previous_version: String,
+    /// `None` when nothing was installed: already up to date.
+    installed_version: Option<String>,
+    verified: bool,
+    /// The new butler is on disk but this daemon still runs the old one.
+    restart_required: bool,
+}
+
+/// Downloads, verifies and installs over the running executable, with `Progress` notifications;
+/// cancelling stops it at the next step before the swap (a started swap finishes).
+async fn apply(ctx: Ctx, p: ApplyParams) -> Result<ApplyResult, RpcError> {
+    let channel = channel_of(p.channel.as_deref());
+    let want = match &p.version {
+        None => Want::Latest,
+        Some(v) => upgrade::parse_want(v, &channel)
+            .map_err(|e| RpcError::new(code::INVALID_PARAMS, format!("version {e}")))?,
+    };
+    let (mut updater, mut history) = updater_for(&ctx, &channel).await?;
+    let checked = tokio::select! {
+        r = updater.check(Some(VERSION), &want, false) => r,
+        () = ctx.cancelled() => return Err(RpcError::cancelled()),
+    };
+    let check = checked
+        .and_then(|c| upgrade::enforce_signed_channel(&mut updater, &mut history, &want, c))
+        .map_err(|e| {
+            history.record("check", Some(VERSION), None, "failed", Some(&e), false);
+            update_error(e)
+        })?;
+    if !check.update_available {
+        return Ok(ApplyResult {
+            previous_version: VERSION.to_owned(),
+            installed_version: None,
+            verified: check.signed,
+            restart_required: false,
+        });
+    }
+    updater.cancel = ctx.cancellation();
+    let (events, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
+    let target = target(&ctx);
+    let latest = check.latest.clone();
+    let applying = async move {
+        let mut on_event = move |ev| {
+            let _ = events.send(ev);
+        };
+        updater.apply(&target, &latest, &mut on_event).await
+    };
+    let forwarding = async {
+        let mut throttle = ProgressThrottle::default();
+        while let Some(ev) = events_rx.recv().await {
+            match ev {
+                Event::Progress(p) if throttle.due(&p) => {
+                    ctx.progress(p.fraction(), p.eta_secs().unwrap_or(0.0), p.bps.round()).await;
+                }
+                Event::Progress(_) => {}
+                Event::Info(m) => ctx.log(Level::Info, &m).await,
+                Event::Warning(m) => ctx.log(Level::Warning, &m).await,
+            }
+        }
+    };
+    let (applied, ()) = tokio::join!(applying, forwarding);
+    let installed = match applied {
+        Ok(i) => i,
+        Err(e) if matches!(e.kind, ErrorKind::Cancelled) => {
+            history.record("upgrade", Some(VERSION), Some(&check.latest), "cancelled", None, false);
+            return Err(RpcError::cancelled());
+        }
+        Err(e) => {
+            history.record(
+                "upgrade",
+                Some(VERSION),
+                Some(&check.latest),
+                "failed",
+                Some(&e),
+                false,
+            );
+            return Err(update_error(e));
+        }
+    };
+    if installed.verified {
+        history.remember_signed();
+    }
+    history.record(
+        "upgrade",
+        Some(VERSION),
+        Some(&installed.version),
+        "installed",
+        None,
+        installed.verified,
+    );
+    let restarting = p.restart && restart_after_reply(&ctx).await;
+    let news = serde_json::json!({
+        "previousVersion": VERSION,
+        "installedVersion": installed.version,
+        "verified": installed.verified,
+        "restarting": restarting,
+    });
+    ctx.daemon().broadcast("Update.Applied", news).await;
+    Ok(ApplyResult {
+        previous_version: VERSION.to_owned(),
+        installed_version: Some(installed.version),
+        verified: installed.verified,
+        restart_required: !restarting,
+    })
+}
+
+/// Schedules the hand-over to the binary now on disk; false (with a `Log` saying why) when this
+/// daemon cannot hand over: stdio and one-connection mode have no socket to pass on.
+async fn restart_after_reply(ctx: &Ctx) -> bool {
+    if !ctx.daemon().config.can_hand_over {
+        ctx.log(
+            Level::Warning,
+            "restart skipped: only a TCP daemon with --keep-alive can restart in place",
+        )
+        .await;
+        return false;
+    }
+    ctx.daemon().request_hand_over();
+    ctx.shutdown_after_reply();
+    true
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RollbackParams {
+    #[serde(default)]
+    restart: bool,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RollbackResult {
+    restored_version: String,
+    restart_required: bool,
+}
+
+/// Puts back the executable the last update replaced (`butler upgrade --rollback`).
+async fn rollback(ctx: Ctx, p: RollbackParams) -> Result<RollbackResult, RpcError> {
+    let channel = Channel::current(false);
+    let mut history = open_history(&ctx, &channel).await?;
+    let target = target(&ctx);
+    let rolled = tokio::task::spawn_blocking(move || butler_updater::rollback(&target))
+        .await
+        .map_err(RpcError::internal)?;
+    let restored = match rolled {
+        Ok(v) => v,
+        Err(e) => {
+            history.record("rollback", Some(VERSION), None, "failed", Some(&e), false);
+            return Err(update_error(e));
+        }
+    };
+    history.record("rollback", Some(VERSION), Some(&restored), "rolled-back", None, false);
+    let restarting = p.restart && restart_after_reply(&ctx).await;
+    let news = serde_json::json!({"restoredVersion": restored, "restarting": restarting});
+    ctx.daemon().broadcast("Update.RolledBack", news).await;
+    Ok(RollbackResult { restored_version: restored, restart_required: !restarting })
+}
+
 /// Network failures keep upstream's code 9000; the rest are internal errors naming the step.
 fn update_error(e: butler_updater::Error) -> RpcError {
     let code =
         if e.kind.code() == "network" { code::NETWORK_DISCONNECTED } else { code::INTERNAL_ERROR };
     let step = match e.step {
         Step::Check => "check",
+        Step::Rollback => "rollback",
         _ => "update",
     };
     RpcError::new(code, format!("{step} failed: {e}"))
