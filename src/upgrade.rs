@@ -16,7 +16,7 @@ use serde_json::json;
 
 use crate::ExitError;
 use crate::cli::GlobalArgs;
-use crate::db::{self, DbPath};
+use crate::db::{self, Db, DbPath};
 use crate::report::{Level, Reporter};
 use crate::version::VERSION;
 
@@ -474,13 +474,14 @@ impl Ui {
 /// The database side: outcomes and the signed-channel memory. A database that cannot be opened
 /// does not block an update (butler must stay fixable), but it is said.
 pub(crate) struct History {
-    conn: Option<rusqlite::Connection>,
+    db: Option<Db>,
     base_url: String,
     channel: String,
     install: String,
 }
 
 impl History {
+    /// For a command: its own connection to the database `dbpath` names.
     pub(crate) fn open(
         dbpath: Option<&str>,
         base_url: &str,
@@ -494,19 +495,29 @@ impl History {
             let _ =
                 c.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true);
         });
-        let conn = match conn {
-            Ok(c) => Some(c),
+        let db = match conn {
+            Ok(c) => Some(Db::new(c)),
             Err(e) => {
                 tracing::warn!("the update history will not be recorded: {e}");
                 None
             }
         };
+        History::with_db(db, base_url, channel, target)
+    }
+
+    /// Over an open database (the daemon's), or none.
+    pub(crate) fn with_db(
+        db: Option<Db>,
+        base_url: &str,
+        channel: &str,
+        target: &Target,
+    ) -> History {
         let install = match target {
             Target::InPlace { exe } => exe.display().to_string(),
             Target::Versioned { root } => root.display().to_string(),
         };
         History {
-            conn,
+            db,
             base_url: base_url.trim_end_matches('/').to_owned(),
             channel: channel.to_owned(),
             install,
@@ -514,22 +525,26 @@ impl History {
     }
 
     fn channel_was_signed(&self) -> bool {
-        let Some(c) = &self.conn else { return false };
-        c.query_row(
-            "SELECT 1 FROM update_signed_channels WHERE base_url = ?1 AND channel = ?2",
-            (&self.base_url, &self.channel),
-            |_| Ok(()),
-        )
-        .is_ok()
+        let Some(db) = &self.db else { return false };
+        db.call_here(|c| {
+            c.query_row(
+                "SELECT 1 FROM update_signed_channels WHERE base_url = ?1 AND channel = ?2",
+                (&self.base_url, &self.channel),
+                |_| Ok(()),
+            )
+            .is_ok()
+        })
     }
 
     pub(crate) fn remember_signed(&mut self) {
-        if let Some(c) = &self.conn
-            && let Err(e) = c.execute(
+        let Some(db) = &self.db else { return };
+        let inserted = db.call_here(|c| {
+            c.execute(
                 "INSERT OR IGNORE INTO update_signed_channels (base_url, channel, first_seen) VALUES (?1, ?2, ?3)",
                 (&self.base_url, &self.channel, crate::report::unix_now() as i64),
             )
-        {
+        });
+        if let Err(e) = inserted {
             tracing::warn!("could not remember that {} is signed: {e}", self.channel);
         }
     }
@@ -543,11 +558,12 @@ impl History {
         err: Option<&UpdateError>,
         verified: bool,
     ) {
-        let Some(c) = &self.conn else { return };
+        let Some(db) = &self.db else { return };
         let step = err.map(|e| e.step.to_string());
         let code = err.map(|e| e.kind.code());
         let message = err.map(|e| e.to_string());
-        if let Err(e) = c.execute(
+        let inserted = db.call_here(|c| {
+            c.execute(
             "INSERT INTO update_history (time, action, channel, install_path, from_version, to_version, outcome, step, error_code, message, verified)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             rusqlite::params![
@@ -563,7 +579,9 @@ impl History {
                 message,
                 verified
             ],
-        ) {
+        )
+        });
+        if let Err(e) = inserted {
             tracing::warn!("could not record the update outcome: {e}");
         }
     }

@@ -63,6 +63,15 @@ pub struct DaemonArgs {
     #[command(flatten)]
     pub update_source: crate::upgrade::SourceArgs,
 
+    /// How often to check for a newer butler in the background (news goes to Meta.Flow
+    /// connections; nothing is installed without `Update.Apply`).
+    #[arg(long, default_value = "6h", value_parser = parse_duration)]
+    pub update_interval: Duration,
+
+    /// Never check for updates in the background.
+    #[arg(long)]
+    pub no_auto_update: bool,
+
     /// Close connections that have not authenticated within this time.
     #[arg(long, hide = true, default_value = "10s", value_parser = parse_duration)]
     pub auth_timeout: Duration,
@@ -182,6 +191,9 @@ async fn serve(
 
     for &pid in &args.destiny_pids {
         watch_destiny(&daemon, pid, reporter);
+    }
+    if !args.no_auto_update && !args.update_interval.is_zero() {
+        methods::spawn_background_checks(&daemon, args.update_interval);
     }
 
     // Kept open through the drain when a hand-over may follow: clients that connect meanwhile wait

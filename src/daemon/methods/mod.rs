@@ -12,6 +12,8 @@ use super::router::{Ctx, Router};
 use crate::report::Level;
 use crate::version;
 
+pub use update::spawn_background_checks;
+
 /// The method table for this build.
 pub fn router() -> Router {
     let mut r = Router::default();

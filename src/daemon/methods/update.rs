@@ -2,11 +2,15 @@
 //! restore the previous one), optionally restarting into it on the same socket, and read what the
 //! last updates did. Everything goes through the same updater paths as `butler upgrade`.
 
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
 use butler_updater::{Channel, ErrorKind, Event, Step, Target, Tuning, Updater, Want};
 use serde::{Deserialize, Serialize};
 
 use crate::daemon::jsonrpc::{RpcError, code};
 use crate::daemon::router::{Ctx, Router};
+use crate::daemon::state::Daemon;
 use crate::report::Level;
 use crate::upgrade::{self, History, ProgressThrottle};
 use crate::version::VERSION;
@@ -25,32 +29,29 @@ fn channel_of(name: Option<&str>) -> Channel {
 
 /// The running executable, as it was when the daemon started (after an in-place swap, Linux
 /// names the running file "... (deleted)").
-fn target(ctx: &Ctx) -> Target {
-    Target::InPlace { exe: ctx.daemon().config.exe.clone() }
+fn target(daemon: &Daemon) -> Target {
+    Target::InPlace { exe: daemon.config.exe.clone() }
 }
 
-/// An updater for `channel` and the history it records into (opened off the runtime: it may
-/// migrate, which fsyncs).
-async fn updater_for(ctx: &Ctx, channel: &Channel) -> Result<(Updater, History), RpcError> {
-    let config = &ctx.daemon().config;
+/// An updater for `channel` and the history it records into.
+async fn updater_for(daemon: &Daemon, channel: &Channel) -> Result<(Updater, History), RpcError> {
+    let config = &daemon.config;
     let source = config.update_source.source(channel.clone()).map_err(|e| {
         RpcError::new(code::INVALID_PARAMS, format!("the daemon's trusted keys are unusable: {e}"))
     })?;
     let updater = Updater::new(source, Tuning::default()).map_err(update_error)?;
-    Ok((updater, open_history(ctx, channel).await?))
+    Ok((updater, open_history(daemon, channel).await))
 }
 
-async fn open_history(ctx: &Ctx, channel: &Channel) -> Result<History, RpcError> {
-    let config = &ctx.daemon().config;
-    let (dbpath, url, name, target) = (
-        config.dbpath.clone(),
-        config.update_source.broth_url.clone(),
-        channel.name(),
-        target(ctx),
-    );
-    tokio::task::spawn_blocking(move || History::open(dbpath.as_deref(), &url, &name, &target))
-        .await
-        .map_err(RpcError::internal)
+/// The history over the daemon's own database (so an in-memory one keeps it too); without a
+/// usable database, updates still work but are not recorded.
+async fn open_history(daemon: &Daemon, channel: &Channel) -> History {
+    let db = daemon.db().await;
+    if let Err(e) = &db {
+        tracing::warn!("the update history will not be recorded: {}", e.message);
+    }
+    let url = &daemon.config.update_source.broth_url;
+    History::with_db(db.ok(), url, &channel.name(), &target(daemon))
 }
 
 #[derive(Debug, Deserialize)]
@@ -72,8 +73,12 @@ struct CheckResult {
 }
 
 async fn check(ctx: Ctx, p: CheckParams) -> Result<CheckResult, RpcError> {
-    let channel = channel_of(p.channel.as_deref());
-    let (mut updater, mut history) = updater_for(&ctx, &channel).await?;
+    check_now(ctx.daemon(), &channel_of(p.channel.as_deref())).await
+}
+
+/// One check, recorded in the history; news of an update goes to every `Meta.Flow` connection.
+async fn check_now(daemon: &Daemon, channel: &Channel) -> Result<CheckResult, RpcError> {
+    let (mut updater, mut history) = updater_for(daemon, channel).await?;
     let checked = updater.check(Some(VERSION), &Want::Latest, false).await.and_then(|c| {
         upgrade::enforce_signed_channel(&mut updater, &mut history, &Want::Latest, c)
     });
@@ -89,7 +94,7 @@ async fn check(ctx: Ctx, p: CheckParams) -> Result<CheckResult, RpcError> {
                     "channel": c.channel,
                     "signed": c.signed,
                 });
-                ctx.daemon().broadcast("Update.Available", news).await;
+                daemon.broadcast("Update.Available", news).await;
             }
             Ok(CheckResult {
                 current_version: VERSION.to_owned(),
@@ -148,7 +153,7 @@ async fn apply(ctx: Ctx, p: ApplyParams) -> Result<ApplyResult, RpcError> {
         Some(v) => upgrade::parse_want(v, &channel)
             .map_err(|e| RpcError::new(code::INVALID_PARAMS, format!("version {e}")))?,
     };
-    let (mut updater, mut history) = updater_for(&ctx, &channel).await?;
+    let (mut updater, mut history) = updater_for(ctx.daemon(), &channel).await?;
     let checked = tokio::select! {
         r = updater.check(Some(VERSION), &want, false) => r,
         () = ctx.cancelled() => return Err(RpcError::cancelled()),
@@ -169,7 +174,7 @@ async fn apply(ctx: Ctx, p: ApplyParams) -> Result<ApplyResult, RpcError> {
     }
     updater.cancel = ctx.cancellation();
     let (events, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
-    let target = target(&ctx);
+    let target = target(ctx.daemon());
     let latest = check.latest.clone();
     let applying = async move {
         let mut on_event = move |ev| {
@@ -268,8 +273,8 @@ struct RollbackResult {
 /// Puts back the executable the last update replaced (`butler upgrade --rollback`).
 async fn rollback(ctx: Ctx, p: RollbackParams) -> Result<RollbackResult, RpcError> {
     let channel = Channel::current(false);
-    let mut history = open_history(&ctx, &channel).await?;
-    let target = target(&ctx);
+    let mut history = open_history(ctx.daemon(), &channel).await;
+    let target = target(ctx.daemon());
     let rolled = tokio::task::spawn_blocking(move || butler_updater::rollback(&target))
         .await
         .map_err(RpcError::internal)?;
@@ -326,4 +331,59 @@ async fn status(ctx: Ctx, _: StatusParams) -> Result<StatusResult, RpcError> {
         last_check,
         history,
     })
+}
+
+/// Checks the stable channel every `interval` (plus up to a tenth of it at random, so launchers
+/// started together do not all ask at once) until shutdown. The first check is due one interval
+/// after the last one this database recorded, or after this start when it has none: a daemon that
+/// lives a few seconds never calls out. It never installs anything.
+pub fn spawn_background_checks(daemon: &Arc<Daemon>, interval: Duration) {
+    let d = Arc::clone(daemon);
+    daemon.tracker.spawn(async move {
+        let channel = Channel::current(false);
+        let mut due = match last_check_time(&d).await {
+            Some(t) => t + interval,
+            None => SystemTime::now() + interval,
+        };
+        loop {
+            due += jitter(interval);
+            let wait = due.duration_since(SystemTime::now()).unwrap_or_default();
+            tokio::select! {
+                () = d.shutdown.cancelled() => return,
+                () = tokio::time::sleep(wait) => {}
+            }
+            match check_now(&d, &channel).await {
+                Ok(c) => tracing::info!(
+                    latest = ?c.latest_version,
+                    available = c.update_available,
+                    "background update check"
+                ),
+                Err(e) => tracing::warn!("background update check failed: {}", e.message),
+            }
+            due = SystemTime::now() + interval;
+        }
+    });
+}
+
+/// When the history last recorded a check, if the database is usable.
+async fn last_check_time(daemon: &Daemon) -> Option<SystemTime> {
+    let db = daemon.db().await.ok()?;
+    let latest = db
+        .call(|conn| {
+            Ok(conn.query_row(
+                "SELECT max(time) FROM update_history WHERE action = 'check'",
+                [],
+                |r| r.get::<_, Option<i64>>(0),
+            )?)
+        })
+        .await
+        .ok()??;
+    Some(UNIX_EPOCH + Duration::from_secs(u64::try_from(latest).ok()?))
+}
+
+/// A random delay of up to a tenth of `interval`, from the OS's randomness.
+fn jitter(interval: Duration) -> Duration {
+    let mut b = [0u8; 4];
+    let _ = getrandom::fill(&mut b);
+    interval.mul_f64(f64::from(u32::from_le_bytes(b)) / f64::from(u32::MAX) / 10.0)
 }
