@@ -41,6 +41,29 @@ pub struct ButlerConfig {
     pub max_buffer_age: Duration,
     /// At shutdown, how long a still-open stream may stay silent before it is closed.
     pub drain_idle: Duration,
+    /// Told when a stream opens and when it has ended (the daemon tells `Meta.Flow` clients).
+    pub observer: Option<StreamObserver>,
+}
+
+/// A stream's life, as an observer hears of it.
+#[derive(Debug, Clone)]
+pub enum StreamEvent {
+    Opened(Arc<StreamInfo>),
+    /// The client closed the stream (or it was closed at shutdown); `entries` were cut from it.
+    Closed {
+        stream: Arc<StreamInfo>,
+        entries: u64,
+    },
+}
+
+/// Called on a stream task; it must not block.
+#[derive(Clone)]
+pub struct StreamObserver(pub Arc<dyn Fn(StreamEvent) + Send + Sync>);
+
+impl std::fmt::Debug for StreamObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StreamObserver")
+    }
 }
 
 impl ButlerConfig {
@@ -51,6 +74,7 @@ impl ButlerConfig {
             tags: BTreeMap::new(),
             max_buffer_age: Duration::from_secs(5),
             drain_idle: Duration::from_millis(100),
+            observer: None,
         }
     }
 }
@@ -247,6 +271,10 @@ impl ButlerHandle {
             timestamp: flags.timestamp.unwrap_or_else(SystemTime::now),
             tags,
         });
+        // Before the task exists, so an observer hears of the opening before the closing.
+        if let Some(o) = &shared.cfg.observer {
+            (o.0)(StreamEvent::Opened(Arc::clone(&info)));
+        }
         let guard = self.begin_activity();
         let shared2 = Arc::clone(shared);
         let info2 = Arc::clone(&info);
@@ -335,7 +363,10 @@ async fn run_stream<R: AsyncRead + Unpin>(
     if !out.is_empty() {
         let _ = shared.tx.send(Msg::Entries { stream: Arc::clone(&info), logs: out }).await;
     }
-    let _ = shared.tx.send(Msg::Close { stream: info, last_index }).await;
+    let _ = shared.tx.send(Msg::Close { stream: Arc::clone(&info), last_index }).await;
+    if let Some(o) = &shared.cfg.observer {
+        (o.0)(StreamEvent::Closed { stream: info, entries: cutter.next_stream_index() });
+    }
 }
 
 async fn sleep_opt(deadline: Option<tokio::time::Instant>) {

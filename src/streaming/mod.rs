@@ -22,5 +22,5 @@ pub mod store;
 pub mod streamclient;
 pub mod timefmt;
 
-pub use butler::{Butler, ButlerConfig, ButlerHandle};
+pub use butler::{Butler, ButlerConfig, ButlerHandle, StreamEvent, StreamObserver};
 pub use entry::{Bundle, BundleEntry, Content, LogEntry, Partial, StreamInfo, StreamType};

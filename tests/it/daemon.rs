@@ -590,6 +590,36 @@ fn process_run_captures_output_into_the_store() {
 }
 
 #[test]
+fn meta_flow_hears_of_the_streams_a_process_opens_and_closes() {
+    let home = TestHome::new();
+    let d = DaemonProc::start(&home, &["--keep-alive"]);
+    let mut flow = d.client();
+    flow.send(&json!({"jsonrpc": "2.0", "id": 1, "method": "Meta.Flow", "params": {}}));
+    assert_eq!(flow.recv()["method"], "MetaFlowEstablished");
+    let mut c = d.client();
+    c.send(&json!({"jsonrpc": "2.0", "id": 1, "method": "Process.Run", "params": {
+        "command": ["sh", "-c", "echo one; echo two"], "prefix": "game/flow",
+    }}));
+    assert_eq!(until_id(&mut c, &json!(1))["result"]["exitCode"], 0);
+    let news: Vec<serde_json::Value> = (0..4).map(|_| flow.recv()).collect();
+    for name in ["stdout", "stderr"] {
+        let path = format!("game/flow/+/{name}");
+        let about: Vec<&serde_json::Value> =
+            news.iter().filter(|n| n["params"]["path"] == path.as_str()).collect();
+        assert_eq!(about.len(), 2, "{news:?}");
+        assert_eq!(about[0]["method"], "Streams.Opened", "{news:?}");
+        assert_eq!(about[0]["params"]["type"], "text");
+        assert_eq!(about[0]["params"]["project"], "local");
+        assert_eq!(about[1]["method"], "Streams.Closed", "{news:?}");
+    }
+    let stdout_closed = news
+        .iter()
+        .find(|n| n["method"] == "Streams.Closed" && n["params"]["path"] == "game/flow/+/stdout")
+        .unwrap();
+    assert!(stdout_closed["params"]["entries"].as_u64().unwrap() >= 1, "{stdout_closed}");
+}
+
+#[test]
 fn cancelling_process_run_terminates_the_child() {
     let home = TestHome::new();
     let d = DaemonProc::start(&home, &["--keep-alive"]);

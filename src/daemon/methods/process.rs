@@ -3,14 +3,17 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::daemon::jsonrpc::RpcError;
 use crate::daemon::router::{Ctx, Router};
-use crate::streaming::butler::{Butler, ButlerConfig};
+use crate::daemon::state::Daemon;
+use crate::streaming::butler::{Butler, ButlerConfig, StreamEvent, StreamObserver};
 use crate::streaming::entry::StreamType;
 use crate::streaming::handshake::StreamFlags;
 use crate::streaming::output::{self, OutputContext, OutputSpec};
@@ -97,7 +100,9 @@ async fn run(ctx: Ctx, p: RunParams) -> Result<RunResult, RpcError> {
     .map_err(|e| invalid(e.to_string()))?;
     let server = StreamServer::bind(None).map_err(RpcError::internal)?;
     let server_uri = server.uri().to_owned();
-    let butler = Butler::start(ButlerConfig::new(PROJECT, prefix.clone()), out);
+    let mut config = ButlerConfig::new(PROJECT, prefix.clone());
+    config.observer = Some(announce_streams(daemon));
+    let butler = Butler::start(config, out);
     let opts = RunOptions {
         command: p.command.clone(),
         cwd: p.cwd.clone(),
@@ -159,4 +164,35 @@ async fn run(ctx: Ctx, p: RunParams) -> Result<RunResult, RpcError> {
         signal: outcome.signal,
         streams: streams.into_iter().map(|s| s.path).collect(),
     })
+}
+
+/// Tells every `Meta.Flow` connection of each stream the child opens (`Streams.Opened`) and ends
+/// (`Streams.Closed`), in order, from a task that lives as long as the butler's config.
+fn announce_streams(daemon: &Arc<Daemon>) -> StreamObserver {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let d = Arc::clone(daemon);
+    daemon.tracker.spawn(async move {
+        while let Some(event) = rx.recv().await {
+            let (method, params) = match event {
+                StreamEvent::Opened(s) => (
+                    "Streams.Opened",
+                    json!({
+                        "path": s.path(),
+                        "project": s.project,
+                        "type": s.stream_type.as_str(),
+                        "contentType": s.content_type,
+                        "tags": s.tags,
+                    }),
+                ),
+                StreamEvent::Closed { stream, entries } => (
+                    "Streams.Closed",
+                    json!({"path": stream.path(), "project": stream.project, "entries": entries}),
+                ),
+            };
+            d.broadcast(method, params).await;
+        }
+    });
+    StreamObserver(Arc::new(move |event| {
+        let _ = tx.send(event);
+    }))
 }
