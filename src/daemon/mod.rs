@@ -132,6 +132,7 @@ async fn serve(
             update_source: args.update_source.clone(),
             exe: std::env::current_exe().context("finding the running executable")?,
             can_hand_over: cfg!(unix) && !stdio && args.keep_alive,
+            update_cache: db::home_dir().ok().map(|h| h.join("update-cache")),
         },
         methods::router(),
         match &inherited {

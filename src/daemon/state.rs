@@ -36,6 +36,8 @@ pub struct Config {
     pub exe: std::path::PathBuf,
     /// A listening socket to pass on exists (TCP with `--keep-alive`), so `restart` is possible.
     pub can_hand_over: bool,
+    /// Where update archives fetched in the background wait for `Update.Apply`.
+    pub update_cache: Option<std::path::PathBuf>,
 }
 
 /// The database as the daemon sees it: opened in the background so it never delays the listen line.
@@ -59,6 +61,9 @@ pub struct Daemon {
     flows: Mutex<Vec<Weak<Peer>>>,
     db: watch::Receiver<DbState>,
     hand_over: AtomicBool,
+    /// Another butler was installed over this one, which still runs: checking again would only
+    /// find the update that is already on disk.
+    pub restart_pending: AtomicBool,
 }
 
 impl Daemon {
@@ -79,6 +84,7 @@ impl Daemon {
             flows: Mutex::default(),
             db,
             hand_over: AtomicBool::new(false),
+            restart_pending: AtomicBool::new(false),
         }
     }
 

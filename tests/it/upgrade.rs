@@ -1182,13 +1182,25 @@ fn the_daemon_checks_in_the_background_only_when_allowed() {
 
     let quiet = start(&["--update-interval", "100ms", "--no-auto-update"]);
     let d = start(&["--update-interval", "300ms"]);
-    // Nobody asks: the Meta.Flow connection hears of the update all the same.
+    // Nobody asks: the Meta.Flow connection hears of the update all the same, and then that it
+    // was fetched and verified ahead of time.
     let mut flow = flow(&d);
     let news = flow.recv();
     assert_eq!(news["method"], "Update.Available", "{news}");
     assert_eq!(news["params"]["latestVersion"], f.new_version.as_str());
-    let (s, _) = call(&mut d.client(), 1, "Update.Status", json!({}));
+    let ready = flow.recv();
+    assert_eq!(ready["method"], "Update.Ready", "{ready}");
+    assert_eq!(ready["params"]["version"], f.new_version.as_str());
+    let mut c = d.client();
+    let (s, _) = call(&mut c, 1, "Update.Status", json!({}));
     assert_eq!(s["result"]["lastCheck"]["outcome"], "available", "{s}");
+    // Applying it takes the fetched archive instead of downloading again.
+    let (r, notes) = call(&mut c, 2, "Update.Apply", json!({}));
+    assert_eq!(r["result"]["installedVersion"], f.new_version.as_str(), "{r}");
+    let logs: Vec<&str> = notes.iter().filter_map(|n| n["params"]["message"].as_str()).collect();
+    assert!(logs.iter().any(|m| m.starts_with("using the archive fetched earlier")), "{logs:?}");
+    assert!(!logs.iter().any(|m| m.starts_with("downloading")), "{logs:?}");
+    assert_eq!(version_of(&inst.exe), f.new_version);
 
     // The quiet one has been up longer than several of its intervals and never called out.
     let (s, _) = call(&mut quiet.client(), 1, "Update.Status", json!({}));
@@ -1197,4 +1209,23 @@ fn the_daemon_checks_in_the_background_only_when_allowed() {
     drop((flow, d));
     let (s, _) = call(&mut quiet.client(), 2, "Update.Status", json!({}));
     assert_eq!(s["result"]["history"], json!([]), "{s}");
+}
+
+#[test]
+fn a_tampered_prefetched_archive_is_discarded_and_downloaded_again() {
+    use serde_json::json;
+    let f = fixtures();
+    let broth = Broth::new(true);
+    let inst = Install::new();
+    let cache = inst.home.path().join("update-cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    let planted = cache.join(format!("butler-{}-{}.zip", channel().name(), f.new_version));
+    std::fs::write(&planted, b"not the archive the manifest describes").unwrap();
+    let d = daemon_from(&inst, &broth);
+    let (r, notes) = call(&mut d.client(), 1, "Update.Apply", json!({}));
+    assert_eq!(r["result"]["installedVersion"], f.new_version.as_str(), "{r}");
+    let logs: Vec<&str> = notes.iter().filter_map(|n| n["params"]["message"].as_str()).collect();
+    assert!(logs.iter().any(|m| m.starts_with("downloading")), "{logs:?}");
+    assert!(!planted.exists(), "the bad archive is removed");
+    assert_eq!(version_of(&inst.exe), f.new_version);
 }

@@ -72,6 +72,26 @@ impl Drop for Hasher {
     }
 }
 
+/// Size and SHA-256 of a whole file, read on this thread (call it from a blocking context).
+pub fn hash_file(path: &std::path::Path) -> std::io::Result<(u64, [u8; 32])> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut h = Context::new(&SHA256);
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut size = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        size += n as u64;
+    }
+    let mut digest = [0u8; 32];
+    digest.copy_from_slice(h.finish().as_ref());
+    Ok((size, digest))
+}
+
 fn run(rx: Receiver<Msg>) -> Vec<[u8; 32]> {
     let mut out = Vec::new();
     let mut h = Context::new(&SHA256);
@@ -109,5 +129,16 @@ mod tests {
         assert_eq!(d.len(), 2);
         assert_eq!(d[0], <[u8; 32]>::from(Sha256::digest(b"hello world")));
         assert_eq!(d[1], <[u8; 32]>::from(Sha256::digest(b"abc")));
+    }
+
+    #[test]
+    fn hash_file_matches_sha256() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        let data: Vec<u8> = (0..600_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&p, &data).unwrap();
+        let (size, digest) = hash_file(&p).unwrap();
+        assert_eq!(size, data.len() as u64);
+        assert_eq!(digest, <[u8; 32]>::from(Sha256::digest(&data)));
     }
 }

@@ -308,6 +308,8 @@ pub struct Updater {
     pub tuning: Tuning,
     /// Stops [`Updater::apply`] at its next step, up to the swap; from the swap on it finishes.
     pub cancel: CancellationToken,
+    /// Where [`Updater::prefetch`] keeps verified archives for a later [`Updater::apply`].
+    pub cache_dir: Option<PathBuf>,
     http: http::Http,
 }
 
@@ -327,7 +329,7 @@ impl Updater {
             .at(Step::Check);
         }
         let http = http::Http::new(tuning.net.clone()).at(Step::Check)?;
-        Ok(Updater { source, tuning, cancel: CancellationToken::new(), http })
+        Ok(Updater { source, tuning, cancel: CancellationToken::new(), cache_dir: None, http })
     }
 
     /// Reads LATEST (and its signature) or `versions`, and decides whether to update.
@@ -472,34 +474,33 @@ impl Updater {
         let url = self.source.url(&format!("{version}/archive/default"));
         let archive = staging.join("archive.zip");
         let cap = manifest.as_ref().map(|m| m.archive.size).unwrap_or(self.tuning.net.max_archive);
-        on_event(Event::Info(format!("downloading {url}")));
-        let mut progress = |p| on_event(Event::Progress(p));
-        let download = self.http.download(&url, &archive, cap, &mut progress);
-        let (size, sha) = self
-            .unless_cancelled(Step::Download, async { Ok(download.await) })
-            .await?
-            .map_err(|e| match e {
-                ErrorKind::Http { status: 404, .. } => ErrorKind::NotFound(url.clone()),
-                other => other,
-            })
-            .at(Step::Download)?;
+        let (size, sha) = match self.take_prefetched(manifest.as_ref(), version, &archive).await {
+            Some(found) => {
+                on_event(Event::Info(format!("using the archive fetched earlier for {version}")));
+                // Progress watchers still see the download finished.
+                on_event(Event::Progress(Progress {
+                    done: found.0,
+                    total: Some(found.0),
+                    bps: 0.0,
+                }));
+                found
+            }
+            None => {
+                on_event(Event::Info(format!("downloading {url}")));
+                let mut progress = |p| on_event(Event::Progress(p));
+                let download = self.http.download(&url, &archive, cap, &mut progress);
+                self.unless_cancelled(Step::Download, async { Ok(download.await) })
+                    .await?
+                    .map_err(|e| match e {
+                        ErrorKind::Http { status: 404, .. } => ErrorKind::NotFound(url.clone()),
+                        other => other,
+                    })
+                    .at(Step::Download)?
+            }
+        };
         hook::point("after-download");
         if let Some(m) = &manifest {
-            if size != m.archive.size {
-                return Err(ErrorKind::Mismatch(format!(
-                    "the archive is {size} bytes, the manifest says {}",
-                    m.archive.size
-                )))
-                .at(Step::Verify);
-            }
-            let got = manifest::hex(&sha);
-            if !got.eq_ignore_ascii_case(&m.archive.sha256) {
-                return Err(ErrorKind::Mismatch(format!(
-                    "the archive's SHA-256 is {got}, the manifest says {}",
-                    m.archive.sha256
-                )))
-                .at(Step::Verify);
-            }
+            check_archive(m, size, &sha)?;
         }
         self.check_cancelled(Step::Unpack)?;
         let unpacked = staging.join("new");
@@ -585,6 +586,104 @@ impl Updater {
         };
         hook::point("after-swap");
         Ok(Installed { version: version.to_owned(), verified, path: installed_path })
+    }
+
+    /// Downloads `version`'s archive into [`Updater::cache_dir`] ahead of time and checks it
+    /// against the signed manifest, so a later [`Updater::apply`] of that version skips the
+    /// download. Only signed versions are fetched: without a manifest, a cached archive could not
+    /// be trusted later. Older archives in the cache are removed.
+    pub async fn prefetch(
+        &self,
+        version: &str,
+        on_event: &mut (dyn FnMut(Event) + Send),
+    ) -> Result<PathBuf, Error> {
+        let cache = self
+            .cache_dir
+            .clone()
+            .ok_or_else(|| ErrorKind::Io(std::io::Error::other("no update cache folder is set")))
+            .at(Step::Download)?;
+        let manifest = self.unless_cancelled(Step::Verify, self.manifest(version)).await?;
+        let Some(manifest) = manifest else {
+            return Err(ErrorKind::Unsigned(format!(
+                "{version} has no signed manifest, so it is not fetched ahead of time"
+            )))
+            .at(Step::Verify);
+        };
+        fs_err::create_dir_all(&cache).at(Step::Download)?;
+        let dest = self.prefetch_path(&cache, version);
+        if dest.is_file() {
+            let held = dest.clone();
+            let found = tokio::task::spawn_blocking(move || hasher::hash_file(&held)).await;
+            if let Ok(Ok((size, sha))) = found
+                && check_archive(&manifest, size, &sha).is_ok()
+            {
+                return Ok(dest);
+            }
+        }
+        let part = dest.with_extension("part");
+        let url = self.source.url(&format!("{version}/archive/default"));
+        let mut progress = |p| on_event(Event::Progress(p));
+        let download = self.http.download(&url, &part, manifest.archive.size, &mut progress);
+        let fetched = self.unless_cancelled(Step::Download, async { Ok(download.await) }).await;
+        let checked = fetched.and_then(|r| r.at(Step::Download)).and_then(|(size, sha)| {
+            check_archive(&manifest, size, &sha)?;
+            fs_err::rename(&part, &dest).at(Step::Download)
+        });
+        if let Err(e) = checked {
+            let _ = std::fs::remove_file(&part);
+            return Err(e);
+        }
+        // Keep only this one.
+        if let Ok(entries) = std::fs::read_dir(&cache) {
+            let prefix = self.prefetch_prefix();
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with(&prefix) && e.path() != dest {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        Ok(dest)
+    }
+
+    fn prefetch_prefix(&self) -> String {
+        format!("{}-{}-", self.source.package, self.source.channel.name())
+    }
+
+    fn prefetch_path(&self, cache: &Path, version: &str) -> PathBuf {
+        let safe: String = version
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || "._+-".contains(c) { c } else { '_' })
+            .collect();
+        cache.join(format!("{}{safe}.zip", self.prefetch_prefix()))
+    }
+
+    /// A prefetched archive of `version`, copied to `dest` if it still matches the manifest just
+    /// fetched (one that does not is deleted). Used once: the cached copy is removed.
+    async fn take_prefetched(
+        &self,
+        manifest: Option<&Manifest>,
+        version: &str,
+        dest: &Path,
+    ) -> Option<(u64, [u8; 32])> {
+        let (manifest, cache) = (manifest?, self.cache_dir.as_ref()?);
+        let cached = self.prefetch_path(cache, version);
+        if !cached.is_file() {
+            return None;
+        }
+        let (want_size, want_sha) = (manifest.archive.size, manifest.archive.sha256.clone());
+        let dest = dest.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let found = hasher::hash_file(&cached).ok().filter(|(size, sha)| {
+                *size == want_size && manifest::hex(sha).eq_ignore_ascii_case(&want_sha)
+            });
+            let copied = found.filter(|_| std::fs::copy(&cached, &dest).is_ok());
+            let _ = std::fs::remove_file(&cached);
+            copied
+        })
+        .await
+        .ok()
+        .flatten()
     }
 
     /// Runs `work` unless [`Updater::cancel`] fires first. Only for purely async work: dropping it
@@ -679,6 +778,26 @@ fn verify_files(m: &Manifest, files: &[manifest::FileEntry]) -> Result<(), Error
                 f.path, f.mode, want.mode
             )));
         }
+    }
+    Ok(())
+}
+
+/// The downloaded archive against the manifest's size and SHA-256.
+fn check_archive(m: &Manifest, size: u64, sha: &[u8; 32]) -> Result<(), Error> {
+    if size != m.archive.size {
+        return Err(ErrorKind::Mismatch(format!(
+            "the archive is {size} bytes, the manifest says {}",
+            m.archive.size
+        )))
+        .at(Step::Verify);
+    }
+    let got = manifest::hex(sha);
+    if !got.eq_ignore_ascii_case(&m.archive.sha256) {
+        return Err(ErrorKind::Mismatch(format!(
+            "the archive's SHA-256 is {got}, the manifest says {}",
+            m.archive.sha256
+        )))
+        .at(Step::Verify);
     }
     Ok(())
 }

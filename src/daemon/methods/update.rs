@@ -3,6 +3,7 @@
 //! last updates did. Everything goes through the same updater paths as `butler upgrade`.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use butler_updater::{Channel, ErrorKind, Event, Step, Target, Tuning, Updater, Want};
@@ -39,7 +40,8 @@ async fn updater_for(daemon: &Daemon, channel: &Channel) -> Result<(Updater, His
     let source = config.update_source.source(channel.clone()).map_err(|e| {
         RpcError::new(code::INVALID_PARAMS, format!("the daemon's trusted keys are unusable: {e}"))
     })?;
-    let updater = Updater::new(source, Tuning::default()).map_err(update_error)?;
+    let mut updater = Updater::new(source, Tuning::default()).map_err(update_error)?;
+    updater.cache_dir = config.update_cache.clone();
     Ok((updater, open_history(daemon, channel).await))
 }
 
@@ -226,6 +228,7 @@ async fn apply(ctx: Ctx, p: ApplyParams) -> Result<ApplyResult, RpcError> {
         installed.verified,
     );
     let restarting = p.restart && restart_after_reply(&ctx).await;
+    ctx.daemon().restart_pending.store(!restarting, Ordering::Release);
     let news = serde_json::json!({
         "previousVersion": VERSION,
         "installedVersion": installed.version,
@@ -287,6 +290,7 @@ async fn rollback(ctx: Ctx, p: RollbackParams) -> Result<RollbackResult, RpcErro
     };
     history.record("rollback", Some(VERSION), Some(&restored), "rolled-back", None, false);
     let restarting = p.restart && restart_after_reply(&ctx).await;
+    ctx.daemon().restart_pending.store(!restarting, Ordering::Release);
     let news = serde_json::json!({"restoredVersion": restored, "restarting": restarting});
     ctx.daemon().broadcast("Update.RolledBack", news).await;
     Ok(RollbackResult { restored_version: restored, restart_required: !restarting })
@@ -336,7 +340,8 @@ async fn status(ctx: Ctx, _: StatusParams) -> Result<StatusResult, RpcError> {
 /// Checks the stable channel every `interval` (plus up to a tenth of it at random, so launchers
 /// started together do not all ask at once) until shutdown. The first check is due one interval
 /// after the last one this database recorded, or after this start when it has none: a daemon that
-/// lives a few seconds never calls out. It never installs anything.
+/// lives a few seconds never calls out. A signed update is fetched ahead of time (`Update.Ready`),
+/// never installed.
 pub fn spawn_background_checks(daemon: &Arc<Daemon>, interval: Duration) {
     let d = Arc::clone(daemon);
     daemon.tracker.spawn(async move {
@@ -352,17 +357,40 @@ pub fn spawn_background_checks(daemon: &Arc<Daemon>, interval: Duration) {
                 () = d.shutdown.cancelled() => return,
                 () = tokio::time::sleep(wait) => {}
             }
+            if d.restart_pending.load(Ordering::Acquire) {
+                due = SystemTime::now() + interval;
+                continue;
+            }
             match check_now(&d, &channel).await {
-                Ok(c) => tracing::info!(
-                    latest = ?c.latest_version,
-                    available = c.update_available,
-                    "background update check"
-                ),
+                Ok(c) if c.update_available && c.signed => {
+                    if let Some(v) = c.latest_version {
+                        prefetch(&d, &channel, &v).await;
+                    }
+                }
+                Ok(_) => {}
                 Err(e) => tracing::warn!("background update check failed: {}", e.message),
             }
             due = SystemTime::now() + interval;
         }
     });
+}
+
+/// Downloads and verifies `version` ahead of time, then tells `Meta.Flow` connections it is ready
+/// to apply without a download. Failures only cost the head start: `Update.Apply` downloads.
+async fn prefetch(daemon: &Arc<Daemon>, channel: &Channel, version: &str) {
+    let Ok((updater, _)) = updater_for(daemon, channel).await else { return };
+    let mut ignore = |_| {};
+    let fetched = tokio::select! {
+        r = updater.prefetch(version, &mut ignore) => r,
+        () = daemon.shutdown.cancelled() => return,
+    };
+    match fetched {
+        Ok(_) => {
+            let news = serde_json::json!({"currentVersion": VERSION, "version": version, "verified": true});
+            daemon.broadcast("Update.Ready", news).await;
+        }
+        Err(e) => tracing::warn!("fetching {version} ahead of time failed: {e}"),
+    }
 }
 
 /// When the history last recorded a check, if the database is usable.
