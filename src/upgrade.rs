@@ -85,7 +85,7 @@ impl SourceArgs {
 }
 
 /// Limits tests shorten so failures show up in milliseconds; hidden from help.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct TuningArgs {
     #[arg(long, hide = true, env = "BUTLER_UPGRADE_READ_TIMEOUT_MS")]
     read_timeout_ms: Option<u64>,
@@ -107,7 +107,7 @@ pub struct TuningArgs {
 }
 
 impl TuningArgs {
-    fn tuning(&self) -> Tuning {
+    pub fn tuning(&self) -> Tuning {
         let mut t = Tuning::default();
         let ms = Duration::from_millis;
         if let Some(v) = self.read_timeout_ms {
@@ -185,16 +185,17 @@ async fn run_async(
     butler_updater::tidy(&target);
 
     if args.rollback {
-        let mut history = history();
-        return match butler_updater::rollback(&target) {
-            Ok(restored) => {
+        let history = history();
+        return match butler_updater::rollback(&target, channel.executable_name()) {
+            Ok(r) => {
+                let restored = r.version.unwrap_or_else(|| r.exe.display().to_string());
                 let msg = format!("rolled back: {restored} is active again");
                 reporter.log(Level::Info, &msg);
-                history.record("rollback", None, Some(&restored), "rolled-back", None, false);
+                history.record("rollback", None, Some(&restored), "rolled-back", None, false).await;
                 reporter.result(json!({"rolledBack": true, "restored": restored}));
                 Ok(0)
             }
-            Err(e) => Err(fail(&reporter, &mut history, "rollback", None, e)),
+            Err(e) => Err(fail(&reporter, &history, "rollback", None, e).await),
         };
     }
 
@@ -211,12 +212,15 @@ async fn run_async(
         }
     };
     let checked = updater.check(current.as_deref(), &want, args.force).await;
-    let mut history = history();
-    let check =
-        match checked.and_then(|c| enforce_signed_channel(&mut updater, &mut history, &want, c)) {
-            Ok(c) => c,
-            Err(e) => return Err(fail(&reporter, &mut history, "check", current.as_deref(), e)),
-        };
+    let history = history();
+    let checked = match checked {
+        Ok(c) => enforce_signed_channel(&mut updater, &history, &want, c).await,
+        Err(e) => Err(e),
+    };
+    let check = match checked {
+        Ok(c) => c,
+        Err(e) => return Err(fail(&reporter, &history, "check", current.as_deref(), e).await),
+    };
     let result = json!({
         "channel": check.channel,
         "current": check.current,
@@ -243,14 +247,9 @@ async fn run_async(
             )
         };
         reporter.log(Level::Info, &msg);
-        history.record(
-            "check",
-            current.as_deref(),
-            Some(&check.latest),
-            outcome,
-            None,
-            check.signed,
-        );
+        history
+            .record("check", current.as_deref(), Some(&check.latest), outcome, None, check.signed)
+            .await;
         reporter.result(merge(
             result,
             json!({"installed": null, "verified": check.signed, "upToDate": up_to_date}),
@@ -285,35 +284,29 @@ async fn run_async(
                 ),
             );
             if inst.verified {
-                history.remember_signed();
+                history.remember_signed().await;
             }
-            history.record(
-                "upgrade",
-                current.as_deref(),
-                Some(&inst.version),
-                "installed",
-                None,
-                inst.verified,
-            );
+            let (from, to) = (current.as_deref(), Some(inst.version.as_str()));
+            history.record("upgrade", from, to, "installed", None, inst.verified).await;
             reporter.result(merge(
                 result,
                 json!({"installed": inst.version, "verified": inst.verified, "upToDate": true, "path": inst.path}),
             ));
             Ok(0)
         }
-        Err(e) => Err(fail(&reporter, &mut history, "upgrade", current.as_deref(), e)),
+        Err(e) => Err(fail(&reporter, &history, "upgrade", current.as_deref(), e).await),
     }
 }
 
 /// A channel that served signatures before must keep doing so (else: a downgrade attack); once
 /// it has, the rest of this update requires them too. Every caller of `check` goes through here.
-pub(crate) fn enforce_signed_channel(
+pub(crate) async fn enforce_signed_channel(
     updater: &mut Updater,
-    history: &mut History,
+    history: &History,
     want: &Want,
     check: butler_updater::CheckResult,
 ) -> Result<butler_updater::CheckResult, UpdateError> {
-    if history.channel_was_signed() {
+    if history.channel_was_signed().await {
         if matches!(want, Want::Latest) && !check.signed {
             return Err(UpdateError {
                 step: Step::Verify,
@@ -326,15 +319,15 @@ pub(crate) fn enforce_signed_channel(
         updater.source.require_signature = true;
     }
     if check.signed {
-        history.remember_signed();
+        history.remember_signed().await;
     }
     Ok(check)
 }
 
 /// Logs, records and converts an update failure into the exit error `main` prints.
-fn fail(
+async fn fail(
     reporter: &Reporter,
-    history: &mut History,
+    history: &History,
     action: &str,
     current: Option<&str>,
     e: UpdateError,
@@ -346,7 +339,7 @@ fn fail(
             json!({"level": "error", "message": e.to_string(), "step": e.step, "code": e.kind.code()}),
         );
     }
-    history.record(action, current, None, "failed", Some(&e), false);
+    history.record(action, current, None, "failed", Some(&e), false).await;
     let step = e.step;
     let err = anyhow::Error::new(e).context(match step {
         Step::Rollback => "upgrade --rollback".to_string(),
@@ -524,33 +517,47 @@ impl History {
         }
     }
 
-    fn channel_was_signed(&self) -> bool {
+    /// Whether this channel served signatures before. Fails closed: when the database cannot
+    /// answer, signatures are required, so a busy database never lowers the bar.
+    async fn channel_was_signed(&self) -> bool {
         let Some(db) = &self.db else { return false };
-        db.call_here(|c| {
-            c.query_row(
-                "SELECT 1 FROM update_signed_channels WHERE base_url = ?1 AND channel = ?2",
-                (&self.base_url, &self.channel),
-                |_| Ok(()),
-            )
-            .is_ok()
+        let (url, channel) = (self.base_url.clone(), self.channel.clone());
+        let found = db
+            .call(move |c| {
+                Ok(c.query_row(
+                    "SELECT EXISTS (SELECT 1 FROM update_signed_channels WHERE base_url = ?1 AND channel = ?2)",
+                    (&url, &channel),
+                    |r| r.get::<_, bool>(0),
+                )?)
+            })
+            .await;
+        found.unwrap_or_else(|e| {
+            tracing::warn!(
+                "could not read whether {} was signed ({e}); requiring signatures",
+                self.channel
+            );
+            true
         })
     }
 
-    pub(crate) fn remember_signed(&mut self) {
+    pub(crate) async fn remember_signed(&self) {
         let Some(db) = &self.db else { return };
-        let inserted = db.call_here(|c| {
-            c.execute(
-                "INSERT OR IGNORE INTO update_signed_channels (base_url, channel, first_seen) VALUES (?1, ?2, ?3)",
-                (&self.base_url, &self.channel, crate::report::unix_now() as i64),
-            )
-        });
+        let (url, channel) = (self.base_url.clone(), self.channel.clone());
+        let inserted = db
+            .call(move |c| {
+                Ok(c.execute(
+                    "INSERT OR IGNORE INTO update_signed_channels (base_url, channel, first_seen) VALUES (?1, ?2, ?3)",
+                    (&url, &channel, crate::report::unix_now() as i64),
+                )?)
+            })
+            .await;
         if let Err(e) = inserted {
             tracing::warn!("could not remember that {} is signed: {e}", self.channel);
         }
     }
 
-    pub(crate) fn record(
-        &mut self,
+    pub(crate) async fn record(
+        &self,
         action: &str,
         from: Option<&str>,
         to: Option<&str>,
@@ -559,28 +566,28 @@ impl History {
         verified: bool,
     ) {
         let Some(db) = &self.db else { return };
-        let step = err.map(|e| e.step.to_string());
-        let code = err.map(|e| e.kind.code());
-        let message = err.map(|e| e.to_string());
-        let inserted = db.call_here(|c| {
-            c.execute(
-            "INSERT INTO update_history (time, action, channel, install_path, from_version, to_version, outcome, step, error_code, message, verified)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            rusqlite::params![
-                crate::report::unix_now() as i64,
-                action,
-                self.channel,
-                self.install,
-                from,
-                to,
-                outcome,
-                step,
-                code,
-                message,
-                verified
-            ],
-        )
-        });
+        let row = (
+            crate::report::unix_now() as i64,
+            action.to_owned(),
+            self.channel.clone(),
+            self.install.clone(),
+            from.map(str::to_owned),
+            to.map(str::to_owned),
+            outcome.to_owned(),
+            err.map(|e| e.step.to_string()),
+            err.map(|e| e.kind.code()),
+            err.map(|e| e.to_string()),
+            verified,
+        );
+        let inserted = db
+            .call(move |c| {
+                Ok(c.execute(
+                    "INSERT INTO update_history (time, action, channel, install_path, from_version, to_version, outcome, step, error_code, message, verified)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                    rusqlite::params![row.0, row.1, row.2, row.3, row.4, row.5, row.6, row.7, row.8, row.9, row.10],
+                )?)
+            })
+            .await;
         if let Err(e) = inserted {
             tracing::warn!("could not record the update outcome: {e}");
         }

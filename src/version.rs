@@ -36,7 +36,17 @@ pub struct VersionInfo {
     pub version_string: String,
     pub build_date: &'static str,
     pub git_ref: &'static str,
+    /// Abilities an updater may rely on before switching to this build.
+    pub features: &'static [&'static str],
 }
+
+/// The daemon takes over a listening socket and secret passed by the butler it replaces
+/// (`Update.Apply {restart: true}`); restarting into a build without it would strand the
+/// launcher's clients.
+pub const HAND_OVER: &str = "daemon-hand-over";
+
+/// What `version --json` announces under `features`.
+pub const FEATURES: &[&str] = &[HAND_OVER];
 
 pub fn info() -> VersionInfo {
     VersionInfo {
@@ -44,5 +54,6 @@ pub fn info() -> VersionInfo {
         version_string: long(),
         build_date: BUILD_DATE,
         git_ref: GIT_REF,
+        features: FEATURES,
     }
 }

@@ -264,6 +264,7 @@ pub fn binary_version(bin: &Path) -> Result<String> {
     let bin = std::path::absolute(bin).with_context(|| format!("finding {}", bin.display()))?;
     let scratch = tempfile::tempdir().context("making a scratch folder")?;
     butler_updater::install::smoke_test(&bin, scratch.path(), std::time::Duration::from_secs(30))
+        .map(|r| r.version)
         .map_err(|e| anyhow::anyhow!("{e}"))
 }
 

@@ -63,6 +63,9 @@ pub struct DaemonArgs {
     #[command(flatten)]
     pub update_source: crate::upgrade::SourceArgs,
 
+    #[command(flatten)]
+    pub update_tuning: crate::upgrade::TuningArgs,
+
     /// How often to check for a newer butler in the background (news goes to Meta.Flow
     /// connections; nothing is installed without `Update.Apply`).
     #[arg(long, default_value = "6h", value_parser = parse_duration)]
@@ -131,6 +134,7 @@ async fn serve(
             dbpath: global.dbpath.clone(),
             update_source: args.update_source.clone(),
             exe: std::env::current_exe().context("finding the running executable")?,
+            update_tuning: args.update_tuning.tuning(),
             can_hand_over: cfg!(unix) && !stdio && args.keep_alive,
             update_cache: db::home_dir().ok().map(|h| h.join("update-cache")),
         },
@@ -208,15 +212,17 @@ async fn serve(
         }
     };
 
+    // Only a hand-over keeps the socket through the drain; otherwise new clients are refused
+    // at once rather than left waiting in a backlog nobody will accept.
+    let kept = kept.filter(|_| daemon.hand_over_target().is_some());
     daemon.shutdown.cancel();
     daemon.tracker.close();
     if tokio::time::timeout(args.drain_timeout, daemon.tracker.wait()).await.is_err() {
         reporter.log(Level::Warning, "In-flight work did not finish in time; exiting anyway");
     }
-    if let Some(listener) = kept.filter(|_| daemon.hand_over_requested()) {
-        let exe = &daemon.config.exe;
+    if let (Some(listener), Some(exe)) = (&kept, daemon.hand_over_target()) {
         reporter.log(Level::Info, &format!("restarting into {}", exe.display()));
-        let err = hand_over::exec(exe, &listener, daemon.secret_for_listen_notification());
+        let err = hand_over::exec(&exe, listener, daemon.secret_for_listen_notification());
         return Err(ExitError::new(
             250,
             anyhow::anyhow!("could not restart into {}: {err}", exe.display()),
@@ -241,6 +247,9 @@ async fn accept_loop(
     let next_id = AtomicU64::new(1);
     loop {
         let socket = tokio::select! {
+            // Shutdown first: a client that connects after it started must wait in the backlog
+            // (for a hand-over) or be refused, never be accepted only to be closed at once.
+            biased;
             _ = daemon.shutdown.cancelled() => return Some(listener),
             accepted = listener.accept() => match accepted {
                 Ok((socket, _)) => socket,

@@ -1,7 +1,7 @@
 //! What the whole daemon shares across connections: config, secret, shutdown, operations, the database.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -32,8 +32,10 @@ pub struct Config {
     pub dbpath: Option<String>,
     /// Where `Update.*` looks for new versions and whom it trusts.
     pub update_source: crate::upgrade::SourceArgs,
-    /// The executable this daemon was started from: what `Update.Apply` replaces and restarts.
+    /// The executable this daemon was started from: what `Update.*` updates.
     pub exe: std::path::PathBuf,
+    /// Download limits for `Update.*` (the hidden `--upgrade-*` flags / `BUTLER_UPGRADE_*`).
+    pub update_tuning: butler_updater::Tuning,
     /// A listening socket to pass on exists (TCP with `--keep-alive`), so `restart` is possible.
     pub can_hand_over: bool,
     /// Where update archives fetched in the background wait for `Update.Apply`.
@@ -60,7 +62,10 @@ pub struct Daemon {
     next_ticket: AtomicU64,
     flows: Mutex<Vec<Weak<Peer>>>,
     db: watch::Receiver<DbState>,
-    hand_over: AtomicBool,
+    /// The executable to restart into after the drain, when a restart was asked for.
+    hand_over: Mutex<Option<std::path::PathBuf>>,
+    /// `Process.Run` children still running: a restart now would end them.
+    pub running_processes: AtomicUsize,
     /// Another butler was installed over this one, which still runs: checking again would only
     /// find the update that is already on disk.
     pub restart_pending: AtomicBool,
@@ -83,7 +88,8 @@ impl Daemon {
             next_ticket: AtomicU64::new(0),
             flows: Mutex::default(),
             db,
-            hand_over: AtomicBool::new(false),
+            hand_over: Mutex::new(None),
+            running_processes: AtomicUsize::new(0),
             restart_pending: AtomicBool::new(false),
         }
     }
@@ -147,13 +153,13 @@ impl Daemon {
         }
     }
 
-    /// After the drain, re-execute `config.exe` on the same socket instead of exiting.
-    pub fn request_hand_over(&self) {
-        self.hand_over.store(true, Ordering::Release);
+    /// After the drain, re-execute `exe` on the same socket instead of exiting.
+    pub fn request_hand_over(&self, exe: std::path::PathBuf) {
+        *lock(&self.hand_over) = Some(exe);
     }
 
-    pub fn hand_over_requested(&self) -> bool {
-        self.hand_over.load(Ordering::Acquire)
+    pub fn hand_over_target(&self) -> Option<std::path::PathBuf> {
+        lock(&self.hand_over).clone()
     }
 
     pub fn add_flow(&self, peer: &Arc<Peer>) {

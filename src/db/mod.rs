@@ -172,12 +172,6 @@ impl Db {
         Db { conn: Arc::new(Mutex::new(conn)) }
     }
 
-    /// Runs `f` with the connection on this thread: only for a statement or two, where a trip to
-    /// the blocking pool would cost more than the wait for the lock.
-    pub fn call_here<T>(&self, f: impl FnOnce(&Connection) -> T) -> T {
-        f(&self.conn.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-
     /// Runs `f` with the connection on a blocking thread.
     pub async fn call<T, F>(&self, f: F) -> Result<T, DbError>
     where

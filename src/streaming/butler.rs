@@ -292,12 +292,27 @@ fn clock() -> (Instant, SystemTime) {
     (Instant::now(), SystemTime::now())
 }
 
+/// Reads one stream to its end; an observer hears that it closed however that came about.
 async fn run_stream<R: AsyncRead + Unpin>(
+    shared: &Shared,
+    info: Arc<StreamInfo>,
+    reader: R,
+    initial: Bytes,
+) {
+    let entries = pump(shared, Arc::clone(&info), reader, initial).await;
+    if let Some(o) = &shared.cfg.observer {
+        (o.0)(StreamEvent::Closed { stream: info, entries });
+    }
+}
+
+/// Cuts the stream into entries for the bundler until EOF, an error or shutdown; returns how many
+/// entries it cut.
+async fn pump<R: AsyncRead + Unpin>(
     shared: &Shared,
     info: Arc<StreamInfo>,
     mut reader: R,
     initial: Bytes,
-) {
+) -> u64 {
     let age = shared.cfg.max_buffer_age;
     let mut cutter = Cutter::new(info.stream_type, info.timestamp, shared.max_entry);
     let mut out = Vec::new();
@@ -316,7 +331,7 @@ async fn run_stream<R: AsyncRead + Unpin>(
         if !out.is_empty() {
             let logs = std::mem::take(&mut out);
             if shared.tx.send(Msg::Entries { stream: Arc::clone(&info), logs }).await.is_err() {
-                return;
+                return cutter.next_stream_index();
             }
         }
         let buf = cutter.buf();
@@ -363,10 +378,8 @@ async fn run_stream<R: AsyncRead + Unpin>(
     if !out.is_empty() {
         let _ = shared.tx.send(Msg::Entries { stream: Arc::clone(&info), logs: out }).await;
     }
-    let _ = shared.tx.send(Msg::Close { stream: Arc::clone(&info), last_index }).await;
-    if let Some(o) = &shared.cfg.observer {
-        (o.0)(StreamEvent::Closed { stream: info, entries: cutter.next_stream_index() });
-    }
+    let _ = shared.tx.send(Msg::Close { stream: info, last_index }).await;
+    cutter.next_stream_index()
 }
 
 async fn sleep_opt(deadline: Option<tokio::time::Instant>) {

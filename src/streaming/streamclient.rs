@@ -69,6 +69,8 @@ impl StreamClient {
 
     /// A client for `unix:<path>` (or `net.pipe:<name>` on Windows) with an optional namespace.
     pub fn new(uri: &str, namespace: Option<&str>) -> Result<Self, ClientError> {
+        // Parsed first: an empty address is an error here, not a request for a fresh one.
+        Address::parse(uri)?;
         let address = Address::resolve(Some(uri))?;
         let namespace =
             namespace.map(|n| n.trim_end_matches('/').to_owned()).filter(|n| !n.is_empty());

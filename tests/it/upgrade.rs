@@ -1093,7 +1093,6 @@ fn the_daemon_restarts_into_the_update_on_the_same_socket_and_secret() {
     assert_eq!(r["result"]["restartRequired"], false);
     let applied = news.recv();
     assert_eq!(applied["params"]["restarting"], true, "{applied}");
-    // Connections open at the hand-over are closed.
     // Connections open at the hand-over are closed (Meta.Flow perhaps answered 499 first, as at
     // any shutdown).
     while let Some(m) = news.try_recv() {
@@ -1228,4 +1227,56 @@ fn a_tampered_prefetched_archive_is_discarded_and_downloaded_again() {
     assert!(logs.iter().any(|m| m.starts_with("downloading")), "{logs:?}");
     assert!(!planted.exists(), "the bad archive is removed");
     assert_eq!(version_of(&inst.exe), f.new_version);
+}
+
+#[test]
+fn the_daemon_does_not_restart_into_a_build_that_cannot_take_over_or_while_games_run() {
+    use serde_json::json;
+    let f = fixtures();
+    // A "butler" that passes the smoke test but announces no features (as builds before the
+    // hand-over did): restarting into it would strand the launcher's clients.
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("butler");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\necho '{\"type\":\"result\",\"value\":{\"version\":\"v9.9.9\"}}'\n",
+    )
+    .unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let tree = tempfile::tempdir().unwrap();
+    publish(tree.path(), &script, "9.9.9", true, Some(key()), 3600);
+    let old_style = Broth { server: Server::start(tree.path().to_owned()), _dir: tree };
+    let inst = Install::new();
+    let d = daemon_from(&inst, &old_style);
+    let mut c = d.client();
+    let (r, notes) = call(&mut c, 1, "Update.Apply", json!({"restart": true}));
+    assert_eq!(r["result"]["installedVersion"], "9.9.9", "{r}");
+    assert_eq!(r["result"]["restartRequired"], true);
+    let logs: Vec<&str> = notes.iter().filter_map(|n| n["params"]["message"].as_str()).collect();
+    assert!(logs.iter().any(|m| m.contains("cannot take over a running daemon")), "{logs:?}");
+    let (v, _) = call(&mut c, 2, "Version.Get", json!({}));
+    assert_eq!(v["result"]["version"], format!("v{}", f.old_version), "still serving: {v}");
+    drop((c, d));
+
+    // A real newer build, but a game started through Process.Run is still running.
+    let broth = Broth::new(true);
+    let inst = Install::new();
+    let d = daemon_from(&inst, &broth);
+    let mut game = d.client();
+    game.send(&json!({"jsonrpc": "2.0", "id": 1, "method": "Process.Run", "params": {
+        "command": ["sleep", "30"], "id": "game",
+    }}));
+    assert_eq!(game.recv()["method"], "Process.Started");
+    let mut c = d.client();
+    let (r, notes) = call(&mut c, 1, "Update.Apply", json!({"restart": true}));
+    assert_eq!(r["result"]["installedVersion"], f.new_version.as_str(), "{r}");
+    assert_eq!(r["result"]["restartRequired"], true);
+    let logs: Vec<&str> = notes.iter().filter_map(|n| n["params"]["message"].as_str()).collect();
+    assert!(logs.iter().any(|m| m.contains("still running")), "{logs:?}");
+    let (r, _) = call(&mut c, 2, "Operation.Cancel", json!({"id": "game"}));
+    assert_eq!(r["result"]["didCancel"], true, "{r}");
 }

@@ -101,8 +101,17 @@ fn candidate_command(exe: &Path, scratch: &Path) -> Command {
     cmd
 }
 
-/// Runs `<exe> version --json` and returns the version it reports (no leading `v`).
-pub fn smoke_test(exe: &Path, scratch: &Path, timeout: Duration) -> Result<String, ErrorKind> {
+/// What a butler binary says of itself in `version --json`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reported {
+    /// Without a leading `v`.
+    pub version: String,
+    /// Abilities newer builds announce (`daemon-hand-over`); older ones list none.
+    pub features: Vec<String>,
+}
+
+/// Runs `<exe> version --json` and returns what it reports.
+pub fn smoke_test(exe: &Path, scratch: &Path, timeout: Duration) -> Result<Reported, ErrorKind> {
     let fail = |why: String| ErrorKind::SmokeTest(format!("{}: {why}", exe.display()));
     let mut cmd = candidate_command(exe, scratch);
     cmd.args(["version", "--json"]);
@@ -129,7 +138,11 @@ pub fn smoke_test(exe: &Path, scratch: &Path, timeout: Duration) -> Result<Strin
             && v["type"] == "result"
             && let Some(ver) = v["value"]["version"].as_str()
         {
-            return Ok(ver.trim_start_matches('v').to_owned());
+            let features = v["value"]["features"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|f| f.as_str().map(str::to_owned)).collect())
+                .unwrap_or_default();
+            return Ok(Reported { version: ver.trim_start_matches('v').to_owned(), features });
         }
     }
     Err(fail("it printed no version".into()))

@@ -242,6 +242,19 @@ pub struct Installed {
     /// Manifest signature, archive hash and every file's hash and mode were checked.
     pub verified: bool,
     pub path: PathBuf,
+    /// The main executable now installed.
+    pub exe: PathBuf,
+    /// What the new build announced in its smoke test.
+    pub features: Vec<String>,
+}
+
+/// What a rollback made active again.
+#[derive(Debug, Clone)]
+pub struct Restored {
+    /// `None` when the restored binary would not say (it is active all the same).
+    pub version: Option<String>,
+    pub exe: PathBuf,
+    pub features: Vec<String>,
 }
 
 /// Where the update goes.
@@ -520,6 +533,7 @@ impl Updater {
         if let Some(m) = &manifest {
             verify_files(m, &files).at(Step::Verify)?;
         }
+        self.check_cancelled(Step::SmokeTest)?;
         let exe = unpacked.join(main_exe);
         let scratch = staging.join("scratch");
         fs_err::create_dir(&scratch).at(Step::SmokeTest)?;
@@ -531,13 +545,14 @@ impl Updater {
                 .at(Step::SmokeTest)?
                 .at(Step::SmokeTest)?
         };
-        if ch.compare(version, &reported) != std::cmp::Ordering::Equal {
+        if ch.compare(version, &reported.version) != std::cmp::Ordering::Equal {
             return Err(ErrorKind::Mismatch(format!(
-                "the new binary reports version {reported}, expected {version}"
+                "the new binary reports version {}, expected {version}",
+                reported.version
             )))
             .at(Step::SmokeTest);
         }
-        on_event(Event::Info(format!("the new butler runs and reports {reported}")));
+        on_event(Event::Info(format!("the new butler runs and reports {}", reported.version)));
         hook::point("after-smoke-test");
         let names: Vec<String> = files.iter().map(|f| f.path.clone()).collect();
         // The last moment to stop: from here on the install is finished, not abandoned.
@@ -585,7 +600,17 @@ impl Updater {
             }
         };
         hook::point("after-swap");
-        Ok(Installed { version: version.to_owned(), verified, path: installed_path })
+        let exe = match target {
+            Target::InPlace { exe } => exe.clone(),
+            Target::Versioned { .. } => installed_path.join(main_exe),
+        };
+        Ok(Installed {
+            version: version.to_owned(),
+            verified,
+            path: installed_path,
+            exe,
+            features: reported.features,
+        })
     }
 
     /// Downloads `version`'s archive into [`Updater::cache_dir`] ahead of time and checks it
@@ -802,29 +827,35 @@ fn check_archive(m: &Manifest, size: u64, sha: &[u8; 32]) -> Result<(), Error> {
     Ok(())
 }
 
-/// `--rollback`: restores the previous version kept by the last update and returns the version
-/// now active.
-pub fn rollback(target: &Target) -> Result<String, Error> {
+/// `--rollback`: restores the previous version kept by the last update.
+pub fn rollback(target: &Target, exe_name: &str) -> Result<Restored, Error> {
     let dir = target.dir();
     let _lock = install::InstallLock::acquire(dir).at(Step::Lock)?;
     install::clean_leftovers(dir).at(Step::Lock)?;
-    match target {
+    let exe = match target {
         Target::InPlace { exe } => {
             install::rollback_in_place(exe).at(Step::Rollback)?;
-            // The version is only known by asking the restored binary (cleanup after a kill
-            // here is the usual leftover sweep).
-            let scratch = dir.join(format!("{}.rollback-check", install::TEMP_PREFIX));
-            fs_err::create_dir_all(&scratch).at(Step::Rollback)?;
-            let version = install::smoke_test(exe, &scratch, Tuning::default().smoke_timeout);
-            let _ = fs_err::remove_dir_all(&scratch);
-            version
-                .map_err(|e| {
-                    ErrorKind::SmokeTest(format!("rolled back, but the restored butler fails: {e}"))
-                })
-                .at(Step::Rollback)
+            exe.clone()
         }
-        Target::Versioned { root } => install::rollback_versioned(root).at(Step::Rollback),
-    }
+        Target::Versioned { root } => {
+            let v = install::rollback_versioned(root).at(Step::Rollback)?;
+            root.join("versions").join(v).join(exe_name)
+        }
+    };
+    // What is active now is only known by asking it; it is active whatever it answers (a scratch
+    // folder left by a kill here is swept with the other leftovers).
+    let scratch = dir.join(format!("{}.rollback-check", install::TEMP_PREFIX));
+    let reported = fs_err::create_dir_all(&scratch)
+        .map_err(ErrorKind::Io)
+        .and_then(|()| install::smoke_test(&exe, &scratch, Tuning::default().smoke_timeout));
+    let _ = fs_err::remove_dir_all(&scratch);
+    Ok(match reported {
+        Ok(r) => Restored { version: Some(r.version), exe, features: r.features },
+        Err(e) => {
+            tracing::warn!("rolled back, but the restored butler does not say its version: {e}");
+            Restored { version: None, exe, features: Vec::new() }
+        }
+    })
 }
 
 /// Best effort: removes what a killed update left in the install folder, unless an update is

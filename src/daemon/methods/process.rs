@@ -123,6 +123,7 @@ async fn run(ctx: Ctx, p: RunParams) -> Result<RunResult, RpcError> {
             }
         }
     };
+    let _running = RunningProcess::count(daemon);
     let (sig_tx, sig_rx) = mpsc::channel(2);
     let running =
         process::run_with_stream_server(butler, server, HANDSHAKE_TIMEOUT, &opts, sig_rx, |pid| {
@@ -195,4 +196,20 @@ fn announce_streams(daemon: &Arc<Daemon>) -> StreamObserver {
     StreamObserver(Arc::new(move |event| {
         let _ = tx.send(event);
     }))
+}
+
+/// Counts a `Process.Run` child as running for as long as it lives (a restart waits for none).
+struct RunningProcess(Arc<Daemon>);
+
+impl RunningProcess {
+    fn count(daemon: &Arc<Daemon>) -> Self {
+        daemon.running_processes.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        RunningProcess(Arc::clone(daemon))
+    }
+}
+
+impl Drop for RunningProcess {
+    fn drop(&mut self) {
+        self.0.running_processes.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use butler_updater::{Channel, ErrorKind, Event, Step, Target, Tuning, Updater, Want};
+use butler_updater::{Channel, ErrorKind, Event, Step, Target, Updater, Want};
 use serde::{Deserialize, Serialize};
 
 use crate::daemon::jsonrpc::{RpcError, code};
@@ -19,7 +19,9 @@ use crate::version::VERSION;
 pub fn register(r: &mut Router) {
     r.method("Update.Check", check);
     r.cancellable("Update.Apply", apply);
-    r.method("Update.Rollback", rollback);
+    // Owns its cancellation by ignoring it: a rollback is short, and once started it must be
+    // recorded and announced, not dropped half-way.
+    r.cancellable("Update.Rollback", rollback);
     r.method("Update.Status", status);
 }
 
@@ -28,10 +30,23 @@ fn channel_of(name: Option<&str>) -> Channel {
     Channel::current(name.is_some_and(|c| c == "head" || c.ends_with("-head")))
 }
 
-/// The running executable, as it was when the daemon started (after an in-place swap, Linux
-/// names the running file "... (deleted)").
+/// What this daemon updates: the executable it started from (after an in-place swap, Linux names
+/// the running file "... (deleted)", so it is remembered from the start), or the versioned root
+/// it runs from (`<root>/versions/<v>/butler` with `<root>/.chosen-version`, as the itch app
+/// installs it), so an update becomes a new version folder instead of overwriting this one.
 fn target(daemon: &Daemon) -> Target {
-    Target::InPlace { exe: daemon.config.exe.clone() }
+    let exe = &daemon.config.exe;
+    let root = exe
+        .parent()
+        .and_then(|v| v.parent())
+        .filter(|versions| versions.file_name().is_some_and(|n| n == "versions"))
+        .and_then(|versions| versions.parent());
+    match root {
+        Some(root) if root.join(".chosen-version").is_file() => {
+            Target::Versioned { root: root.to_owned() }
+        }
+        _ => Target::InPlace { exe: exe.clone() },
+    }
 }
 
 /// An updater for `channel` and the history it records into.
@@ -40,7 +55,7 @@ async fn updater_for(daemon: &Daemon, channel: &Channel) -> Result<(Updater, His
     let source = config.update_source.source(channel.clone()).map_err(|e| {
         RpcError::new(code::INVALID_PARAMS, format!("the daemon's trusted keys are unusable: {e}"))
     })?;
-    let mut updater = Updater::new(source, Tuning::default()).map_err(update_error)?;
+    let mut updater = Updater::new(source, config.update_tuning.clone()).map_err(update_error)?;
     updater.cache_dir = config.update_cache.clone();
     Ok((updater, open_history(daemon, channel).await))
 }
@@ -80,14 +95,15 @@ async fn check(ctx: Ctx, p: CheckParams) -> Result<CheckResult, RpcError> {
 
 /// One check, recorded in the history; news of an update goes to every `Meta.Flow` connection.
 async fn check_now(daemon: &Daemon, channel: &Channel) -> Result<CheckResult, RpcError> {
-    let (mut updater, mut history) = updater_for(daemon, channel).await?;
-    let checked = updater.check(Some(VERSION), &Want::Latest, false).await.and_then(|c| {
-        upgrade::enforce_signed_channel(&mut updater, &mut history, &Want::Latest, c)
-    });
+    let (mut updater, history) = updater_for(daemon, channel).await?;
+    let checked = match updater.check(Some(VERSION), &Want::Latest, false).await {
+        Ok(c) => upgrade::enforce_signed_channel(&mut updater, &history, &Want::Latest, c).await,
+        Err(e) => Err(e),
+    };
     match checked {
         Ok(c) => {
             let outcome = if c.update_available { "available" } else { "up-to-date" };
-            history.record("check", Some(VERSION), Some(&c.latest), outcome, None, c.signed);
+            history.record("check", Some(VERSION), Some(&c.latest), outcome, None, c.signed).await;
             if c.update_available {
                 // Daemon-wide news: every Meta.Flow connection hears of it, not just the asker.
                 let news = serde_json::json!({
@@ -108,7 +124,7 @@ async fn check_now(daemon: &Daemon, channel: &Channel) -> Result<CheckResult, Rp
             })
         }
         Err(e) if e.kind.code() == "stale" => {
-            history.record("check", Some(VERSION), None, "failed", Some(&e), true);
+            history.record("check", Some(VERSION), None, "failed", Some(&e), true).await;
             Ok(CheckResult {
                 current_version: VERSION.to_owned(),
                 latest_version: None,
@@ -119,7 +135,7 @@ async fn check_now(daemon: &Daemon, channel: &Channel) -> Result<CheckResult, Rp
             })
         }
         Err(e) => {
-            history.record("check", Some(VERSION), None, "failed", Some(&e), false);
+            history.record("check", Some(VERSION), None, "failed", Some(&e), false).await;
             Err(update_error(e))
         }
     }
@@ -155,17 +171,22 @@ async fn apply(ctx: Ctx, p: ApplyParams) -> Result<ApplyResult, RpcError> {
         Some(v) => upgrade::parse_want(v, &channel)
             .map_err(|e| RpcError::new(code::INVALID_PARAMS, format!("version {e}")))?,
     };
-    let (mut updater, mut history) = updater_for(ctx.daemon(), &channel).await?;
+    let (mut updater, history) = updater_for(ctx.daemon(), &channel).await?;
     let checked = tokio::select! {
         r = updater.check(Some(VERSION), &want, false) => r,
         () = ctx.cancelled() => return Err(RpcError::cancelled()),
     };
-    let check = checked
-        .and_then(|c| upgrade::enforce_signed_channel(&mut updater, &mut history, &want, c))
-        .map_err(|e| {
-            history.record("check", Some(VERSION), None, "failed", Some(&e), false);
-            update_error(e)
-        })?;
+    let checked = match checked {
+        Ok(c) => upgrade::enforce_signed_channel(&mut updater, &history, &want, c).await,
+        Err(e) => Err(e),
+    };
+    let check = match checked {
+        Ok(c) => c,
+        Err(e) => {
+            history.record("check", Some(VERSION), None, "failed", Some(&e), false).await;
+            return Err(update_error(e));
+        }
+    };
     if !check.update_available {
         return Ok(ApplyResult {
             previous_version: VERSION.to_owned(),
@@ -200,34 +221,22 @@ async fn apply(ctx: Ctx, p: ApplyParams) -> Result<ApplyResult, RpcError> {
     let (applied, ()) = tokio::join!(applying, forwarding);
     let installed = match applied {
         Ok(i) => i,
-        Err(e) if matches!(e.kind, ErrorKind::Cancelled) => {
-            history.record("upgrade", Some(VERSION), Some(&check.latest), "cancelled", None, false);
-            return Err(RpcError::cancelled());
-        }
         Err(e) => {
-            history.record(
-                "upgrade",
-                Some(VERSION),
-                Some(&check.latest),
-                "failed",
-                Some(&e),
-                false,
-            );
-            return Err(update_error(e));
+            let cancelled = matches!(e.kind, ErrorKind::Cancelled);
+            let (outcome, err) = if cancelled { ("cancelled", None) } else { ("failed", Some(&e)) };
+            history
+                .record("upgrade", Some(VERSION), Some(&check.latest), outcome, err, false)
+                .await;
+            return Err(if cancelled { RpcError::cancelled() } else { update_error(e) });
         }
     };
     if installed.verified {
-        history.remember_signed();
+        history.remember_signed().await;
     }
-    history.record(
-        "upgrade",
-        Some(VERSION),
-        Some(&installed.version),
-        "installed",
-        None,
-        installed.verified,
-    );
-    let restarting = p.restart && restart_after_reply(&ctx).await;
+    let to = Some(installed.version.as_str());
+    history.record("upgrade", Some(VERSION), to, "installed", None, installed.verified).await;
+    let restarting =
+        p.restart && restart_after_reply(&ctx, &installed.exe, &installed.features).await;
     ctx.daemon().restart_pending.store(!restarting, Ordering::Release);
     let news = serde_json::json!({
         "previousVersion": VERSION,
@@ -244,18 +253,27 @@ async fn apply(ctx: Ctx, p: ApplyParams) -> Result<ApplyResult, RpcError> {
     })
 }
 
-/// Schedules the hand-over to the binary now on disk; false (with a `Log` saying why) when this
-/// daemon cannot hand over: stdio and one-connection mode have no socket to pass on.
-async fn restart_after_reply(ctx: &Ctx) -> bool {
-    if !ctx.daemon().config.can_hand_over {
-        ctx.log(
-            Level::Warning,
-            "restart skipped: only a TCP daemon with --keep-alive can restart in place",
-        )
-        .await;
+/// Schedules the hand-over to `exe` after this reply, or says (in a `Log`) why not, leaving the
+/// restart to the launcher: stdio and one-connection mode have no socket to pass on, a build
+/// without the `daemon-hand-over` feature would not take it, and a restart now would end the
+/// games `Process.Run` is running.
+async fn restart_after_reply(ctx: &Ctx, exe: &std::path::Path, features: &[String]) -> bool {
+    let daemon = ctx.daemon();
+    let running = daemon.running_processes.load(Ordering::Acquire);
+    let refusal = if !daemon.config.can_hand_over {
+        Some("only a TCP daemon with --keep-alive can restart in place".to_owned())
+    } else if !features.iter().any(|f| f == crate::version::HAND_OVER) {
+        Some(format!("{} cannot take over a running daemon", exe.display()))
+    } else if running > 0 {
+        Some(format!("{running} process(es) started by Process.Run are still running"))
+    } else {
+        None
+    };
+    if let Some(why) = refusal {
+        ctx.log(Level::Warning, &format!("not restarting: {why}; restart butler to finish")).await;
         return false;
     }
-    ctx.daemon().request_hand_over();
+    daemon.request_hand_over(exe.to_owned());
     ctx.shutdown_after_reply();
     true
 }
@@ -269,31 +287,35 @@ struct RollbackParams {
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 struct RollbackResult {
-    restored_version: String,
+    /// `None` when the restored build would not say (it is active all the same).
+    restored_version: Option<String>,
     restart_required: bool,
 }
 
-/// Puts back the executable the last update replaced (`butler upgrade --rollback`).
+/// Puts back the build the last update replaced (`butler upgrade --rollback`).
 async fn rollback(ctx: Ctx, p: RollbackParams) -> Result<RollbackResult, RpcError> {
     let channel = Channel::current(false);
-    let mut history = open_history(ctx.daemon(), &channel).await;
+    let history = open_history(ctx.daemon(), &channel).await;
     let target = target(ctx.daemon());
-    let rolled = tokio::task::spawn_blocking(move || butler_updater::rollback(&target))
+    let exe_name = channel.executable_name();
+    let rolled = tokio::task::spawn_blocking(move || butler_updater::rollback(&target, exe_name))
         .await
         .map_err(RpcError::internal)?;
     let restored = match rolled {
-        Ok(v) => v,
+        Ok(r) => r,
         Err(e) => {
-            history.record("rollback", Some(VERSION), None, "failed", Some(&e), false);
+            history.record("rollback", Some(VERSION), None, "failed", Some(&e), false).await;
             return Err(update_error(e));
         }
     };
-    history.record("rollback", Some(VERSION), Some(&restored), "rolled-back", None, false);
-    let restarting = p.restart && restart_after_reply(&ctx).await;
+    let version = restored.version.clone();
+    history.record("rollback", Some(VERSION), version.as_deref(), "rolled-back", None, false).await;
+    let restarting =
+        p.restart && restart_after_reply(&ctx, &restored.exe, &restored.features).await;
     ctx.daemon().restart_pending.store(!restarting, Ordering::Release);
-    let news = serde_json::json!({"restoredVersion": restored, "restarting": restarting});
+    let news = serde_json::json!({"restoredVersion": version, "restarting": restarting});
     ctx.daemon().broadcast("Update.RolledBack", news).await;
-    Ok(RollbackResult { restored_version: restored, restart_required: !restarting })
+    Ok(RollbackResult { restored_version: version, restart_required: !restarting })
 }
 
 /// Network failures keep upstream's code 9000; the rest are internal errors naming the step.
@@ -339,29 +361,31 @@ async fn status(ctx: Ctx, _: StatusParams) -> Result<StatusResult, RpcError> {
 
 /// Checks the stable channel every `interval` (plus up to a tenth of it at random, so launchers
 /// started together do not all ask at once) until shutdown. The first check is due one interval
-/// after the last one this database recorded, or after this start when it has none: a daemon that
-/// lives a few seconds never calls out. A signed update is fetched ahead of time (`Update.Ready`),
+/// after the last one this database recorded, or after this start when it has none, so a daemon
+/// on a fresh database never calls out before one interval has passed. A signed update is fetched ahead of time (`Update.Ready`),
 /// never installed.
 pub fn spawn_background_checks(daemon: &Arc<Daemon>, interval: Duration) {
     let d = Arc::clone(daemon);
     daemon.tracker.spawn(async move {
         let channel = Channel::current(false);
-        let mut due = match last_check_time(&d).await {
-            Some(t) => t + interval,
-            None => SystemTime::now() + interval,
-        };
+        let after = |t: SystemTime| t.checked_add(interval).unwrap_or(t);
+        let mut due = after(last_check_time(&d).await.unwrap_or_else(SystemTime::now));
         loop {
-            due += jitter(interval);
+            due = due.checked_add(jitter(interval)).unwrap_or(due);
             let wait = due.duration_since(SystemTime::now()).unwrap_or_default();
             tokio::select! {
                 () = d.shutdown.cancelled() => return,
                 () = tokio::time::sleep(wait) => {}
             }
             if d.restart_pending.load(Ordering::Acquire) {
-                due = SystemTime::now() + interval;
+                due = after(SystemTime::now());
                 continue;
             }
-            match check_now(&d, &channel).await {
+            let checked = tokio::select! {
+                r = check_now(&d, &channel) => r,
+                () = d.shutdown.cancelled() => return,
+            };
+            match checked {
                 Ok(c) if c.update_available && c.signed => {
                     if let Some(v) = c.latest_version {
                         prefetch(&d, &channel, &v).await;
@@ -370,7 +394,7 @@ pub fn spawn_background_checks(daemon: &Arc<Daemon>, interval: Duration) {
                 Ok(_) => {}
                 Err(e) => tracing::warn!("background update check failed: {}", e.message),
             }
-            due = SystemTime::now() + interval;
+            due = after(SystemTime::now());
         }
     });
 }
