@@ -233,6 +233,26 @@ impl Install {
     }
 }
 
+/// An executable shell script at `path` running `body`.
+fn write_script(path: &Path, body: &str) -> PathBuf {
+    std::fs::write(path, format!("#!/bin/sh\n{body}")).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    path.to_owned()
+}
+
+/// The messages of the `Log` notifications among `notes`.
+fn messages(notes: &[serde_json::Value]) -> Vec<&str> {
+    notes
+        .iter()
+        .filter(|n| n["method"] == "Log")
+        .filter_map(|n| n["params"]["message"].as_str())
+        .collect()
+}
+
 /// Copies an executable with `cp`: if this (multi-threaded) test process held the write handle,
 /// a fork in another test thread could inherit it and the exec would fail with ETXTBSY.
 fn copy_exe(from: &Path, to: &Path) {
@@ -888,17 +908,13 @@ fn a_candidate_failing_the_daemon_check_is_never_chosen() {
     let f = fixtures();
     // A build whose `version` works but whose daemon never comes up.
     let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join("butler-broken-daemon");
-    std::fs::write(
-        &script,
-        format!("#!/bin/sh\nif [ \"$1\" = version ]; then exec '{}' \"$@\"; fi\necho 'no daemon here' >&2\nexit 1\n", f.new.display()),
-    )
-    .unwrap();
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
+    let script = write_script(
+        &dir.path().join("butler-broken-daemon"),
+        &format!(
+            "if [ \"$1\" = version ]; then exec '{}' \"$@\"; fi\necho 'no daemon here' >&2\nexit 1\n",
+            f.new.display()
+        ),
+    );
     let tree = tempfile::tempdir().unwrap();
     publish(tree.path(), &f.old, &f.old_version, false, Some(key()), 3600);
     publish(tree.path(), &script, &f.new_version, true, Some(key()), 3600);
@@ -1196,7 +1212,7 @@ fn the_daemon_checks_in_the_background_only_when_allowed() {
     // Applying it takes the fetched archive instead of downloading again.
     let (r, notes) = call(&mut c, 2, "Update.Apply", json!({}));
     assert_eq!(r["result"]["installedVersion"], f.new_version.as_str(), "{r}");
-    let logs: Vec<&str> = notes.iter().filter_map(|n| n["params"]["message"].as_str()).collect();
+    let logs = messages(&notes);
     assert!(logs.iter().any(|m| m.starts_with("using the archive fetched earlier")), "{logs:?}");
     assert!(!logs.iter().any(|m| m.starts_with("downloading")), "{logs:?}");
     assert_eq!(version_of(&inst.exe), f.new_version);
@@ -1223,7 +1239,7 @@ fn a_tampered_prefetched_archive_is_discarded_and_downloaded_again() {
     let d = daemon_from(&inst, &broth);
     let (r, notes) = call(&mut d.client(), 1, "Update.Apply", json!({}));
     assert_eq!(r["result"]["installedVersion"], f.new_version.as_str(), "{r}");
-    let logs: Vec<&str> = notes.iter().filter_map(|n| n["params"]["message"].as_str()).collect();
+    let logs = messages(&notes);
     assert!(logs.iter().any(|m| m.starts_with("downloading")), "{logs:?}");
     assert!(!planted.exists(), "the bad archive is removed");
     assert_eq!(version_of(&inst.exe), f.new_version);
@@ -1236,17 +1252,10 @@ fn the_daemon_does_not_restart_into_a_build_that_cannot_take_over_or_while_games
     // A "butler" that passes the smoke test but announces no features (as builds before the
     // hand-over did): restarting into it would strand the launcher's clients.
     let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join("butler");
-    std::fs::write(
-        &script,
-        "#!/bin/sh\necho '{\"type\":\"result\",\"value\":{\"version\":\"v9.9.9\"}}'\n",
-    )
-    .unwrap();
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
+    let script = write_script(
+        &dir.path().join("butler"),
+        "echo '{\"type\":\"result\",\"value\":{\"version\":\"v9.9.9\"}}'\n",
+    );
     let tree = tempfile::tempdir().unwrap();
     publish(tree.path(), &script, "9.9.9", true, Some(key()), 3600);
     let old_style = Broth { server: Server::start(tree.path().to_owned()), _dir: tree };
@@ -1256,7 +1265,7 @@ fn the_daemon_does_not_restart_into_a_build_that_cannot_take_over_or_while_games
     let (r, notes) = call(&mut c, 1, "Update.Apply", json!({"restart": true}));
     assert_eq!(r["result"]["installedVersion"], "9.9.9", "{r}");
     assert_eq!(r["result"]["restartRequired"], true);
-    let logs: Vec<&str> = notes.iter().filter_map(|n| n["params"]["message"].as_str()).collect();
+    let logs = messages(&notes);
     assert!(logs.iter().any(|m| m.contains("cannot take over a running daemon")), "{logs:?}");
     let (v, _) = call(&mut c, 2, "Version.Get", json!({}));
     assert_eq!(v["result"]["version"], format!("v{}", f.old_version), "still serving: {v}");
@@ -1275,7 +1284,7 @@ fn the_daemon_does_not_restart_into_a_build_that_cannot_take_over_or_while_games
     let (r, notes) = call(&mut c, 1, "Update.Apply", json!({"restart": true}));
     assert_eq!(r["result"]["installedVersion"], f.new_version.as_str(), "{r}");
     assert_eq!(r["result"]["restartRequired"], true);
-    let logs: Vec<&str> = notes.iter().filter_map(|n| n["params"]["message"].as_str()).collect();
+    let logs = messages(&notes);
     assert!(logs.iter().any(|m| m.contains("still running")), "{logs:?}");
     let (r, _) = call(&mut c, 2, "Operation.Cancel", json!({"id": "game"}));
     assert_eq!(r["result"]["didCancel"], true, "{r}");
