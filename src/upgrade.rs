@@ -634,3 +634,31 @@ pub fn recent_history(
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use butler_updater::Progress;
+
+    #[test]
+    fn progress_is_reported_at_most_every_500_ms_but_always_at_the_end() {
+        let mut t = ProgressThrottle::default();
+        let p = |done| Progress { done, total: Some(100), bps: 1.0 };
+        assert!(t.due(&p(1)), "the first report goes out");
+        assert!(!t.due(&p(2)), "too soon");
+        assert!(!t.due(&p(50)));
+        assert!(t.due(&p(100)), "the final report always goes out");
+        t.last = Some(Instant::now() - Duration::from_millis(501));
+        assert!(t.due(&p(60)), "due again after 500 ms");
+    }
+
+    #[test]
+    fn want_is_a_version_or_a_range() {
+        let stable = Channel::current(false);
+        assert!(matches!(parse_want("v1.2.3", &stable), Ok(Want::Exact(v)) if v == "1.2.3"));
+        assert!(matches!(parse_want("^15.30", &stable), Ok(Want::Range(_))));
+        assert!(parse_want("soon", &stable).unwrap_err().contains("neither a version"));
+        let head = Channel::current(true);
+        assert!(matches!(parse_want("abc123", &head), Ok(Want::Exact(v)) if v == "abc123"));
+    }
+}
