@@ -138,6 +138,10 @@ impl TuningArgs {
     }
 }
 
+/// The folder under butler's home where update archives wait (fetched ahead of time, or cut
+/// short and to be resumed).
+pub(crate) const UPDATE_CACHE: &str = "update-cache";
+
 /// Exit codes, one per kind of failure, so scripts can tell them apart.
 fn exit_code_for(e: &UpdateError) -> u8 {
     match e.kind.code() {
@@ -204,6 +208,9 @@ async fn run_async(
     })?;
     let mut updater =
         Updater::new(source, args.tuning.tuning()).map_err(|e| ExitError::new(2, e))?;
+    // Shared with the daemon: an archive it fetched ahead of time, or a download an earlier run
+    // did not finish, is picked up here.
+    updater.cache_dir = db::home_dir().ok().map(|h| h.join(UPDATE_CACHE));
     let current = target.current(VERSION).map_err(|e| ExitError::new(13, e))?;
     let want = match &args.to {
         None => Want::Latest,

@@ -136,7 +136,7 @@ async fn serve(
             exe: std::env::current_exe().context("finding the running executable")?,
             update_tuning: args.update_tuning.tuning(),
             can_hand_over: cfg!(unix) && !stdio && args.keep_alive,
-            update_cache: db::home_dir().ok().map(|h| h.join("update-cache")),
+            update_cache: db::home_dir().ok().map(|h| h.join(crate::upgrade::UPDATE_CACHE)),
         },
         methods::router(),
         match &inherited {

@@ -575,6 +575,40 @@ fn an_interrupted_download_resumes_with_range() {
 }
 
 #[test]
+fn a_download_cut_in_one_run_is_resumed_by_the_next() {
+    let f = fixtures();
+    let broth = Broth::new(true);
+    let path = broth.archive_path(&f.new_version);
+    // Every answer in the first run is cut after 64 KiB, until it gives up (3 retries x 4).
+    broth.server.fault(&path, Fault::CutAfter(64 << 10, 12));
+    let inst = Install::new();
+    let out = inst.run(&broth, &["-y"]);
+    inst.assert_untouched(&out);
+    let gets = |from: usize| -> Vec<server::Seen> {
+        broth.server.seen().into_iter().filter(|s| s.path == path).skip(from).collect()
+    };
+    let first_run = gets(0).len();
+    assert_eq!(first_run, 12, "the first run gave up after its attempts");
+    let part = inst.home.path().join("update-cache").join(format!(
+        "butler-{}-{}.part",
+        channel().name(),
+        f.new_version
+    ));
+    let kept = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
+    assert_eq!(kept, 12 * (64 << 10), "what arrived is kept for the next run");
+
+    let out = inst.run(&broth, &["-y"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(version_of(&inst.exe), f.new_version);
+    let second = gets(first_run);
+    assert_eq!(second.len(), 1, "{second:?}");
+    assert_eq!(second[0].headers.get("range"), Some(&format!("bytes={kept}-")));
+    assert!(second[0].headers.contains_key("if-range"), "{:?}", second[0]);
+    assert!(!part.exists(), "nothing is left in the cache");
+    assert_eq!(std::fs::read_dir(part.parent().unwrap()).unwrap().count(), 0);
+}
+
+#[test]
 fn wrong_sha256_is_refused() {
     let f = fixtures();
     let broth = Broth::new(true);

@@ -167,8 +167,12 @@ impl Http {
         retry_after.unwrap_or(exp).min(self.cfg.max_backoff)
     }
 
-    /// Streams `url` into `dest` (created or truncated), resuming after cuts with `Range` +
-    /// `If-Range` when the server allows it. Returns the size and SHA-256 of what was written.
+    /// Streams `url` into `dest`, resuming after cuts with `Range` + `If-Range` when the server
+    /// allows it. Returns the size and SHA-256 of what was written.
+    ///
+    /// The server's strong validator is kept beside `dest` (`<dest>.validator`) while the
+    /// download is incomplete, so a later call for the same `dest`, in another run after a crash
+    /// or a failed attempt, resumes where this one stopped; without it `dest` starts empty.
     pub async fn download(
         &self,
         url: &str,
@@ -176,10 +180,18 @@ impl Http {
         cap: u64,
         on_progress: &mut (dyn FnMut(Progress) + Send),
     ) -> Result<(u64, [u8; 32]), ErrorKind> {
-        let mut file = fs_err::File::create(dest)?;
+        let sidecar = validator_path(dest);
         let mut hasher = crate::hasher::Hasher::new();
-        let mut done: u64 = 0;
-        let mut validator: Option<String> = None;
+        let (mut file, mut done, mut validator) = match resume_from(dest, &sidecar, &hasher) {
+            Some((file, done, validator)) => {
+                tracing::info!("resuming the download of {url} at byte {done}");
+                (file, done, Some(validator))
+            }
+            None => {
+                let _ = std::fs::remove_file(&sidecar);
+                (fs_err::File::create(dest)?, 0, None)
+            }
+        };
         let mut total: Option<u64> = None;
         let mut failures = 0u32;
         let mut attempts = 0u32;
@@ -196,6 +208,7 @@ impl Http {
                     &mut hasher,
                     &mut done,
                     &mut validator,
+                    &sidecar,
                     &mut total,
                     &mut |d, t| {
                         if last_report.elapsed() >= self.cfg.progress_interval {
@@ -208,6 +221,7 @@ impl Http {
                 .await;
             match result {
                 Ok(()) => {
+                    let _ = std::fs::remove_file(&sidecar);
                     // No fsync: the archive is scratch (deleted after unpacking, refetched after a
                     // crash); only the unpacked files must be durable before the swap.
                     let secs = started.elapsed().as_secs_f64().max(1e-3);
@@ -240,6 +254,7 @@ impl Http {
         hasher: &mut crate::hasher::Hasher,
         done: &mut u64,
         validator: &mut Option<String>,
+        sidecar: &Path,
         total: &mut Option<u64>,
         report: &mut (dyn FnMut(u64, Option<u64>) + Send),
     ) -> Result<(), ErrorKind> {
@@ -286,6 +301,8 @@ impl Http {
             .or_else(|| resp.headers().get(LAST_MODIFIED))
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
+        // Before any byte is written, so whatever lands in the file can be resumed later.
+        remember_validator(sidecar, validator.as_deref());
         let mut stream = resp.bytes_stream();
         let mut window_start = Instant::now();
         let mut window_bytes = 0u64;
@@ -333,6 +350,54 @@ impl Http {
             return Err(ErrorKind::Truncated { url: url.to_owned(), got: *done, expected: t });
         }
         Ok(())
+    }
+}
+
+fn validator_path(dest: &Path) -> std::path::PathBuf {
+    let mut name = dest.as_os_str().to_owned();
+    name.push(".validator");
+    name.into()
+}
+
+/// The partial file at `dest`, opened for appending with its bytes fed to `hasher`, when a
+/// validator says which version of the file they belong to.
+fn resume_from(
+    dest: &Path,
+    sidecar: &Path,
+    hasher: &crate::hasher::Hasher,
+) -> Option<(fs_err::File, u64, String)> {
+    use std::io::Read;
+    let validator = std::fs::read_to_string(sidecar).ok().filter(|v| !v.trim().is_empty())?;
+    let mut existing = std::fs::File::open(dest).ok()?;
+    let mut done = 0u64;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = existing.read(&mut buf).ok()?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(bytes::Bytes::copy_from_slice(&buf[..n]));
+        done += n as u64;
+    }
+    if done == 0 {
+        return None;
+    }
+    let file = fs_err::OpenOptions::new().append(true).open(dest).ok()?;
+    Some((file, done, validator.trim().to_owned()))
+}
+
+/// Keeps (or, when the server gave none, drops) the validator beside the partial download.
+fn remember_validator(sidecar: &Path, validator: Option<&str>) {
+    match validator {
+        Some(v) if std::fs::read_to_string(sidecar).ok().as_deref() != Some(v) => {
+            if let Err(e) = std::fs::write(sidecar, v) {
+                tracing::debug!("cannot keep the download validator: {e}");
+            }
+        }
+        Some(_) => {}
+        None => {
+            let _ = std::fs::remove_file(sidecar);
+        }
     }
 }
 

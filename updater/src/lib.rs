@@ -499,16 +499,26 @@ impl Updater {
                 found
             }
             None => {
+                // Into the cache when there is one, so a download cut here (a failure, a kill) is
+                // resumed by the next run instead of starting over.
+                let part = self.cache_dir.as_ref().filter(|c| fs_err::create_dir_all(c).is_ok());
+                let part = part.map(|c| self.prefetch_path(c, version).with_extension("part"));
                 on_event(Event::Info(format!("downloading {url}")));
                 let mut progress = |p| on_event(Event::Progress(p));
-                let download = self.http.download(&url, &archive, cap, &mut progress);
-                self.unless_cancelled(Step::Download, async { Ok(download.await) })
+                let dest = part.as_deref().unwrap_or(&archive);
+                let download = self.http.download(&url, dest, cap, &mut progress);
+                let got = self
+                    .unless_cancelled(Step::Download, async { Ok(download.await) })
                     .await?
                     .map_err(|e| match e {
                         ErrorKind::Http { status: 404, .. } => ErrorKind::NotFound(url.clone()),
                         other => other,
                     })
-                    .at(Step::Download)?
+                    .at(Step::Download)?;
+                if let Some(part) = &part {
+                    move_file(part, &archive).at(Step::Download)?;
+                }
+                got
             }
         };
         hook::point("after-download");
@@ -650,14 +660,14 @@ impl Updater {
         let mut progress = |p| on_event(Event::Progress(p));
         let download = self.http.download(&url, &part, manifest.archive.size, &mut progress);
         let fetched = self.unless_cancelled(Step::Download, async { Ok(download.await) }).await;
-        let checked = fetched.and_then(|r| r.at(Step::Download)).and_then(|(size, sha)| {
-            check_archive(&manifest, size, &sha)?;
-            fs_err::rename(&part, &dest).at(Step::Download)
-        });
-        if let Err(e) = checked {
+        // A failed download stays for the next attempt to resume; a complete one that does not
+        // match the manifest is junk.
+        let (size, sha) = fetched?.at(Step::Download)?;
+        if let Err(e) = check_archive(&manifest, size, &sha) {
             let _ = std::fs::remove_file(&part);
             return Err(e);
         }
+        fs_err::rename(&part, &dest).at(Step::Download)?;
         // Keep only this one.
         if let Ok(entries) = std::fs::read_dir(&cache) {
             let prefix = self.prefetch_prefix();
@@ -803,6 +813,15 @@ fn verify_files(m: &Manifest, files: &[manifest::FileEntry]) -> Result<(), Error
                 f.path, f.mode, want.mode
             )));
         }
+    }
+    Ok(())
+}
+
+/// Renames, or copies across file systems (the cache and the install folder may differ).
+fn move_file(from: &Path, to: &Path) -> Result<(), ErrorKind> {
+    if fs_err::rename(from, to).is_err() {
+        fs_err::copy(from, to)?;
+        fs_err::remove_file(from)?;
     }
     Ok(())
 }
