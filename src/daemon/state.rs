@@ -158,6 +158,10 @@ impl Daemon {
         *lock(&self.hand_over) = Some(exe);
     }
 
+    pub fn cancel_hand_over(&self) {
+        *lock(&self.hand_over) = None;
+    }
+
     pub fn hand_over_target(&self) -> Option<std::path::PathBuf> {
         lock(&self.hand_over).clone()
     }

@@ -590,7 +590,7 @@ fn a_download_cut_in_one_run_is_resumed_by_the_next() {
     let first_run = gets(0).len();
     assert_eq!(first_run, 12, "the first run gave up after its attempts");
     let part = inst.home.path().join("update-cache").join(format!(
-        "butler-{}-{}.part",
+        "butler@{}@{}.part",
         channel().name(),
         f.new_version
     ));
@@ -606,6 +606,41 @@ fn a_download_cut_in_one_run_is_resumed_by_the_next() {
     assert!(second[0].headers.contains_key("if-range"), "{:?}", second[0]);
     assert!(!part.exists(), "nothing is left in the cache");
     assert_eq!(std::fs::read_dir(part.parent().unwrap()).unwrap().count(), 0);
+}
+
+#[test]
+fn a_download_complete_but_unfinished_by_an_earlier_run_is_used_as_it_is() {
+    let f = fixtures();
+    let broth = Broth::new(true);
+    let path = broth.archive_path(&f.new_version);
+    let archive = broth.file(&format!("{}/archive/default", f.new_version));
+    let data = std::fs::read(&archive).unwrap();
+    let mtime = std::fs::metadata(&archive)
+        .unwrap()
+        .modified()
+        .unwrap()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    // An earlier run got every byte, then was killed before it could use them.
+    let inst = Install::new();
+    let cache = inst.home.path().join("update-cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    let part = cache.join(format!("butler@{}@{}.part", channel().name(), f.new_version));
+    std::fs::write(&part, &data).unwrap();
+    let url = format!("{}{path}", broth.url());
+    std::fs::write(
+        cache.join(format!("butler@{}@{}.part.validator", channel().name(), f.new_version)),
+        format!("{url}\n\"{}-{mtime}\"", data.len()),
+    )
+    .unwrap();
+    let out = inst.run(&broth, &["-y"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(version_of(&inst.exe), f.new_version);
+    let gets: Vec<_> = broth.server.seen().into_iter().filter(|s| s.path == path).collect();
+    assert_eq!(gets.len(), 1, "{gets:?}");
+    assert_eq!(gets[0].headers.get("range"), Some(&format!("bytes={}-", data.len())));
+    assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 0);
 }
 
 #[test]
@@ -1156,7 +1191,25 @@ fn the_daemon_restarts_into_the_update_on_the_same_socket_and_secret() {
     assert_eq!(v["result"]["version"], format!("v{}", f.new_version), "{v}");
     assert!(d.child.try_wait().unwrap().is_none(), "the launcher's child is still running");
     assert_eq!(d.child.id(), pid);
-    let (r, _) = call(&mut c, 3, "Meta.Shutdown", json!({}));
+    // Nothing of the hand-over reaches a child: no variables, no inherited socket or pipe.
+    let (r, _) = call(
+        &mut c,
+        3,
+        "Process.Run",
+        json!({"command": ["sh", "-c", "env; ls -l /proc/$$/fd"], "prefix": "handover"}),
+    );
+    assert_eq!(r["result"]["exitCode"], 0, "{r}");
+    let (r, _) = call(&mut c, 4, "Streams.Read", json!({"path": "handover/+/stdout"}));
+    let text: String = r["result"]["entries"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{r}"))
+        .iter()
+        .map(|e| e["text"].as_str().unwrap())
+        .collect();
+    assert!(text.contains("PATH="), "the listing ran: {text}");
+    assert!(!text.contains("BUTLER_DAEMON_HANDOVER"), "{text}");
+    assert!(!text.contains("socket:"), "{text}");
+    let (r, _) = call(&mut c, 5, "Meta.Shutdown", json!({}));
     assert!(r.get("result").is_some(), "{r}");
     let (code, out, err) = d.wait_exit(10);
     assert_eq!(code, Some(0), "{err}");
@@ -1268,7 +1321,7 @@ fn a_tampered_prefetched_archive_is_discarded_and_downloaded_again() {
     let inst = Install::new();
     let cache = inst.home.path().join("update-cache");
     std::fs::create_dir_all(&cache).unwrap();
-    let planted = cache.join(format!("butler-{}-{}.zip", channel().name(), f.new_version));
+    let planted = cache.join(format!("butler@{}@{}.zip", channel().name(), f.new_version));
     std::fs::write(&planted, b"not the archive the manifest describes").unwrap();
     let d = daemon_from(&inst, &broth);
     let (r, notes) = call(&mut d.client(), 1, "Update.Apply", json!({}));

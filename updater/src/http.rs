@@ -181,8 +181,21 @@ impl Http {
         on_progress: &mut (dyn FnMut(Progress) + Send),
     ) -> Result<(u64, [u8; 32]), ErrorKind> {
         let sidecar = validator_path(dest);
-        let mut hasher = crate::hasher::Hasher::new();
-        let (mut file, mut done, mut validator) = match resume_from(dest, &sidecar, &hasher) {
+        // Re-reading a partial file to hash it is blocking work.
+        let (mut hasher, resumed) = {
+            let (dest, sidecar, url) = (dest.to_owned(), sidecar.clone(), url.to_owned());
+            tokio::task::spawn_blocking(move || {
+                let hasher = crate::hasher::Hasher::new();
+                let resumed = resume_from(&url, &dest, &sidecar, &hasher, cap);
+                if resumed.is_none() {
+                    hasher.reset();
+                }
+                (hasher, resumed)
+            })
+            .await
+            .map_err(|e| ErrorKind::Io(std::io::Error::other(e.to_string())))?
+        };
+        let (mut file, mut done, mut validator) = match resumed {
             Some((file, done, validator)) => {
                 tracing::info!("resuming the download of {url} at byte {done}");
                 (file, done, Some(validator))
@@ -240,7 +253,12 @@ impl Http {
                     tracing::info!("download of {url} interrupted at {done} bytes ({e}); retrying");
                     tokio::time::sleep(self.backoff(failures, e.retry_after())).await;
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    // Not worth resuming later: what is there may be wrong, and the next try
+                    // would meet the same answer.
+                    let _ = std::fs::remove_file(&sidecar);
+                    return Err(e);
+                }
             }
         }
     }
@@ -265,13 +283,25 @@ impl Http {
             req = req.header(IF_RANGE, validator.clone().unwrap_or_default());
         }
         let resp = req.send().await.map_err(|e| net_err(url, e))?;
-        check_status(url, &resp)?;
         let status = resp.status();
+        // What we hold is already all there is (a cut right after the last byte).
+        if status == StatusCode::RANGE_NOT_SATISFIABLE
+            && resuming
+            && content_range(&resp).is_some_and(|r| r.start.is_none() && r.total == Some(*done))
+        {
+            *total = Some(*done);
+            return Ok(());
+        }
+        check_status(url, &resp)?;
         if status == StatusCode::PARTIAL_CONTENT
             && resuming
-            && content_range_start(&resp) == Some(*done)
+            && content_range(&resp).is_some_and(|r| r.start == Some(*done))
         {
             tracing::debug!("resuming {url} at byte {done}");
+            *total = content_range(&resp).and_then(|r| r.total);
+            if total.is_some_and(|n| n > cap) {
+                return Err(ErrorKind::TooLarge { url: url.to_owned(), limit: cap });
+            }
         } else {
             if status == StatusCode::PARTIAL_CONTENT {
                 return Err(ErrorKind::Http {
@@ -302,7 +332,7 @@ impl Http {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         // Before any byte is written, so whatever lands in the file can be resumed later.
-        remember_validator(sidecar, validator.as_deref());
+        remember_validator(sidecar, url, validator.as_deref());
         let mut stream = resp.bytes_stream();
         let mut window_start = Instant::now();
         let mut window_bytes = 0u64;
@@ -359,16 +389,26 @@ fn validator_path(dest: &Path) -> std::path::PathBuf {
     name.into()
 }
 
-/// The partial file at `dest`, opened for appending with its bytes fed to `hasher`, when a
-/// validator says which version of the file they belong to.
+/// The partial file at `dest`, opened for appending with its bytes fed to `hasher`, when the
+/// sidecar says which URL and which version of the file (the validator) they came from.
 fn resume_from(
+    url: &str,
     dest: &Path,
     sidecar: &Path,
     hasher: &crate::hasher::Hasher,
+    cap: u64,
 ) -> Option<(fs_err::File, u64, String)> {
     use std::io::Read;
-    let validator = std::fs::read_to_string(sidecar).ok().filter(|v| !v.trim().is_empty())?;
+    let kept = std::fs::read_to_string(sidecar).ok()?;
+    let (from, validator) = kept.split_once('\n')?;
+    if from != url || validator.trim().is_empty() {
+        return None;
+    }
     let mut existing = std::fs::File::open(dest).ok()?;
+    // Exactly `cap` may be complete (a 416 says so); more cannot be right.
+    if existing.metadata().ok()?.len() > cap {
+        return None;
+    }
     let mut done = 0u64;
     let mut buf = vec![0u8; 256 * 1024];
     loop {
@@ -386,25 +426,38 @@ fn resume_from(
     Some((file, done, validator.trim().to_owned()))
 }
 
-/// Keeps (or, when the server gave none, drops) the validator beside the partial download.
-fn remember_validator(sidecar: &Path, validator: Option<&str>) {
+/// Keeps (or, when the server gave none, drops) the URL and validator beside the partial
+/// download.
+fn remember_validator(sidecar: &Path, url: &str, validator: Option<&str>) {
     match validator {
-        Some(v) if std::fs::read_to_string(sidecar).ok().as_deref() != Some(v) => {
-            if let Err(e) = std::fs::write(sidecar, v) {
+        Some(v) => {
+            let kept = format!("{url}\n{v}");
+            if std::fs::read_to_string(sidecar).ok().as_deref() != Some(&kept)
+                && let Err(e) = std::fs::write(sidecar, kept)
+            {
                 tracing::debug!("cannot keep the download validator: {e}");
             }
         }
-        Some(_) => {}
         None => {
             let _ = std::fs::remove_file(sidecar);
         }
     }
 }
 
-fn content_range_start(resp: &reqwest::Response) -> Option<u64> {
+/// `Content-Range: bytes <start>-<end>/<total>` (or `bytes */<total>` on a 416).
+struct ContentRange {
+    start: Option<u64>,
+    total: Option<u64>,
+}
+
+fn content_range(resp: &reqwest::Response) -> Option<ContentRange> {
     let v = resp.headers().get(CONTENT_RANGE)?.to_str().ok()?;
-    let rest = v.strip_prefix("bytes ")?;
-    rest.split('-').next()?.trim().parse().ok()
+    let (range, total) = v.strip_prefix("bytes ")?.split_once('/')?;
+    let start = match range.trim() {
+        "*" => None,
+        r => Some(r.split('-').next()?.trim().parse().ok()?),
+    };
+    Some(ContentRange { start, total: total.trim().parse().ok() })
 }
 
 fn check_status(url: &str, resp: &reqwest::Response) -> Result<(), ErrorKind> {

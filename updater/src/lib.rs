@@ -487,7 +487,13 @@ impl Updater {
         let url = self.source.url(&format!("{version}/archive/default"));
         let archive = staging.join("archive.zip");
         let cap = manifest.as_ref().map(|m| m.archive.size).unwrap_or(self.tuning.net.max_archive);
-        let (size, sha) = match self.take_prefetched(manifest.as_ref(), version, &archive).await {
+        // Held until the archive is in staging: a background prefetch or another update using
+        // the same cache files at once would splice their bytes together.
+        let cache = self.lock_cache();
+        let cache_dir = cache.as_ref().map(|(dir, _)| dir.as_path());
+        let prefetched =
+            self.take_prefetched(manifest.as_ref(), version, &archive, cache_dir).await;
+        let (size, sha) = match prefetched {
             Some(found) => {
                 on_event(Event::Info(format!("using the archive fetched earlier for {version}")));
                 // Progress watchers still see the download finished.
@@ -501,8 +507,7 @@ impl Updater {
             None => {
                 // Into the cache when there is one, so a download cut here (a failure, a kill) is
                 // resumed by the next run instead of starting over.
-                let part = self.cache_dir.as_ref().filter(|c| fs_err::create_dir_all(c).is_ok());
-                let part = part.map(|c| self.prefetch_path(c, version).with_extension("part"));
+                let part = cache_dir.map(|c| self.cache_path(c, version, "part"));
                 on_event(Event::Info(format!("downloading {url}")));
                 let mut progress = |p| on_event(Event::Progress(p));
                 let dest = part.as_deref().unwrap_or(&archive);
@@ -521,6 +526,7 @@ impl Updater {
                 got
             }
         };
+        drop(cache);
         hook::point("after-download");
         if let Some(m) = &manifest {
             check_archive(m, size, &sha)?;
@@ -632,11 +638,6 @@ impl Updater {
         version: &str,
         on_event: &mut (dyn FnMut(Event) + Send),
     ) -> Result<PathBuf, Error> {
-        let cache = self
-            .cache_dir
-            .clone()
-            .ok_or_else(|| ErrorKind::Io(std::io::Error::other("no update cache folder is set")))
-            .at(Step::Download)?;
         let manifest = self.unless_cancelled(Step::Verify, self.manifest(version)).await?;
         let Some(manifest) = manifest else {
             return Err(ErrorKind::Unsigned(format!(
@@ -644,8 +645,17 @@ impl Updater {
             )))
             .at(Step::Verify);
         };
-        fs_err::create_dir_all(&cache).at(Step::Download)?;
-        let dest = self.prefetch_path(&cache, version);
+        let (cache, _lock) = self
+            .lock_cache()
+            .ok_or_else(|| {
+                let dir = self.cache_dir.clone().unwrap_or_default();
+                ErrorKind::Io(std::io::Error::other(format!(
+                    "the update cache {} is missing, not writable or in use",
+                    dir.display()
+                )))
+            })
+            .at(Step::Download)?;
+        let dest = self.cache_path(&cache, version, "zip");
         if dest.is_file() {
             let held = dest.clone();
             let found = tokio::task::spawn_blocking(move || hasher::hash_file(&held)).await;
@@ -655,7 +665,7 @@ impl Updater {
                 return Ok(dest);
             }
         }
-        let part = dest.with_extension("part");
+        let part = self.cache_path(&cache, version, "part");
         let url = self.source.url(&format!("{version}/archive/default"));
         let mut progress = |p| on_event(Event::Progress(p));
         let download = self.http.download(&url, &part, manifest.archive.size, &mut progress);
@@ -668,12 +678,12 @@ impl Updater {
             return Err(e);
         }
         fs_err::rename(&part, &dest).at(Step::Download)?;
-        // Keep only this one.
+        // Older complete archives of this package and channel are superseded by this one.
         if let Ok(entries) = std::fs::read_dir(&cache) {
-            let prefix = self.prefetch_prefix();
+            let prefix = self.cache_prefix();
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
-                if name.starts_with(&prefix) && e.path() != dest {
+                if name.starts_with(&prefix) && name.ends_with(".zip") && e.path() != dest {
                     let _ = std::fs::remove_file(e.path());
                 }
             }
@@ -681,16 +691,28 @@ impl Updater {
         Ok(dest)
     }
 
-    fn prefetch_prefix(&self) -> String {
-        format!("{}-{}-", self.source.package, self.source.channel.name())
+    /// The cache folder, created and locked for this process, if there is one it can write;
+    /// `None` sends downloads to the staging folder instead.
+    fn lock_cache(&self) -> Option<(PathBuf, install::InstallLock)> {
+        let dir = self.cache_dir.as_ref()?;
+        let usable = fs_err::create_dir_all(dir).is_ok() && install::check_writable(dir).is_ok();
+        let lock = install::InstallLock::acquire(dir).ok().filter(|_| usable)?;
+        Some((dir.clone(), lock))
     }
 
-    fn prefetch_path(&self, cache: &Path, version: &str) -> PathBuf {
+    /// `@` separates the parts: channel names (`linux-amd64-head`) contain dashes, so a dash
+    /// would let one channel's prefix match another's files.
+    fn cache_prefix(&self) -> String {
+        format!("{}@{}@", self.source.package, self.source.channel.name())
+    }
+
+    /// `<package>@<channel>@<version>.<ext>` in `cache`.
+    fn cache_path(&self, cache: &Path, version: &str, ext: &str) -> PathBuf {
         let safe: String = version
             .chars()
             .map(|c| if c.is_ascii_alphanumeric() || "._+-".contains(c) { c } else { '_' })
             .collect();
-        cache.join(format!("{}{safe}.zip", self.prefetch_prefix()))
+        cache.join(format!("{}{safe}.{ext}", self.cache_prefix()))
     }
 
     /// A prefetched archive of `version`, copied to `dest` if it still matches the manifest just
@@ -700,9 +722,10 @@ impl Updater {
         manifest: Option<&Manifest>,
         version: &str,
         dest: &Path,
+        cache: Option<&Path>,
     ) -> Option<(u64, [u8; 32])> {
-        let (manifest, cache) = (manifest?, self.cache_dir.as_ref()?);
-        let cached = self.prefetch_path(cache, version);
+        let (manifest, cache) = (manifest?, cache?);
+        let cached = self.cache_path(cache, version, "zip");
         if !cached.is_file() {
             return None;
         }

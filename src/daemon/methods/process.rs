@@ -124,6 +124,12 @@ async fn run(ctx: Ctx, p: RunParams) -> Result<RunResult, RpcError> {
         }
     };
     let _running = RunningProcess::count(daemon);
+    std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+    if daemon.hand_over_target().is_some() {
+        return Err(RpcError::internal(
+            "the daemon is restarting into an update; start the process again in a moment",
+        ));
+    }
     let (sig_tx, sig_rx) = mpsc::channel(2);
     let running =
         process::run_with_stream_server(butler, server, HANDSHAKE_TIMEOUT, &opts, sig_rx, |pid| {
@@ -203,7 +209,7 @@ struct RunningProcess(Arc<Daemon>);
 
 impl RunningProcess {
     fn count(daemon: &Arc<Daemon>) -> Self {
-        daemon.running_processes.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        daemon.running_processes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         RunningProcess(Arc::clone(daemon))
     }
 }

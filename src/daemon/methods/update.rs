@@ -49,6 +49,12 @@ fn target(daemon: &Daemon) -> Target {
     }
 }
 
+/// The version the target holds: for a versioned root the chosen one (the launcher may have chosen
+/// another since this daemon started), else this build's.
+fn installed_version(daemon: &Daemon) -> String {
+    target(daemon).current(VERSION).ok().flatten().unwrap_or_else(|| VERSION.to_owned())
+}
+
 /// An updater for `channel` and the history it records into.
 async fn updater_for(daemon: &Daemon, channel: &Channel) -> Result<(Updater, History), RpcError> {
     let config = &daemon.config;
@@ -96,7 +102,8 @@ async fn check(ctx: Ctx, p: CheckParams) -> Result<CheckResult, RpcError> {
 /// One check, recorded in the history; news of an update goes to every `Meta.Flow` connection.
 async fn check_now(daemon: &Daemon, channel: &Channel) -> Result<CheckResult, RpcError> {
     let (mut updater, history) = updater_for(daemon, channel).await?;
-    let checked = match updater.check(Some(VERSION), &Want::Latest, false).await {
+    let installed = installed_version(daemon);
+    let checked = match updater.check(Some(&installed), &Want::Latest, false).await {
         Ok(c) => upgrade::enforce_signed_channel(&mut updater, &history, &Want::Latest, c).await,
         Err(e) => Err(e),
     };
@@ -172,8 +179,9 @@ async fn apply(ctx: Ctx, p: ApplyParams) -> Result<ApplyResult, RpcError> {
             .map_err(|e| RpcError::new(code::INVALID_PARAMS, format!("version {e}")))?,
     };
     let (mut updater, history) = updater_for(ctx.daemon(), &channel).await?;
+    let installed = installed_version(ctx.daemon());
     let checked = tokio::select! {
-        r = updater.check(Some(VERSION), &want, false) => r,
+        r = updater.check(Some(&installed), &want, false) => r,
         () = ctx.cancelled() => return Err(RpcError::cancelled()),
     };
     let checked = match checked {
@@ -259,7 +267,11 @@ async fn apply(ctx: Ctx, p: ApplyParams) -> Result<ApplyResult, RpcError> {
 /// games `Process.Run` is running.
 async fn restart_after_reply(ctx: &Ctx, exe: &std::path::Path, features: &[String]) -> bool {
     let daemon = ctx.daemon();
-    let running = daemon.running_processes.load(Ordering::Acquire);
+    // Announce first, then count: `Process.Run` counts first, then looks, so one of the two
+    // always sees the other (hence the fences).
+    daemon.request_hand_over(exe.to_owned());
+    std::sync::atomic::fence(Ordering::SeqCst);
+    let running = daemon.running_processes.load(Ordering::SeqCst);
     let refusal = if !daemon.config.can_hand_over {
         Some("only a TCP daemon with --keep-alive can restart in place".to_owned())
     } else if !features.iter().any(|f| f == crate::version::HAND_OVER) {
@@ -270,10 +282,10 @@ async fn restart_after_reply(ctx: &Ctx, exe: &std::path::Path, features: &[Strin
         None
     };
     if let Some(why) = refusal {
+        daemon.cancel_hand_over();
         ctx.log(Level::Warning, &format!("not restarting: {why}; restart butler to finish")).await;
         return false;
     }
-    daemon.request_hand_over(exe.to_owned());
     ctx.shutdown_after_reply();
     true
 }

@@ -204,6 +204,22 @@ fn handle(
     {
         start = from;
     }
+    // Like nginx: a range starting at the end of the (unchanged) file cannot be satisfied.
+    if let Some(Ok(from)) = headers
+        .get("range")
+        .and_then(|r| r.strip_prefix("bytes="))
+        .and_then(|r| r.strip_suffix('-'))
+        .map(str::parse::<usize>)
+        && headers.get("if-range").is_none_or(|v| *v == etag)
+        && from >= data.len()
+    {
+        let head = format!(
+            "HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            data.len()
+        );
+        out.write_all(head.as_bytes())?;
+        return Ok(());
+    }
     let body = &data[start..];
     let head = if start > 0 {
         format!(
