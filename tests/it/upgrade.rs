@@ -1376,3 +1376,30 @@ fn the_daemon_does_not_restart_into_a_build_that_cannot_take_over_or_while_games
     let (r, _) = call(&mut c, 2, "Operation.Cancel", json!({"id": "game"}));
     assert_eq!(r["result"]["didCancel"], true, "{r}");
 }
+
+#[test]
+fn applying_while_the_daemon_fetches_ahead_is_safe() {
+    use serde_json::json;
+    let f = fixtures();
+    let broth = Broth::new(true);
+    let inst = Install::new();
+    let mut cmd = Command::new(&inst.exe);
+    inst.env(&mut cmd, &broth);
+    cmd.args([
+        "--json",
+        "daemon",
+        "--transport",
+        "tcp",
+        "--keep-alive",
+        "--update-interval",
+        "200ms",
+    ]);
+    let d = crate::util::DaemonProc::start_cmd(cmd);
+    let mut news = flow(&d);
+    assert_eq!(news.recv()["method"], "Update.Available");
+    // At once, while the background fetch of the same archive is (most likely) under way.
+    let (r, _) = call(&mut d.client(), 1, "Update.Apply", json!({}));
+    assert_eq!(r["result"]["installedVersion"], f.new_version.as_str(), "{r}");
+    assert_eq!(version_of(&inst.exe), f.new_version);
+    assert_eq!(inst.listing(), ["butler", "butler.old"]);
+}

@@ -916,3 +916,32 @@ pub fn tidy(target: &Target) {
         Err(e) => tracing::debug!("not tidying {}: {e}", dir.display()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn updater(head: bool) -> Updater {
+        let source = Source {
+            base_url: "http://127.0.0.1:9".into(),
+            package: "butler".into(),
+            channel: Channel::for_platform("linux", "x86_64", head),
+            keys: TrustedKeys::load(&[]).unwrap(),
+            require_signature: false,
+        };
+        Updater::new(source, Tuning::default()).unwrap()
+    }
+
+    #[test]
+    fn cache_names_of_one_channel_never_match_another() {
+        let (stable, head) = (updater(false), updater(true));
+        let dir = Path::new("/cache");
+        let head_file = head.cache_path(dir, "1.2.3", "zip");
+        let name = head_file.file_name().unwrap().to_string_lossy().into_owned();
+        assert_eq!(name, "butler@linux-amd64-head@1.2.3.zip");
+        assert!(!name.starts_with(&stable.cache_prefix()), "stable cleanup would delete {name}");
+        // Odd version strings cannot leave the folder.
+        let odd = stable.cache_path(dir, "../../x/1", "part");
+        assert_eq!(odd.parent(), Some(dir));
+    }
+}
