@@ -1,7 +1,7 @@
 //! What the whole daemon shares across connections: config, secret, shutdown, operations, the database.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -66,9 +66,10 @@ pub struct Daemon {
     hand_over: Mutex<Option<std::path::PathBuf>>,
     /// `Process.Run` children still running: a restart now would end them.
     pub running_processes: AtomicUsize,
-    /// Another butler was installed over this one, which still runs: checking again would only
-    /// find the update that is already on disk.
-    pub restart_pending: AtomicBool,
+    /// The version installed over this still-running one (by `Update.Apply`/`Rollback` without a
+    /// restart): what is on disk, so checks compare against it and launchers learn that only a
+    /// restart is missing.
+    pub awaiting_restart: Mutex<Option<String>>,
 }
 
 impl Daemon {
@@ -90,7 +91,7 @@ impl Daemon {
             db,
             hand_over: Mutex::new(None),
             running_processes: AtomicUsize::new(0),
-            restart_pending: AtomicBool::new(false),
+            awaiting_restart: Mutex::new(None),
         }
     }
 
@@ -160,6 +161,14 @@ impl Daemon {
 
     pub fn cancel_hand_over(&self) {
         *lock(&self.hand_over) = None;
+    }
+
+    pub fn awaiting_restart(&self) -> Option<String> {
+        lock(&self.awaiting_restart).clone()
+    }
+
+    pub fn set_awaiting_restart(&self, version: Option<String>) {
+        *lock(&self.awaiting_restart) = version;
     }
 
     pub fn hand_over_target(&self) -> Option<std::path::PathBuf> {

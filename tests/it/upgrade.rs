@@ -1142,6 +1142,15 @@ fn the_daemon_installs_an_update_with_progress_and_rolls_it_back() {
     assert_eq!(inst.listing(), ["butler", "butler.old"]);
     let (v, _) = call(&mut c, 2, "Version.Get", json!({}));
     assert_eq!(v["result"]["version"], format!("v{}", f.old_version), "{v}");
+    // Checking again compares against what is on disk: nothing new, only a restart missing.
+    let (r, _) = call(&mut c, 20, "Update.Check", json!({}));
+    assert_eq!(r["result"]["updateAvailable"], false, "{r}");
+    assert_eq!(r["result"]["restartRequired"], true);
+    assert_eq!(r["result"]["currentVersion"], f.old_version.as_str());
+    let (r, _) = call(&mut c, 21, "Update.Apply", json!({}));
+    assert_eq!(r["result"]["installedVersion"], serde_json::Value::Null, "not again: {r}");
+    let (s, _) = call(&mut c, 22, "Update.Status", json!({}));
+    assert_eq!(s["result"]["awaitingRestart"], f.new_version.as_str(), "{s}");
 
     // A bad version is refused before anything happens.
     let (r, _) = call(&mut c, 3, "Update.Apply", json!({"version": "not a version"}));
@@ -1152,6 +1161,8 @@ fn the_daemon_installs_an_update_with_progress_and_rolls_it_back() {
     assert_eq!(r["result"]["restartRequired"], true);
     assert_eq!(news.recv()["method"], "Update.RolledBack");
     assert_eq!(version_of(&inst.exe), f.old_version);
+    let (s, _) = call(&mut c, 23, "Update.Status", json!({}));
+    assert_eq!(s["result"]["awaitingRestart"], serde_json::Value::Null, "back to this build: {s}");
 
     let (s, _) = call(&mut c, 5, "Update.Status", json!({}));
     let outcomes: Vec<&str> = s["result"]["history"]
@@ -1160,7 +1171,7 @@ fn the_daemon_installs_an_update_with_progress_and_rolls_it_back() {
         .iter()
         .map(|h| h["outcome"].as_str().unwrap())
         .collect();
-    assert_eq!(outcomes, ["rolled-back", "installed"], "{s}");
+    assert_eq!(outcomes, ["rolled-back", "up-to-date", "installed"], "{s}");
 }
 
 #[test]

@@ -49,10 +49,13 @@ fn target(daemon: &Daemon) -> Target {
     }
 }
 
-/// The version the target holds: for a versioned root the chosen one (the launcher may have chosen
-/// another since this daemon started), else this build's.
+/// The version the target holds: what an install without restart put there, else for a
+/// versioned root the chosen one (the launcher may have chosen another since this daemon
+/// started), else this build's.
 fn installed_version(daemon: &Daemon) -> String {
-    target(daemon).current(VERSION).ok().flatten().unwrap_or_else(|| VERSION.to_owned())
+    daemon.awaiting_restart().unwrap_or_else(|| {
+        target(daemon).current(VERSION).ok().flatten().unwrap_or_else(|| VERSION.to_owned())
+    })
 }
 
 /// An updater for `channel` and the history it records into.
@@ -93,6 +96,8 @@ struct CheckResult {
     signed: bool,
     /// The server's signed LATEST has expired: nothing can be said to be up to date.
     stale: bool,
+    /// A newer build is installed already (compared against above); only a restart is missing.
+    restart_required: bool,
 }
 
 async fn check(ctx: Ctx, p: CheckParams) -> Result<CheckResult, RpcError> {
@@ -128,6 +133,7 @@ async fn check_now(daemon: &Daemon, channel: &Channel) -> Result<CheckResult, Rp
                 channel: c.channel,
                 signed: c.signed,
                 stale: false,
+                restart_required: daemon.awaiting_restart().is_some(),
             })
         }
         Err(e) if e.kind.code() == "stale" => {
@@ -139,6 +145,7 @@ async fn check_now(daemon: &Daemon, channel: &Channel) -> Result<CheckResult, Rp
                 channel: channel.name(),
                 signed: true,
                 stale: true,
+                restart_required: daemon.awaiting_restart().is_some(),
             })
         }
         Err(e) => {
@@ -245,7 +252,7 @@ async fn apply(ctx: Ctx, p: ApplyParams) -> Result<ApplyResult, RpcError> {
     history.record("upgrade", Some(VERSION), to, "installed", None, installed.verified).await;
     let restarting =
         p.restart && restart_after_reply(&ctx, &installed.exe, &installed.features).await;
-    ctx.daemon().restart_pending.store(!restarting, Ordering::Release);
+    ctx.daemon().set_awaiting_restart((!restarting).then(|| installed.version.clone()));
     let news = serde_json::json!({
         "previousVersion": VERSION,
         "installedVersion": installed.version,
@@ -324,7 +331,9 @@ async fn rollback(ctx: Ctx, p: RollbackParams) -> Result<RollbackResult, RpcErro
     history.record("rollback", Some(VERSION), version.as_deref(), "rolled-back", None, false).await;
     let restarting =
         p.restart && restart_after_reply(&ctx, &restored.exe, &restored.features).await;
-    ctx.daemon().restart_pending.store(!restarting, Ordering::Release);
+    // Back to this very build: nothing is waiting for a restart any more.
+    let awaiting = version.clone().filter(|v| !restarting && v != VERSION);
+    ctx.daemon().set_awaiting_restart(awaiting);
     let news = serde_json::json!({"restoredVersion": version, "restarting": restarting});
     ctx.daemon().broadcast("Update.RolledBack", news).await;
     Ok(RollbackResult { restored_version: version, restart_required: !restarting })
@@ -348,6 +357,8 @@ fn update_error(e: butler_updater::Error) -> RpcError {
 #[serde(rename_all = "camelCase")]
 struct StatusResult {
     current_version: String,
+    /// Installed over this running build; a restart makes it current.
+    awaiting_restart: Option<String>,
     channel: String,
     last_check: Option<upgrade::HistoryEntry>,
     last_result: Option<String>,
@@ -364,6 +375,7 @@ async fn status(ctx: Ctx, _: StatusParams) -> Result<StatusResult, RpcError> {
     let last_check = history.iter().find(|h| h.action == "check").cloned();
     Ok(StatusResult {
         current_version: VERSION.to_owned(),
+        awaiting_restart: ctx.daemon().awaiting_restart(),
         channel: Channel::current(false).name(),
         last_result: history.first().map(|h| h.outcome.clone()),
         last_check,
@@ -389,7 +401,7 @@ pub fn spawn_background_checks(daemon: &Arc<Daemon>, interval: Duration) {
                 () = d.shutdown.cancelled() => return,
                 () = tokio::time::sleep(wait) => {}
             }
-            if d.restart_pending.load(Ordering::Acquire) {
+            if d.awaiting_restart().is_some() {
                 due = after(SystemTime::now());
                 continue;
             }
