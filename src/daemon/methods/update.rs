@@ -42,7 +42,7 @@ fn target(daemon: &Daemon) -> Target {
         .filter(|versions| versions.file_name().is_some_and(|n| n == "versions"))
         .and_then(|versions| versions.parent());
     match root {
-        Some(root) if root.join(".chosen-version").is_file() => {
+        Some(root) if root.join(butler_updater::install::CHOSEN_FILE).is_file() => {
             Target::Versioned { root: root.to_owned() }
         }
         _ => Target::InPlace { exe: exe.clone() },
