@@ -1414,3 +1414,29 @@ fn applying_while_the_daemon_fetches_ahead_is_safe() {
     assert_eq!(version_of(&inst.exe), f.new_version);
     assert_eq!(inst.listing(), ["butler", "butler.old"]);
 }
+
+#[test]
+fn a_daemon_run_from_a_versioned_root_installs_a_new_version_and_restarts_into_it() {
+    use serde_json::json;
+    let f = fixtures();
+    let broth = Broth::new(true);
+    let inst = Install::new();
+    // As the itch app lays butler out: <root>/versions/<v>/butler and <root>/.chosen-version.
+    let root = inst.home.path().join("app");
+    let running = root.join("versions").join(&f.old_version);
+    std::fs::create_dir_all(&running).unwrap();
+    copy_exe(&f.old, &running.join("butler"));
+    std::fs::write(root.join(".chosen-version"), &f.old_version).unwrap();
+    let mut cmd = Command::new(running.join("butler"));
+    inst.env(&mut cmd, &broth);
+    cmd.args(["--json", "daemon", "--transport", "tcp", "--keep-alive"]);
+    let d = crate::util::DaemonProc::start_cmd(cmd);
+    let (r, _) = call(&mut d.client(), 1, "Update.Apply", json!({"restart": true}));
+    assert_eq!(r["result"]["installedVersion"], f.new_version.as_str(), "{r}");
+    assert_eq!(r["result"]["restartRequired"], false);
+    // A new version folder, chosen; the running one kept as the last known good.
+    assert_eq!(std::fs::read_to_string(root.join(".chosen-version")).unwrap(), f.new_version);
+    assert_eq!(version_of(&running.join("butler")), f.old_version);
+    let (v, _) = call(&mut d.client(), 2, "Version.Get", json!({}));
+    assert_eq!(v["result"]["version"], format!("v{}", f.new_version), "restarted into it: {v}");
+}
