@@ -656,14 +656,8 @@ impl Updater {
             })
             .at(Step::Download)?;
         let dest = self.cache_path(&cache, version, "zip");
-        if dest.is_file() {
-            let held = dest.clone();
-            let found = tokio::task::spawn_blocking(move || hasher::hash_file(&held)).await;
-            if let Ok(Ok((size, sha))) = found
-                && check_archive(&manifest, size, &sha).is_ok()
-            {
-                return Ok(dest);
-            }
+        if matching_archive(&dest, &manifest).await.is_some() {
+            return Ok(dest);
         }
         let part = self.cache_path(&cache, version, "part");
         let url = self.source.url(&format!("{version}/archive/default"));
@@ -726,15 +720,9 @@ impl Updater {
     ) -> Option<(u64, [u8; 32])> {
         let (manifest, cache) = (manifest?, cache?);
         let cached = self.cache_path(cache, version, "zip");
-        if !cached.is_file() {
-            return None;
-        }
-        let (want_size, want_sha) = (manifest.archive.size, manifest.archive.sha256.clone());
+        let found = matching_archive(&cached, manifest).await;
         let dest = dest.to_owned();
         tokio::task::spawn_blocking(move || {
-            let found = hasher::hash_file(&cached).ok().filter(|(size, sha)| {
-                *size == want_size && manifest::hex(sha).eq_ignore_ascii_case(&want_sha)
-            });
             let copied = found.filter(|_| std::fs::copy(&cached, &dest).is_ok());
             let _ = std::fs::remove_file(&cached);
             copied
@@ -838,6 +826,17 @@ fn verify_files(m: &Manifest, files: &[manifest::FileEntry]) -> Result<(), Error
         }
     }
     Ok(())
+}
+
+/// Size and SHA-256 of the file at `path`, if it exists and is the archive `manifest` describes.
+async fn matching_archive(path: &Path, manifest: &Manifest) -> Option<(u64, [u8; 32])> {
+    if !path.is_file() {
+        return None;
+    }
+    let held = path.to_owned();
+    let (size, sha) =
+        tokio::task::spawn_blocking(move || hasher::hash_file(&held)).await.ok()?.ok()?;
+    check_archive(manifest, size, &sha).ok().map(|()| (size, sha))
 }
 
 /// Renames, or copies across file systems (the cache and the install folder may differ).
