@@ -159,8 +159,12 @@ impl Daemon {
         *lock(&self.hand_over) = Some(exe);
     }
 
-    pub fn cancel_hand_over(&self) {
-        *lock(&self.hand_over) = None;
+    /// Withdraws this request's restart into `exe`, never one another request made since.
+    pub fn cancel_hand_over(&self, exe: &std::path::Path) {
+        let mut target = lock(&self.hand_over);
+        if target.as_deref() == Some(exe) {
+            *target = None;
+        }
     }
 
     pub fn awaiting_restart(&self) -> Option<String> {

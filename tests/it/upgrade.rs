@@ -1149,6 +1149,7 @@ fn the_daemon_installs_an_update_with_progress_and_rolls_it_back() {
     assert_eq!(r["result"]["currentVersion"], f.old_version.as_str());
     let (r, _) = call(&mut c, 21, "Update.Apply", json!({}));
     assert_eq!(r["result"]["installedVersion"], serde_json::Value::Null, "not again: {r}");
+    assert_eq!(r["result"]["restartRequired"], true, "still waiting for its restart: {r}");
     let (s, _) = call(&mut c, 22, "Update.Status", json!({}));
     assert_eq!(s["result"]["awaitingRestart"], f.new_version.as_str(), "{s}");
 
@@ -1172,6 +1173,15 @@ fn the_daemon_installs_an_update_with_progress_and_rolls_it_back() {
         .map(|h| h["outcome"].as_str().unwrap())
         .collect();
     assert_eq!(outcomes, ["rolled-back", "up-to-date", "installed"], "{s}");
+
+    // Installing the running build again (a downgrade undoing an install) waits for nothing.
+    let (r, _) = call(&mut c, 24, "Update.Apply", json!({"version": f.new_version}));
+    assert_eq!(r["result"]["restartRequired"], true, "{r}");
+    let (r, _) = call(&mut c, 25, "Update.Apply", json!({"version": f.old_version}));
+    assert_eq!(r["result"]["installedVersion"], f.old_version.as_str(), "{r}");
+    assert_eq!(r["result"]["restartRequired"], false, "{r}");
+    let (s, _) = call(&mut c, 26, "Update.Status", json!({}));
+    assert_eq!(s["result"]["awaitingRestart"], serde_json::Value::Null, "{s}");
 }
 
 #[test]
@@ -1294,7 +1304,9 @@ fn the_daemon_checks_in_the_background_only_when_allowed() {
     };
 
     let quiet = start(&["--update-interval", "100ms", "--no-auto-update"]);
-    let d = start(&["--update-interval", "300ms"]);
+    // Long enough that the next check (which re-hashes the fetched archive under the cache lock)
+    // does not overlap the apply below.
+    let d = start(&["--update-interval", "1s"]);
     // Nobody asks: the Meta.Flow connection hears of the update all the same, and then that it
     // was fetched and verified ahead of time.
     let mut flow = flow(&d);
@@ -1407,7 +1419,7 @@ fn applying_while_the_daemon_fetches_ahead_is_safe() {
     ]);
     let d = crate::util::DaemonProc::start_cmd(cmd);
     let mut news = flow(&d);
-    assert_eq!(news.recv()["method"], "Update.Available");
+    while news.recv()["method"] != "Update.Available" {}
     // At once, while the background fetch of the same archive is (most likely) under way.
     let (r, _) = call(&mut d.client(), 1, "Update.Apply", json!({}));
     assert_eq!(r["result"]["installedVersion"], f.new_version.as_str(), "{r}");

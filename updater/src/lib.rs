@@ -672,12 +672,13 @@ impl Updater {
             return Err(e);
         }
         fs_err::rename(&part, &dest).at(Step::Download)?;
-        // Older complete archives of this package and channel are superseded by this one.
+        // Everything else of this package and channel (older archives, their unfinished
+        // downloads) is superseded by this one; the lock keeps anyone from using them now.
         if let Ok(entries) = std::fs::read_dir(&cache) {
             let prefix = self.cache_prefix();
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
-                if name.starts_with(&prefix) && name.ends_with(".zip") && e.path() != dest {
+                if name.starts_with(&prefix) && e.path() != dest {
                     let _ = std::fs::remove_file(e.path());
                 }
             }

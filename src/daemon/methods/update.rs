@@ -172,7 +172,7 @@ struct ApplyResult {
     /// `None` when nothing was installed: already up to date.
     installed_version: Option<String>,
     verified: bool,
-    /// The new butler is on disk but this daemon still runs the old one.
+    /// Another build is on disk but this daemon still runs this one.
     restart_required: bool,
 }
 
@@ -207,7 +207,8 @@ async fn apply(ctx: Ctx, p: ApplyParams) -> Result<ApplyResult, RpcError> {
             previous_version: VERSION.to_owned(),
             installed_version: None,
             verified: check.signed,
-            restart_required: false,
+            // Nothing new, but an earlier install may still wait for its restart.
+            restart_required: ctx.daemon().awaiting_restart().is_some(),
         });
     }
     updater.cancel = ctx.cancellation();
@@ -252,7 +253,10 @@ async fn apply(ctx: Ctx, p: ApplyParams) -> Result<ApplyResult, RpcError> {
     history.record("upgrade", Some(VERSION), to, "installed", None, installed.verified).await;
     let restarting =
         p.restart && restart_after_reply(&ctx, &installed.exe, &installed.features).await;
-    ctx.daemon().set_awaiting_restart((!restarting).then(|| installed.version.clone()));
+    // Back to this very build (a downgrade undoing an install) waits for nothing.
+    let awaiting = Some(installed.version.clone()).filter(|v| !restarting && v != VERSION);
+    let restart_required = awaiting.is_some();
+    ctx.daemon().set_awaiting_restart(awaiting);
     let news = serde_json::json!({
         "previousVersion": VERSION,
         "installedVersion": installed.version,
@@ -264,7 +268,7 @@ async fn apply(ctx: Ctx, p: ApplyParams) -> Result<ApplyResult, RpcError> {
         previous_version: VERSION.to_owned(),
         installed_version: Some(installed.version),
         verified: installed.verified,
-        restart_required: !restarting,
+        restart_required,
     })
 }
 
@@ -274,22 +278,22 @@ async fn apply(ctx: Ctx, p: ApplyParams) -> Result<ApplyResult, RpcError> {
 /// games `Process.Run` is running.
 async fn restart_after_reply(ctx: &Ctx, exe: &std::path::Path, features: &[String]) -> bool {
     let daemon = ctx.daemon();
-    // Announce first, then count: `Process.Run` counts first, then looks, so one of the two
-    // always sees the other (hence the fences).
-    daemon.request_hand_over(exe.to_owned());
-    std::sync::atomic::fence(Ordering::SeqCst);
-    let running = daemon.running_processes.load(Ordering::SeqCst);
     let refusal = if !daemon.config.can_hand_over {
         Some("only a TCP daemon with --keep-alive can restart in place".to_owned())
     } else if !features.iter().any(|f| f == crate::version::HAND_OVER) {
         Some(format!("{} cannot take over a running daemon", exe.display()))
-    } else if running > 0 {
-        Some(format!("{running} process(es) started by Process.Run are still running"))
     } else {
-        None
+        // Announce first, then count: `Process.Run` counts first, then looks, so one of the two
+        // always sees the other (hence the fences).
+        daemon.request_hand_over(exe.to_owned());
+        std::sync::atomic::fence(Ordering::SeqCst);
+        let running = daemon.running_processes.load(Ordering::SeqCst);
+        (running > 0).then(|| {
+            daemon.cancel_hand_over(exe);
+            format!("{running} process(es) started by Process.Run are still running")
+        })
     };
     if let Some(why) = refusal {
-        daemon.cancel_hand_over();
         ctx.log(Level::Warning, &format!("not restarting: {why}; restart butler to finish")).await;
         return false;
     }
