@@ -1078,9 +1078,19 @@ fn the_daemon_reports_a_stale_latest_and_a_missing_server() {
 
 /// An installed old butler running as a TCP daemon, its updates from `broth`.
 fn daemon_from(install: &Install, broth: &Broth) -> crate::util::DaemonProc {
-    let mut cmd = Command::new(&install.exe);
+    daemon_at(install, &install.exe, broth, &[])
+}
+
+/// `exe` (in `install`'s environment) running as a TCP daemon with `extra` flags.
+fn daemon_at(
+    install: &Install,
+    exe: &Path,
+    broth: &Broth,
+    extra: &[&str],
+) -> crate::util::DaemonProc {
+    let mut cmd = Command::new(exe);
     install.env(&mut cmd, broth);
-    cmd.args(["--json", "daemon", "--transport", "tcp", "--keep-alive"]);
+    cmd.args(["--json", "daemon", "--transport", "tcp", "--keep-alive"]).args(extra);
     crate::util::DaemonProc::start_cmd(cmd)
 }
 
@@ -1288,19 +1298,9 @@ fn the_daemon_checks_in_the_background_only_when_allowed() {
     let broth = Broth::new(true);
     let inst = Install::new();
     let start = |extra: &[&str]| {
-        let mut cmd = Command::new(&inst.exe);
-        inst.env(&mut cmd, &broth);
-        cmd.args([
-            "--json",
-            "daemon",
-            "--transport",
-            "tcp",
-            "--keep-alive",
-            "--dbpath",
-            ":memory:",
-        ])
-        .args(extra);
-        crate::util::DaemonProc::start_cmd(cmd)
+        let mut flags = vec!["--dbpath", ":memory:"];
+        flags.extend_from_slice(extra);
+        daemon_at(&inst, &inst.exe, &broth, &flags)
     };
 
     let quiet = start(&["--update-interval", "100ms", "--no-auto-update"]);
@@ -1406,18 +1406,7 @@ fn applying_while_the_daemon_fetches_ahead_is_safe() {
     let f = fixtures();
     let broth = Broth::new(true);
     let inst = Install::new();
-    let mut cmd = Command::new(&inst.exe);
-    inst.env(&mut cmd, &broth);
-    cmd.args([
-        "--json",
-        "daemon",
-        "--transport",
-        "tcp",
-        "--keep-alive",
-        "--update-interval",
-        "200ms",
-    ]);
-    let d = crate::util::DaemonProc::start_cmd(cmd);
+    let d = daemon_at(&inst, &inst.exe, &broth, &["--update-interval", "200ms"]);
     let mut news = flow(&d);
     while news.recv()["method"] != "Update.Available" {}
     // At once, while the background fetch of the same archive is (most likely) under way.
@@ -1439,10 +1428,7 @@ fn a_daemon_run_from_a_versioned_root_installs_a_new_version_and_restarts_into_i
     std::fs::create_dir_all(&running).unwrap();
     copy_exe(&f.old, &running.join("butler"));
     std::fs::write(root.join(".chosen-version"), &f.old_version).unwrap();
-    let mut cmd = Command::new(running.join("butler"));
-    inst.env(&mut cmd, &broth);
-    cmd.args(["--json", "daemon", "--transport", "tcp", "--keep-alive"]);
-    let d = crate::util::DaemonProc::start_cmd(cmd);
+    let d = daemon_at(&inst, &running.join("butler"), &broth, &[]);
     let (r, _) = call(&mut d.client(), 1, "Update.Apply", json!({"restart": true}));
     assert_eq!(r["result"]["installedVersion"], f.new_version.as_str(), "{r}");
     assert_eq!(r["result"]["restartRequired"], false);
