@@ -1,0 +1,441 @@
+//! The daemon's `Update.*` methods against the same loopback broth tree: checks, installs with
+//! progress, rollbacks, background checks, prefetching and restarting in place.
+
+use super::*;
+
+/// The daemon's `Update.Check` / `Update.Status` against the same loopback broth tree.
+#[test]
+fn the_daemon_checks_for_updates_and_reports_history() {
+    use crate::util::DaemonProc;
+    use serde_json::json;
+    let f = fixtures();
+    let broth = Broth::new(true);
+    let home = TestHome::new();
+    let mut cmd = home.butler();
+    cmd.args(["--json", "daemon", "--transport", "tcp", "--keep-alive"])
+        .env("BUTLER_BROTH_URL", broth.url())
+        .env("BUTLER_TRUSTED_KEYS", key().public_base64());
+    let d = DaemonProc::start_cmd(cmd);
+    let mut flow = d.client();
+    flow.send(&json!({"jsonrpc": "2.0", "id": 1, "method": "Meta.Flow", "params": {}}));
+    assert_eq!(flow.recv()["method"], "MetaFlowEstablished");
+    let mut c = d.client();
+    let r = c.request(json!(1), "Update.Check", json!({}));
+    let result = &r["result"];
+    // The Meta.Flow connection hears of it too.
+    let news = flow.recv();
+    assert_eq!(news["method"], "Update.Available", "{news}");
+    assert_eq!(news["params"]["latestVersion"], f.new_version.as_str());
+    assert_eq!(result["currentVersion"], env!("CARGO_PKG_VERSION"), "{r}");
+    assert_eq!(result["latestVersion"], f.new_version.as_str());
+    assert_eq!(result["updateAvailable"], true);
+    assert_eq!(result["signed"], true);
+    assert_eq!(result["stale"], false);
+    assert_eq!(result["channel"], channel().name());
+
+    let r = c.request(json!(2), "Update.Status", json!({}));
+    let history = r["result"]["history"].as_array().unwrap_or_else(|| panic!("{r}"));
+    assert_eq!(history.len(), 1, "{r}");
+    assert_eq!(history[0]["outcome"], "available");
+    assert_eq!(r["result"]["lastResult"], "available");
+    assert_eq!(r["result"]["lastCheck"]["toVersion"], f.new_version.as_str());
+}
+
+#[test]
+fn the_daemon_reports_a_stale_latest_and_a_missing_server() {
+    use crate::util::DaemonProc;
+    use serde_json::json;
+    let f = fixtures();
+    let dir = tempfile::tempdir().unwrap();
+    publish(dir.path(), &f.new, &f.new_version, true, Some(key()), 0);
+    let broth = Broth { server: Server::start(dir.path().to_owned()), _dir: dir };
+    let home = TestHome::new();
+    let start = |url: String| {
+        let mut cmd = home.butler();
+        cmd.args([
+            "--json",
+            "daemon",
+            "--transport",
+            "tcp",
+            "--keep-alive",
+            "--dbpath",
+            ":memory:",
+        ])
+        .env("BUTLER_BROTH_URL", url)
+        .env("BUTLER_TRUSTED_KEYS", key().public_base64());
+        DaemonProc::start_cmd(cmd)
+    };
+    let d = start(broth.url());
+    let r = d.client().request(json!(1), "Update.Check", json!({}));
+    assert_eq!(r["result"]["stale"], true, "{r}");
+    assert_eq!(r["result"]["updateAvailable"], false);
+
+    // Nothing listens on port 9 of loopback.
+    let d = start("http://127.0.0.1:9".into());
+    let r = d.client().request(json!(1), "Update.Check", json!({}));
+    assert_eq!(r["error"]["code"], 9000, "{r}");
+    assert_eq!(r["error"]["data"]["step"], "check");
+}
+
+/// An installed old butler running as a TCP daemon, its updates from `broth`.
+fn daemon_from(install: &Install, broth: &Broth) -> crate::util::DaemonProc {
+    daemon_at(install, &install.exe, broth, &[])
+}
+
+/// `exe` (in `install`'s environment) running as a TCP daemon with `extra` flags.
+fn daemon_at(
+    install: &Install,
+    exe: &Path,
+    broth: &Broth,
+    extra: &[&str],
+) -> crate::util::DaemonProc {
+    let mut cmd = Command::new(exe);
+    install.env(&mut cmd, broth);
+    cmd.args(["--json", "daemon", "--transport", "tcp", "--keep-alive"]).args(extra);
+    crate::util::DaemonProc::start_cmd(cmd)
+}
+
+/// Sends a request and reads until its reply; returns the reply and the notifications before it.
+fn call(
+    c: &mut crate::util::RpcClient,
+    id: i64,
+    method: &str,
+    params: serde_json::Value,
+) -> (serde_json::Value, Vec<serde_json::Value>) {
+    c.send(&serde_json::json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}));
+    let mut notes = Vec::new();
+    loop {
+        let msg = c.recv();
+        if msg["id"] == id {
+            return (msg, notes);
+        }
+        notes.push(msg);
+    }
+}
+
+fn flow(d: &crate::util::DaemonProc) -> crate::util::RpcClient {
+    let mut flow = d.client();
+    flow.send(&serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "Meta.Flow", "params": {}}));
+    assert_eq!(flow.recv()["method"], "MetaFlowEstablished");
+    flow
+}
+
+#[test]
+fn the_daemon_installs_an_update_with_progress_and_rolls_it_back() {
+    use serde_json::json;
+    let f = fixtures();
+    let broth = Broth::new(true);
+    let inst = Install::new();
+    let d = daemon_from(&inst, &broth);
+    let mut news = flow(&d);
+    let mut c = d.client();
+
+    let (r, notes) = call(&mut c, 1, "Update.Apply", json!({}));
+    let res = &r["result"];
+    assert_eq!(res["previousVersion"], f.old_version.as_str(), "{r}");
+    assert_eq!(res["installedVersion"], f.new_version.as_str());
+    assert_eq!(res["verified"], true);
+    assert_eq!(res["restartRequired"], true);
+    let progress: Vec<f64> = notes
+        .iter()
+        .filter(|n| n["method"] == "Progress")
+        .map(|n| n["params"]["progress"].as_f64().unwrap())
+        .collect();
+    assert_eq!(progress.last(), Some(&1.0), "the final progress is always sent: {notes:?}");
+    assert!(progress.windows(2).all(|w| w[0] <= w[1]), "{progress:?}");
+    assert!(notes.iter().any(|n| n["method"] == "Log"), "{notes:?}");
+    let applied = news.recv();
+    assert_eq!(applied["method"], "Update.Applied", "{applied}");
+    assert_eq!(applied["params"]["installedVersion"], f.new_version.as_str());
+    assert_eq!(applied["params"]["restarting"], false);
+    // On disk: the new build, the old one kept. In memory: still the old daemon.
+    assert_eq!(version_of(&inst.exe), f.new_version);
+    assert_eq!(inst.listing(), ["butler", "butler.old"]);
+    let (v, _) = call(&mut c, 2, "Version.Get", json!({}));
+    assert_eq!(v["result"]["version"], format!("v{}", f.old_version), "{v}");
+    // Checking again compares against what is on disk: nothing new, only a restart missing.
+    let (r, _) = call(&mut c, 20, "Update.Check", json!({}));
+    assert_eq!(r["result"]["updateAvailable"], false, "{r}");
+    assert_eq!(r["result"]["restartRequired"], true);
+    assert_eq!(r["result"]["currentVersion"], f.old_version.as_str());
+    let (r, _) = call(&mut c, 21, "Update.Apply", json!({}));
+    assert_eq!(r["result"]["installedVersion"], serde_json::Value::Null, "not again: {r}");
+    assert_eq!(r["result"]["restartRequired"], true, "still waiting for its restart: {r}");
+    let (s, _) = call(&mut c, 22, "Update.Status", json!({}));
+    assert_eq!(s["result"]["awaitingRestart"], f.new_version.as_str(), "{s}");
+
+    // A bad version is refused before anything happens.
+    let (r, _) = call(&mut c, 3, "Update.Apply", json!({"version": "not a version"}));
+    assert_eq!(r["error"]["code"], -32602, "{r}");
+
+    let (r, _) = call(&mut c, 4, "Update.Rollback", json!({}));
+    assert_eq!(r["result"]["restoredVersion"], f.old_version.as_str(), "{r}");
+    assert_eq!(r["result"]["restartRequired"], true);
+    assert_eq!(news.recv()["method"], "Update.RolledBack");
+    assert_eq!(version_of(&inst.exe), f.old_version);
+    let (s, _) = call(&mut c, 23, "Update.Status", json!({}));
+    assert_eq!(s["result"]["awaitingRestart"], serde_json::Value::Null, "back to this build: {s}");
+
+    let (s, _) = call(&mut c, 5, "Update.Status", json!({}));
+    let outcomes: Vec<&str> = s["result"]["history"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{s}"))
+        .iter()
+        .map(|h| h["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["rolled-back", "up-to-date", "installed"], "{s}");
+
+    // Installing the running build again (a downgrade undoing an install) waits for nothing.
+    let (r, _) = call(&mut c, 24, "Update.Apply", json!({"version": f.new_version}));
+    assert_eq!(r["result"]["restartRequired"], true, "{r}");
+    let (r, _) = call(&mut c, 25, "Update.Apply", json!({"version": f.old_version}));
+    assert_eq!(r["result"]["installedVersion"], f.old_version.as_str(), "{r}");
+    assert_eq!(r["result"]["restartRequired"], false, "{r}");
+    let (s, _) = call(&mut c, 26, "Update.Status", json!({}));
+    assert_eq!(s["result"]["awaitingRestart"], serde_json::Value::Null, "{s}");
+}
+
+#[test]
+fn the_daemon_restarts_into_the_update_on_the_same_socket_and_secret() {
+    use serde_json::json;
+    let f = fixtures();
+    let broth = Broth::new(true);
+    let inst = Install::new();
+    let mut d = daemon_from(&inst, &broth);
+    let pid = d.child.id();
+    let mut news = flow(&d);
+    let mut c = d.client();
+    let (r, _) = call(&mut c, 1, "Update.Apply", json!({"restart": true}));
+    assert_eq!(r["result"]["installedVersion"], f.new_version.as_str(), "{r}");
+    assert_eq!(r["result"]["restartRequired"], false);
+    let applied = news.recv();
+    assert_eq!(applied["params"]["restarting"], true, "{applied}");
+    // Connections open at the hand-over are closed (Meta.Flow perhaps answered 499 first, as at
+    // any shutdown).
+    while let Some(m) = news.try_recv() {
+        assert_eq!((m["id"].as_i64(), m["error"]["code"].as_i64()), (Some(1), Some(499)), "{m}");
+    }
+    assert!(c.try_recv().is_none());
+
+    // Same process, same address, same secret: the new build answers.
+    let mut c = d.client();
+    let (v, _) = call(&mut c, 2, "Version.Get", json!({}));
+    assert_eq!(v["result"]["version"], format!("v{}", f.new_version), "{v}");
+    assert!(d.child.try_wait().unwrap().is_none(), "the launcher's child is still running");
+    assert_eq!(d.child.id(), pid);
+    // Nothing of the hand-over reaches a child: no variables, no inherited socket or pipe.
+    let (r, _) = call(
+        &mut c,
+        3,
+        "Process.Run",
+        json!({"command": ["sh", "-c", "env; ls -l /proc/$$/fd"], "prefix": "handover"}),
+    );
+    assert_eq!(r["result"]["exitCode"], 0, "{r}");
+    let (r, _) = call(&mut c, 4, "Streams.Read", json!({"path": "handover/+/stdout"}));
+    let text: String = r["result"]["entries"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{r}"))
+        .iter()
+        .map(|e| e["text"].as_str().unwrap())
+        .collect();
+    assert!(text.contains("PATH="), "the listing ran: {text}");
+    assert!(!text.contains("BUTLER_DAEMON_HANDOVER"), "{text}");
+    assert!(!text.contains("socket:"), "{text}");
+    let (r, _) = call(&mut c, 5, "Meta.Shutdown", json!({}));
+    assert!(r.get("result").is_some(), "{r}");
+    let (code, out, err) = d.wait_exit(10);
+    assert_eq!(code, Some(0), "{err}");
+    // stdout stays JSON lines, and the listen notification is not repeated.
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(lines.iter().all(|l| l["type"] != "butlerd/listen-notification"), "{out}");
+    assert!(
+        lines.iter().any(|l| l["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("restarted after an update"))),
+        "{out}"
+    );
+}
+
+#[test]
+fn cancelling_an_update_leaves_the_old_butler_untouched() {
+    use serde_json::json;
+    let f = fixtures();
+    let broth = Broth::new(true);
+    broth.server.fault(&broth.archive_path(&f.new_version), Fault::Trickle);
+    let inst = Install::new();
+    let d = daemon_from(&inst, &broth);
+    let mut c = d.client();
+    c.send(&json!({"jsonrpc": "2.0", "id": 1, "method": "Update.Apply", "params": {"id": "up"}}));
+    // Wait until the download has started.
+    loop {
+        let n = c.recv();
+        if n["method"] == "Log"
+            && n["params"]["message"].as_str().is_some_and(|m| m.starts_with("downloading"))
+        {
+            break;
+        }
+    }
+    let (r, _) = call(&mut d.client(), 7, "Operation.Cancel", json!({"id": "up"}));
+    assert_eq!(r["result"]["didCancel"], true, "{r}");
+    let reply = loop {
+        let m = c.recv();
+        if m["id"] == 1 {
+            break m;
+        }
+    };
+    assert_eq!(reply["error"]["code"], 499, "{reply}");
+    assert_eq!(version_of(&inst.exe), f.old_version);
+    assert_eq!(inst.listing(), ["butler"], "nothing left behind");
+    assert_eq!(inst.history().last().unwrap().1, "cancelled");
+}
+
+#[test]
+fn the_daemon_checks_in_the_background_only_when_allowed() {
+    use serde_json::json;
+    let f = fixtures();
+    let broth = Broth::new(true);
+    let inst = Install::new();
+    let start = |extra: &[&str]| {
+        let mut flags = vec!["--dbpath", ":memory:"];
+        flags.extend_from_slice(extra);
+        daemon_at(&inst, &inst.exe, &broth, &flags)
+    };
+
+    let quiet = start(&["--update-interval", "100ms", "--no-auto-update"]);
+    // Long enough that the next check (which re-hashes the fetched archive under the cache lock)
+    // does not overlap the apply below.
+    let d = start(&["--update-interval", "1s"]);
+    // Nobody asks: the Meta.Flow connection hears of the update all the same, and then that it
+    // was fetched and verified ahead of time.
+    let mut flow = flow(&d);
+    let news = flow.recv();
+    assert_eq!(news["method"], "Update.Available", "{news}");
+    assert_eq!(news["params"]["latestVersion"], f.new_version.as_str());
+    let ready = flow.recv();
+    assert_eq!(ready["method"], "Update.Ready", "{ready}");
+    assert_eq!(ready["params"]["version"], f.new_version.as_str());
+    let mut c = d.client();
+    let (s, _) = call(&mut c, 1, "Update.Status", json!({}));
+    assert_eq!(s["result"]["lastCheck"]["outcome"], "available", "{s}");
+    // Applying it takes the fetched archive instead of downloading again.
+    let (r, notes) = call(&mut c, 2, "Update.Apply", json!({}));
+    assert_eq!(r["result"]["installedVersion"], f.new_version.as_str(), "{r}");
+    let logs = messages(&notes);
+    assert!(logs.iter().any(|m| m.starts_with("using the archive fetched earlier")), "{logs:?}");
+    assert!(!logs.iter().any(|m| m.starts_with("downloading")), "{logs:?}");
+    assert_eq!(version_of(&inst.exe), f.new_version);
+
+    // The quiet one has been up longer than several of its intervals and never called out.
+    let (s, _) = call(&mut quiet.client(), 1, "Update.Status", json!({}));
+    assert_eq!(s["result"]["history"], json!([]), "{s}");
+    std::thread::sleep(Duration::from_millis(300));
+    drop((flow, d));
+    let (s, _) = call(&mut quiet.client(), 2, "Update.Status", json!({}));
+    assert_eq!(s["result"]["history"], json!([]), "{s}");
+}
+
+#[test]
+fn a_tampered_prefetched_archive_is_discarded_and_downloaded_again() {
+    use serde_json::json;
+    let f = fixtures();
+    let broth = Broth::new(true);
+    let inst = Install::new();
+    let cache = inst.home.path().join("update-cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    let planted = cache.join(format!("butler@{}@{}.zip", channel().name(), f.new_version));
+    std::fs::write(&planted, b"not the archive the manifest describes").unwrap();
+    let d = daemon_from(&inst, &broth);
+    let (r, notes) = call(&mut d.client(), 1, "Update.Apply", json!({}));
+    assert_eq!(r["result"]["installedVersion"], f.new_version.as_str(), "{r}");
+    let logs = messages(&notes);
+    assert!(logs.iter().any(|m| m.starts_with("downloading")), "{logs:?}");
+    assert!(!planted.exists(), "the bad archive is removed");
+    assert_eq!(version_of(&inst.exe), f.new_version);
+}
+
+#[test]
+fn the_daemon_does_not_restart_into_a_build_that_cannot_take_over_or_while_games_run() {
+    use serde_json::json;
+    let f = fixtures();
+    // A "butler" that passes the smoke test but announces no features (as builds before the
+    // hand-over did): restarting into it would strand the launcher's clients.
+    let dir = tempfile::tempdir().unwrap();
+    let script = write_script(
+        &dir.path().join("butler"),
+        "echo '{\"type\":\"result\",\"value\":{\"version\":\"v9.9.9\"}}'\n",
+    );
+    let tree = tempfile::tempdir().unwrap();
+    publish(tree.path(), &script, "9.9.9", true, Some(key()), 3600);
+    let old_style = Broth { server: Server::start(tree.path().to_owned()), _dir: tree };
+    let inst = Install::new();
+    let d = daemon_from(&inst, &old_style);
+    let mut c = d.client();
+    let (r, notes) = call(&mut c, 1, "Update.Apply", json!({"restart": true}));
+    assert_eq!(r["result"]["installedVersion"], "9.9.9", "{r}");
+    assert_eq!(r["result"]["restartRequired"], true);
+    let logs = messages(&notes);
+    assert!(logs.iter().any(|m| m.contains("cannot take over a running daemon")), "{logs:?}");
+    let (v, _) = call(&mut c, 2, "Version.Get", json!({}));
+    assert_eq!(v["result"]["version"], format!("v{}", f.old_version), "still serving: {v}");
+    drop((c, d));
+
+    // A real newer build, but a game started through Process.Run is still running.
+    let broth = Broth::new(true);
+    let inst = Install::new();
+    let d = daemon_from(&inst, &broth);
+    let mut game = d.client();
+    game.send(&json!({"jsonrpc": "2.0", "id": 1, "method": "Process.Run", "params": {
+        "command": ["sleep", "30"], "id": "game",
+    }}));
+    assert_eq!(game.recv()["method"], "Process.Started");
+    let mut c = d.client();
+    let (r, notes) = call(&mut c, 1, "Update.Apply", json!({"restart": true}));
+    assert_eq!(r["result"]["installedVersion"], f.new_version.as_str(), "{r}");
+    assert_eq!(r["result"]["restartRequired"], true);
+    let logs = messages(&notes);
+    assert!(logs.iter().any(|m| m.contains("still running")), "{logs:?}");
+    let (r, _) = call(&mut c, 2, "Operation.Cancel", json!({"id": "game"}));
+    assert_eq!(r["result"]["didCancel"], true, "{r}");
+}
+
+#[test]
+fn applying_while_the_daemon_fetches_ahead_is_safe() {
+    use serde_json::json;
+    let f = fixtures();
+    let broth = Broth::new(true);
+    let inst = Install::new();
+    let d = daemon_at(&inst, &inst.exe, &broth, &["--update-interval", "200ms"]);
+    let mut news = flow(&d);
+    while news.recv()["method"] != "Update.Available" {}
+    // At once, while the background fetch of the same archive is (most likely) under way.
+    let (r, _) = call(&mut d.client(), 1, "Update.Apply", json!({}));
+    assert_eq!(r["result"]["installedVersion"], f.new_version.as_str(), "{r}");
+    assert_eq!(version_of(&inst.exe), f.new_version);
+    assert_eq!(inst.listing(), ["butler", "butler.old"]);
+}
+
+#[test]
+fn a_daemon_run_from_a_versioned_root_installs_a_new_version_and_restarts_into_it() {
+    use serde_json::json;
+    let f = fixtures();
+    let broth = Broth::new(true);
+    let inst = Install::new();
+    // As the itch app lays butler out: <root>/versions/<v>/butler and <root>/.chosen-version.
+    let root = inst.home.path().join("app");
+    let running = root.join("versions").join(&f.old_version);
+    std::fs::create_dir_all(&running).unwrap();
+    copy_exe(&f.old, &running.join("butler"));
+    std::fs::write(root.join(".chosen-version"), &f.old_version).unwrap();
+    let d = daemon_at(&inst, &running.join("butler"), &broth, &[]);
+    let (r, _) = call(&mut d.client(), 1, "Update.Apply", json!({"restart": true}));
+    assert_eq!(r["result"]["installedVersion"], f.new_version.as_str(), "{r}");
+    assert_eq!(r["result"]["restartRequired"], false);
+    // A new version folder, chosen; the running one kept as the last known good.
+    assert_eq!(std::fs::read_to_string(root.join(".chosen-version")).unwrap(), f.new_version);
+    assert_eq!(version_of(&running.join("butler")), f.old_version);
+    let (v, _) = call(&mut d.client(), 2, "Version.Get", json!({}));
+    assert_eq!(v["result"]["version"], format!("v{}", f.new_version), "restarted into it: {v}");
+}
