@@ -2,9 +2,15 @@
 
 use std::ffi::OsString;
 
-use clap::{Args, CommandFactory, Parser, Subcommand};
+use std::time::Duration;
 
-use crate::{daemon, streaming, upgrade};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+
+use crate::daemon::{DaemonSettings, Transport};
+use crate::streaming;
+use crate::streaming::timefmt::parse_duration;
+use crate::update::UpdateSettings;
+use crate::upgrade;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -18,7 +24,7 @@ pub struct Cli {
     pub global: GlobalArgs,
 
     #[command(subcommand)]
-    pub command: Option<Command>,
+    pub(crate) command: Option<Command>,
 }
 
 /// Flags accepted before or after any subcommand.
@@ -68,8 +74,8 @@ pub struct LogdogArgs {
     pub tags: Vec<String>,
 
     /// Longest time log data waits before its bundle is sent (e.g. 5s, 250ms).
-    #[arg(long, global = true, value_name = "DURATION")]
-    pub output_max_buffer_age: Option<String>,
+    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration)]
+    pub output_max_buffer_age: Option<std::time::Duration>,
 
     /// Send every bundle as soon as it has data.
     #[arg(long, global = true)]
@@ -85,11 +91,11 @@ pub struct LogdogArgs {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Print the version.
     Version,
     /// Run the butlerd-compatible JSON-RPC daemon.
-    Daemon(daemon::DaemonArgs),
+    Daemon(DaemonArgs),
     /// Update butler itself from a broth server.
     #[command(alias = "update")]
     Upgrade(upgrade::UpgradeArgs),
@@ -102,6 +108,178 @@ pub enum Command {
     /// Read the local log store.
     #[command(subcommand)]
     Logs(streaming::cli::LogsCommand),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum TransportArg {
+    Tcp,
+    Stdio,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DaemonArgs {
+    /// How clients connect: loopback TCP (with a secret) or this process's stdin/stdout.
+    #[arg(long, value_enum, default_value = "tcp")]
+    pub(crate) transport: TransportArg,
+
+    /// TCP: serve any number of connections until shut down (else exactly one).
+    #[arg(long)]
+    pub(crate) keep_alive: bool,
+
+    /// Shut down when this process exits (repeatable).
+    #[arg(long = "destiny-pid", value_name = "PID")]
+    pub(crate) destiny_pids: Vec<u32>,
+
+    /// Log every JSON-RPC message in and out to stderr (secrets redacted).
+    #[arg(long)]
+    pub(crate) log: bool,
+
+    /// itch.io API base URL: accepted as upstream butlerd does, unused (nothing here calls itch.io).
+    #[arg(long, value_name = "URL")]
+    pub(crate) address: Option<String>,
+
+    /// HTTP user agent suffix: accepted as upstream butlerd does, unused.
+    #[arg(long, value_name = "UA")]
+    pub(crate) user_agent: Option<String>,
+
+    #[command(flatten)]
+    pub(crate) update_source: SourceArgs,
+
+    #[command(flatten)]
+    pub(crate) update_tuning: TuningArgs,
+
+    /// How often to check for a newer butler in the background (news goes to Meta.Flow
+    /// connections; nothing is installed without `Update.Apply`).
+    #[arg(long, default_value = "6h", value_parser = parse_duration)]
+    pub(crate) update_interval: Duration,
+
+    /// Never check for updates in the background.
+    #[arg(long)]
+    pub(crate) no_auto_update: bool,
+
+    /// Close connections that have not authenticated within this time.
+    #[arg(long, hide = true, default_value = "10s", value_parser = parse_duration)]
+    pub(crate) auth_timeout: Duration,
+
+    /// Longest accepted message line in bytes.
+    #[arg(long, hide = true, default_value_t = 16 * 1024 * 1024)]
+    pub(crate) max_line_bytes: usize,
+
+    /// Most connections open at once.
+    #[arg(long, hide = true, default_value_t = 4096)]
+    pub(crate) max_connections: usize,
+
+    /// How long shutdown waits for in-flight work before exiting anyway.
+    #[arg(long, hide = true, default_value = "3s", value_parser = parse_duration)]
+    pub(crate) drain_timeout: Duration,
+}
+
+impl DaemonArgs {
+    pub(crate) fn settings(&self, global: &GlobalArgs) -> DaemonSettings {
+        DaemonSettings {
+            transport: match self.transport {
+                TransportArg::Tcp => Transport::Tcp,
+                TransportArg::Stdio => Transport::Stdio,
+            },
+            keep_alive: self.keep_alive,
+            destiny_pids: self.destiny_pids.clone(),
+            log_traffic: self.log,
+            dbpath: global.dbpath.clone(),
+            update: self.update_source.settings(&self.update_tuning),
+            update_interval: Some(self.update_interval)
+                .filter(|i| !self.no_auto_update && !i.is_zero()),
+            auth_timeout: self.auth_timeout,
+            max_line_bytes: self.max_line_bytes,
+            max_connections: self.max_connections,
+            drain_timeout: self.drain_timeout,
+        }
+    }
+}
+
+/// Where updates come from and whom to trust: shared by `butler upgrade` and the daemon.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct SourceArgs {
+    /// The broth server.
+    #[arg(long, env = "BUTLER_BROTH_URL", default_value = butler_updater::DEFAULT_BROTH_URL)]
+    pub(crate) broth_url: String,
+    /// Refuse updates that are not signed by a trusted key.
+    #[arg(long)]
+    pub(crate) require_signature: bool,
+    /// Extra trusted minisign public key (base64, or a .pub file); repeatable.
+    #[arg(
+        long = "trusted-key",
+        env = "BUTLER_TRUSTED_KEYS",
+        value_delimiter = ',',
+        value_name = "KEY"
+    )]
+    pub(crate) trusted_keys: Vec<String>,
+}
+
+impl SourceArgs {
+    /// The update settings these flags and `tuning` describe.
+    pub(crate) fn settings(&self, tuning: &TuningArgs) -> UpdateSettings {
+        UpdateSettings {
+            broth_url: self.broth_url.clone(),
+            trusted_keys: self.trusted_keys.clone(),
+            require_signature: self.require_signature,
+            tuning: tuning.tuning(),
+            cache_dir: crate::db::home_dir().ok().map(|h| h.join(crate::update::UPDATE_CACHE)),
+        }
+    }
+}
+
+/// Limits tests shorten so failures show up in milliseconds; hidden from help.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct TuningArgs {
+    #[arg(long, hide = true, env = "BUTLER_UPGRADE_READ_TIMEOUT_MS")]
+    read_timeout_ms: Option<u64>,
+    #[arg(long, hide = true, env = "BUTLER_UPGRADE_BACKOFF_MS")]
+    backoff_ms: Option<u64>,
+    #[arg(long, hide = true, env = "BUTLER_UPGRADE_RETRIES")]
+    retries: Option<u32>,
+    #[arg(long, hide = true, env = "BUTLER_UPGRADE_MIN_BPS")]
+    min_bps: Option<u64>,
+    #[arg(long, hide = true, env = "BUTLER_UPGRADE_STALL_WINDOW_MS")]
+    stall_window_ms: Option<u64>,
+    #[arg(long, hide = true, env = "BUTLER_UPGRADE_MAX_ARCHIVE")]
+    max_archive: Option<u64>,
+    #[arg(long, hide = true, env = "BUTLER_UPGRADE_MAX_UNPACKED")]
+    max_unpacked: Option<u64>,
+    /// Debug builds only: skip the versioned daemon check.
+    #[arg(long, hide = true, env = "BUTLER_TEST_SKIP_DAEMON_CHECK")]
+    skip_daemon_check: bool,
+}
+
+impl TuningArgs {
+    fn tuning(&self) -> butler_updater::Tuning {
+        let mut t = butler_updater::Tuning::default();
+        let ms = std::time::Duration::from_millis;
+        if let Some(v) = self.read_timeout_ms {
+            t.net.read_timeout = ms(v);
+            t.net.connect_timeout = ms(v);
+        }
+        if let Some(v) = self.backoff_ms {
+            t.net.backoff = ms(v);
+            t.net.max_backoff = ms(v * 4);
+        }
+        if let Some(v) = self.retries {
+            t.net.retries = v.max(1);
+        }
+        if let Some(v) = self.min_bps {
+            t.net.min_bps = v;
+        }
+        if let Some(v) = self.stall_window_ms {
+            t.net.stall_window = ms(v);
+        }
+        if let Some(v) = self.max_archive {
+            t.net.max_archive = v;
+        }
+        if let Some(v) = self.max_unpacked {
+            t.unpack.max_total = v;
+        }
+        t.skip_candidate_check = self.skip_daemon_check;
+        t
+    }
 }
 
 /// Parses `args`, first rewriting Go-style `-flag` spellings of known long flags to `--flag`.
@@ -168,24 +346,6 @@ fn long_flag_names() -> Vec<String> {
     names
 }
 
-/// Parses Go-style durations as flags carry them: `250ms`, `5s`, `2m`, `1h`, or bare seconds.
-pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
-    let (number, unit) = s.split_at(split);
-    let n: f64 = number.parse().map_err(|_| format!("'{s}' is not a duration (e.g. 5s, 250ms)"))?;
-    let scale = match unit {
-        "" | "s" => 1.0,
-        "ms" => 1e-3,
-        "us" | "µs" => 1e-6,
-        "ns" => 1e-9,
-        "m" => 60.0,
-        "h" => 3600.0,
-        _ => return Err(format!("'{s}' has an unknown unit '{unit}' (use ms, s, m or h)")),
-    };
-    std::time::Duration::try_from_secs_f64(n * scale).map_err(|e| format!("'{s}': {e}"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,14 +380,19 @@ mod tests {
     }
 
     #[test]
-    fn durations() {
+    fn every_duration_flag_takes_go_durations() {
         use std::time::Duration;
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
-        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_duration("1.5m"), Ok(Duration::from_secs(90)));
-        assert!(parse_duration("5 parsecs").is_err());
-        assert!(parse_duration("").is_err());
+        let cli = parse(&["daemon", "--update-interval", "1h30m", "--auth-timeout", "1m30s"]);
+        let Some(Command::Daemon(d)) = cli.command else { panic!("not the daemon") };
+        assert_eq!(d.update_interval, Duration::from_secs(5400));
+        assert_eq!(d.auth_timeout, Duration::from_secs(90));
+        let cli =
+            parse(&["--output-max-buffer-age", "1m30s", "serve", "--handshake-timeout", "1m30s"]);
+        assert_eq!(cli.global.logdog.output_max_buffer_age, Some(Duration::from_secs(90)));
+        let Some(Command::Serve(s)) = cli.command else { panic!("not serve") };
+        assert_eq!(s.handshake_timeout, Duration::from_secs(90));
+        let bad = parse_from(["butler", "daemon", "--update-interval", "soon"]).unwrap_err();
+        assert!(bad.to_string().contains("not a duration"), "{bad}");
     }
 
     #[test]

@@ -1,44 +1,28 @@
 //! butler: a desktop companion in one binary.
 //!
-//! - [`daemon`]: the butlerd-compatible JSON-RPC 2.0 service (TCP or stdio).
-//! - [`upgrade`]: `butler upgrade`, the CLI face of the `butler-updater` crate.
+//! - `daemon`: the butlerd-compatible JSON-RPC 2.0 service (TCP or stdio).
+//! - `update`: the update core over the `butler-updater` crate; `upgrade` is its command line.
 //! - [`streaming`]: the LogDog Butler (stream server, bundler, outputs, `stream`/`serve`/`run`/`logs`).
 //! - [`db`]: the one SQLite database all of them share.
-//! - [`cli`], [`report`], [`version`]: the command line, what goes to stdout, and build identity.
+//! - [`cli`], [`report`], `exit`, `signals`, `version`: the command line, what goes to stdout, exit
+//!   statuses, signals and build identity.
 
 pub mod cli;
-pub mod daemon;
+mod daemon;
 pub mod db;
+mod exit;
 pub mod report;
+mod signals;
 pub mod streaming;
-pub mod upgrade;
-pub mod version;
+mod update;
+mod upgrade;
+mod version;
 
 use cli::{Cli, Command};
+pub use exit::{ExitError, ExitStatus, status_of};
 
-/// An error that ends the process with a particular exit code (the default is 1).
-///
-/// The inner error is shown as this error's message (not as its `source`), so it prints once.
-#[derive(Debug, thiserror::Error)]
-#[error("{error:#}")]
-pub struct ExitError {
-    pub code: u8,
-    pub error: anyhow::Error,
-}
-
-impl ExitError {
-    pub fn new(code: u8, error: impl Into<anyhow::Error>) -> Self {
-        ExitError { code, error: error.into() }
-    }
-}
-
-/// The exit code for a failed run: the one an [`ExitError`] in the chain carries, else 1.
-pub fn exit_code(err: &anyhow::Error) -> u8 {
-    err.chain().find_map(|e| e.downcast_ref::<ExitError>()).map(|e| e.code).unwrap_or(1)
-}
-
-/// Runs a parsed command line and returns the process exit code.
-pub fn run(cli: Cli) -> anyhow::Result<u8> {
+/// Runs a parsed command line and returns how it ended.
+pub fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
     init_tracing(&cli.global);
     let global = cli.global;
     let reporter = report::Reporter::new(global.json, global.verbose, global.quiet);
@@ -48,7 +32,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         None => {
             use clap::CommandFactory;
             let _ = Cli::command().print_help();
-            return Ok(2);
+            return Ok(ExitStatus::Usage);
         }
     };
     match command {
@@ -58,9 +42,9 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             } else {
                 println!("{}", version::long());
             }
-            Ok(0)
+            Ok(ExitStatus::Success)
         }
-        Command::Daemon(args) => daemon::run(args, &global),
+        Command::Daemon(args) => daemon::run(args.settings(&global), reporter),
         Command::Upgrade(args) => upgrade::run(args, &global, reporter),
         Command::Stream(args) => streaming::cli::stream(args, &global),
         Command::Serve(args) => streaming::cli::serve(args, &global),

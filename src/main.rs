@@ -2,20 +2,22 @@
 
 use std::process::ExitCode;
 
+use butler::ExitStatus;
+
 fn main() -> ExitCode {
     let cli = match butler::cli::parse_from(std::env::args_os()) {
         Ok(cli) => cli,
         Err(e) => {
-            let code = if e.use_stderr() { 2 } else { 0 };
+            let status = if e.use_stderr() { ExitStatus::Usage } else { ExitStatus::Success };
             let _ = e.print();
-            return ExitCode::from(code);
+            return ExitCode::from(status.code());
         }
     };
     let json = cli.global.json;
     match butler::run(cli) {
-        Ok(code) => ExitCode::from(code),
+        Ok(status) => ExitCode::from(status.code()),
         Err(err) => {
-            let code = butler::exit_code(&err);
+            let code = butler::status_of(&err).code();
             if json {
                 butler::report::print_json_line(
                     "error",

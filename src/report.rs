@@ -20,17 +20,6 @@ pub enum Level {
     Error,
 }
 
-impl Level {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Level::Debug => "debug",
-            Level::Info => "info",
-            Level::Warning => "warning",
-            Level::Error => "error",
-        }
-    }
-}
-
 /// Prints messages for one command run; cheap to copy into tasks.
 #[derive(Debug, Clone, Copy)]
 pub struct Reporter {

@@ -3,19 +3,19 @@
 use serde::Serialize;
 
 /// Semver of this build, without a leading `v` (Cargo's, or `BUTLER_BUILD_VERSION`).
-pub const VERSION: &str = env!("BUTLER_VERSION");
+pub(crate) const VERSION: &str = env!("BUTLER_VERSION");
 /// UTC build time, RFC 3339, empty when unknown.
-pub const BUILD_DATE: &str = env!("BUTLER_BUILD_DATE");
+pub(crate) const BUILD_DATE: &str = env!("BUTLER_BUILD_DATE");
 /// Short git commit the build came from, empty when unknown.
-pub const GIT_REF: &str = env!("BUTLER_GIT_REF");
+pub(crate) const GIT_REF: &str = env!("BUTLER_GIT_REF");
 
 /// `v0.1.0`, the shape butlerd clients expect in `Version.Get`.
-pub fn tagged() -> String {
+pub(crate) fn tagged() -> String {
     format!("v{VERSION}")
 }
 
 /// `v0.1.0, built on 2026-11-21T10:00:00Z, ref 0123abcd`: for humans and bug reports.
-pub fn long() -> String {
+pub(crate) fn long() -> String {
     let mut s = tagged();
     if !BUILD_DATE.is_empty() {
         s.push_str(", built on ");
@@ -31,7 +31,7 @@ pub fn long() -> String {
 /// What `butler version --json` prints as its result value.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct VersionInfo {
+pub(crate) struct VersionInfo {
     pub version: String,
     pub version_string: String,
     pub build_date: &'static str,
@@ -43,12 +43,12 @@ pub struct VersionInfo {
 /// The daemon takes over a listening socket and secret passed by the butler it replaces
 /// (`Update.Apply {restart: true}`); restarting into a build without it would strand the
 /// launcher's clients.
-pub const HAND_OVER: &str = "daemon-hand-over";
+pub(crate) const HAND_OVER: &str = "daemon-hand-over";
 
 /// What `version --json` announces under `features`.
-pub const FEATURES: &[&str] = &[HAND_OVER];
+pub(crate) const FEATURES: &[&str] = &[HAND_OVER];
 
-pub fn info() -> VersionInfo {
+pub(crate) fn info() -> VersionInfo {
     VersionInfo {
         version: tagged(),
         version_string: long(),

@@ -21,7 +21,7 @@ use super::state::Daemon;
 type PendingCalls = HashMap<i64, oneshot::Sender<Result<Value, RpcError>>>;
 
 /// The sending side of a connection, shared by its reader and every request running on it.
-pub struct Peer {
+pub(crate) struct Peer {
     pub id: u64,
     out: mpsc::Sender<Vec<u8>>,
     pending: Mutex<PendingCalls>,
@@ -38,13 +38,13 @@ impl Peer {
         let _ = self.out.send(line).await;
     }
 
-    pub async fn notify(&self, method: &str, params: impl Serialize) {
+    pub(crate) async fn notify(&self, method: &str, params: impl Serialize) {
         let msg = Outgoing { jsonrpc: "2.0", id: None, method, params };
         self.send_line(jsonrpc::to_line(&msg)).await;
     }
 
     /// Sends a request to the peer with our own id sequence (from 0) and waits for the reply.
-    pub async fn call(
+    pub(crate) async fn call(
         &self,
         method: &str,
         params: impl Serialize,
@@ -80,7 +80,7 @@ impl Peer {
 
 /// Serves one connection until the peer closes it, it fails to authenticate in time, or the
 /// daemon shuts down. Requests still running when it ends are cancelled.
-pub async fn serve<R, W>(daemon: Arc<Daemon>, conn_id: u64, reader: R, writer: W)
+pub(super) async fn serve<R, W>(daemon: Arc<Daemon>, conn_id: u64, reader: R, writer: W)
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,

@@ -4,7 +4,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 
 /// What the next read produced.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Frame {
+pub(super) enum Frame {
     /// One line, without its `\n` (a final line without `\n` at EOF counts too).
     Line(Vec<u8>),
     /// A line longer than the limit was skipped up to and including its `\n`; `usize` is how
@@ -13,7 +13,7 @@ pub enum Frame {
     Eof,
 }
 
-pub struct LineReader<R> {
+pub(super) struct LineReader<R> {
     inner: BufReader<R>,
     max: usize,
     line: Vec<u8>,
@@ -21,12 +21,12 @@ pub struct LineReader<R> {
 
 impl<R: AsyncRead + Unpin> LineReader<R> {
     /// `max` is the longest line accepted, in bytes, not counting the `\n`.
-    pub fn new(inner: R, max: usize) -> Self {
+    pub(super) fn new(inner: R, max: usize) -> Self {
         // A small buffer keeps idle connections cheap; long lines grow `line` instead.
         LineReader { inner: BufReader::with_capacity(8 * 1024, inner), max, line: Vec::new() }
     }
 
-    pub async fn next(&mut self) -> std::io::Result<Frame> {
+    pub(super) async fn next(&mut self) -> std::io::Result<Frame> {
         let mut skipped: Option<usize> = None;
         loop {
             let buf = self.inner.fill_buf().await?;

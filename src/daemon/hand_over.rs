@@ -14,7 +14,7 @@ const SECRET_FD_ENV: &str = "BUTLER_DAEMON_HANDOVER_SECRET_FD";
 
 /// What the previous process passed on.
 #[derive(Debug)]
-pub struct Inherited {
+pub(super) struct Inherited {
     pub listener: std::net::TcpListener,
     pub secret: String,
 }
@@ -26,7 +26,7 @@ pub struct Inherited {
 ///
 /// Must be called before any other thread exists (it edits the environment).
 #[cfg(unix)]
-pub unsafe fn take() -> anyhow::Result<Option<Inherited>> {
+pub(super) unsafe fn take() -> anyhow::Result<Option<Inherited>> {
     use std::io::Read;
     use std::os::fd::{FromRawFd, RawFd};
 
@@ -91,7 +91,7 @@ pub unsafe fn take() -> anyhow::Result<Option<Inherited>> {
 /// Replaces this process with `exe` and the same arguments, passing on `listener` and `secret`.
 /// Returns only if that failed.
 #[cfg(unix)]
-pub fn exec(exe: &Path, listener: &tokio::net::TcpListener, secret: &str) -> std::io::Error {
+pub(super) fn exec(exe: &Path, listener: &tokio::net::TcpListener, secret: &str) -> std::io::Error {
     use std::io::Write;
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     use std::os::unix::process::CommandExt;

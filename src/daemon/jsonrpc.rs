@@ -11,65 +11,63 @@ use crate::version;
 
 /// Error codes. The negative ones are JSON-RPC 2.0's; the positive ones are butlerd's
 /// application codes, kept where the meaning matches upstream.
-pub mod code {
-    pub const PARSE_ERROR: i64 = -32700;
-    pub const INVALID_REQUEST: i64 = -32600;
-    pub const METHOD_NOT_FOUND: i64 = -32601;
-    pub const INVALID_PARAMS: i64 = -32602;
-    pub const INTERNAL_ERROR: i64 = -32603;
+pub(crate) mod code {
+    pub(crate) const PARSE_ERROR: i64 = -32700;
+    pub(crate) const INVALID_REQUEST: i64 = -32600;
+    pub(crate) const METHOD_NOT_FOUND: i64 = -32601;
+    pub(crate) const INVALID_PARAMS: i64 = -32602;
+    pub(crate) const INTERNAL_ERROR: i64 = -32603;
     /// The connection limit is reached; the connection is closed after this reply.
-    pub const TOO_MANY_CONNECTIONS: i64 = -32001;
+    pub(crate) const TOO_MANY_CONNECTIONS: i64 = -32001;
     /// No `Meta.Authenticate` arrived in time; the connection is closed after this reply.
-    pub const AUTHENTICATION_TIMEOUT: i64 = -32003;
+    pub(crate) const AUTHENTICATION_TIMEOUT: i64 = -32003;
     /// The database could not be opened or migrated.
-    pub const DATABASE_UNAVAILABLE: i64 = -32004;
+    pub(crate) const DATABASE_UNAVAILABLE: i64 = -32004;
     /// Upstream's `OperationCancelled`.
-    pub const OPERATION_CANCELLED: i64 = 499;
+    pub(crate) const OPERATION_CANCELLED: i64 = 499;
     /// Upstream's `NetworkDisconnected`.
-    pub const NETWORK_DISCONNECTED: i64 = 9000;
-    /// Upstream's `DatabaseBusy`.
-    pub const DATABASE_BUSY: i64 = 16000;
+    pub(crate) const NETWORK_DISCONNECTED: i64 = 9000;
 }
 
 /// An error reply. `data` always carries `butlerVersion`, plus any details given.
 #[derive(Debug, Clone, PartialEq)]
-pub struct RpcError {
+pub(crate) struct RpcError {
     pub code: i64,
     pub message: String,
     pub details: Map<String, Value>,
 }
 
 impl RpcError {
-    pub fn new(code: i64, message: impl Into<String>) -> Self {
+    pub(crate) fn new(code: i64, message: impl Into<String>) -> Self {
         RpcError { code, message: message.into(), details: Map::new() }
     }
 
-    pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
+    pub(crate) fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
         self.details.insert(key.to_owned(), value.into());
         self
     }
 
-    pub fn parse_error(reason: impl std::fmt::Display) -> Self {
+    pub(crate) fn parse_error(reason: impl std::fmt::Display) -> Self {
         Self::new(code::PARSE_ERROR, format!("parse error: {reason}"))
     }
 
-    pub fn invalid_request(reason: impl Into<String>) -> Self {
+    pub(crate) fn invalid_request(reason: impl Into<String>) -> Self {
         Self::new(code::INVALID_REQUEST, reason)
     }
 
-    pub fn method_not_found(method: &str) -> Self {
+    pub(crate) fn method_not_found(method: &str) -> Self {
         Self::new(code::METHOD_NOT_FOUND, format!("method '{method}' not found"))
     }
 
-    pub fn invalid_params(method: &str, reason: impl std::fmt::Display) -> Self {
+    pub(crate) fn invalid_params(method: &str, reason: impl std::fmt::Display) -> Self {
         Self::new(code::INVALID_PARAMS, format!("invalid params for {method}: {reason}"))
     }
 
-    pub fn internal(reason: impl std::fmt::Display) -> Self {
+    pub(crate) fn internal(reason: impl std::fmt::Display) -> Self {
         Self::new(code::INTERNAL_ERROR, format!("internal error: {reason}"))
     }
 
-    pub fn cancelled() -> Self {
+    pub(crate) fn cancelled() -> Self {
         Self::new(code::OPERATION_CANCELLED, "the operation was cancelled")
     }
 }
@@ -97,7 +95,7 @@ impl Serialize for RpcError {
 
 /// One message from the peer, classified.
 #[derive(Debug, PartialEq)]
-pub enum Incoming {
+pub(crate) enum Incoming {
     Request {
         id: Value,
         method: String,
@@ -120,7 +118,7 @@ pub enum Incoming {
 }
 
 /// Classifies one element (an object, or anything else found in a line or a batch).
-pub fn classify(value: Value) -> Incoming {
+pub(crate) fn classify(value: Value) -> Incoming {
     let Value::Object(mut obj) = value else {
         return invalid(Value::Null, "a JSON-RPC message must be an object");
     };
@@ -173,7 +171,7 @@ fn error_from_value(e: Value) -> RpcError {
 
 /// A reply line body.
 #[derive(Debug, Serialize)]
-pub struct Response<'a> {
+pub(crate) struct Response<'a> {
     pub jsonrpc: &'static str,
     pub id: &'a Value,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -183,7 +181,7 @@ pub struct Response<'a> {
 }
 
 impl<'a> Response<'a> {
-    pub fn new(id: &'a Value, result: &'a Result<Value, RpcError>) -> Self {
+    pub(crate) fn new(id: &'a Value, result: &'a Result<Value, RpcError>) -> Self {
         let (result, error) = match result {
             Ok(v) => (Some(v), None),
             Err(e) => (None, Some(e)),
@@ -194,7 +192,7 @@ impl<'a> Response<'a> {
 
 /// A request or notification we send the peer.
 #[derive(Debug, Serialize)]
-pub struct Outgoing<'a, P: Serialize> {
+pub(crate) struct Outgoing<'a, P: Serialize> {
     pub jsonrpc: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<i64>,
@@ -203,7 +201,7 @@ pub struct Outgoing<'a, P: Serialize> {
 }
 
 /// Serializes `msg` followed by `\n`.
-pub fn to_line(msg: &impl Serialize) -> Vec<u8> {
+pub(crate) fn to_line(msg: &impl Serialize) -> Vec<u8> {
     let mut line = serde_json::to_vec(msg).unwrap_or_else(|e| {
         // Only non-string map keys can fail here, and our types have none.
         format!(r#"{{"jsonrpc":"2.0","id":null,"error":{{"code":-32603,"message":"{e}"}}}}"#)

@@ -7,93 +7,59 @@
 mod connection;
 mod framing;
 mod hand_over;
-pub mod jsonrpc;
+pub(crate) mod jsonrpc;
 mod methods;
-pub mod router;
-pub mod state;
+mod notifications;
+pub(crate) mod router;
+pub(crate) mod state;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Args, ValueEnum};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
-use crate::ExitError;
-use crate::cli::{GlobalArgs, parse_duration};
 use crate::db::{self, DaemonLock, Db, DbPath};
+use crate::exit::{ExitError, ExitStatus};
 use crate::report::{Level, Reporter};
+use crate::update::UpdateSettings;
 use state::{Config, Daemon, DbState};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Transport {
+/// How clients reach the daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Transport {
+    /// Loopback TCP, with a secret.
     Tcp,
+    /// This process's stdin/stdout; no secret.
     Stdio,
 }
 
-#[derive(Debug, Args)]
-pub struct DaemonArgs {
-    /// How clients connect: loopback TCP (with a secret) or this process's stdin/stdout.
-    #[arg(long, value_enum, default_value = "tcp")]
-    pub transport: Transport,
-
+/// How the daemon runs, resolved from its command line (`crate::cli::DaemonArgs`).
+#[derive(Debug, Clone)]
+pub(crate) struct DaemonSettings {
+    pub(crate) transport: Transport,
     /// TCP: serve any number of connections until shut down (else exactly one).
-    #[arg(long)]
-    pub keep_alive: bool,
-
-    /// Shut down when this process exits (repeatable).
-    #[arg(long = "destiny-pid", value_name = "PID")]
-    pub destiny_pids: Vec<u32>,
-
-    /// Log every JSON-RPC message in and out to stderr (secrets redacted).
-    #[arg(long)]
-    pub log: bool,
-
-    /// itch.io API base URL, kept for features that call it.
-    #[arg(long, value_name = "URL")]
-    pub address: Option<String>,
-
-    /// HTTP user agent suffix, kept for features that call out.
-    #[arg(long, value_name = "UA")]
-    pub user_agent: Option<String>,
-
-    #[command(flatten)]
-    pub update_source: crate::upgrade::SourceArgs,
-
-    #[command(flatten)]
-    pub update_tuning: crate::upgrade::TuningArgs,
-
-    /// How often to check for a newer butler in the background (news goes to Meta.Flow
-    /// connections; nothing is installed without `Update.Apply`).
-    #[arg(long, default_value = "6h", value_parser = parse_duration)]
-    pub update_interval: Duration,
-
-    /// Never check for updates in the background.
-    #[arg(long)]
-    pub no_auto_update: bool,
-
-    /// Close connections that have not authenticated within this time.
-    #[arg(long, hide = true, default_value = "10s", value_parser = parse_duration)]
-    pub auth_timeout: Duration,
-
-    /// Longest accepted message line in bytes.
-    #[arg(long, hide = true, default_value_t = 16 * 1024 * 1024)]
-    pub max_line_bytes: usize,
-
-    /// Most connections open at once.
-    #[arg(long, hide = true, default_value_t = 4096)]
-    pub max_connections: usize,
-
-    /// How long shutdown waits for in-flight work before exiting anyway.
-    #[arg(long, hide = true, default_value = "3s", value_parser = parse_duration)]
-    pub drain_timeout: Duration,
+    pub(crate) keep_alive: bool,
+    /// Shut down when any of these processes exits.
+    pub(crate) destiny_pids: Vec<u32>,
+    /// Log every message in and out to stderr (secrets redacted).
+    pub(crate) log_traffic: bool,
+    /// `--dbpath` as given: the daemon's database, and the store `Process.Run` writes to.
+    pub(crate) dbpath: Option<String>,
+    pub(crate) update: UpdateSettings,
+    /// How often to check for updates in the background; `None`: never.
+    pub(crate) update_interval: Option<Duration>,
+    pub(crate) auth_timeout: Duration,
+    pub(crate) max_line_bytes: usize,
+    pub(crate) max_connections: usize,
+    pub(crate) drain_timeout: Duration,
 }
 
-/// Runs the daemon until it shuts down; exit code 0 on any graceful shutdown.
-pub fn run(args: DaemonArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
+/// Runs the daemon until it shuts down; success on any graceful shutdown.
+pub(crate) fn run(args: DaemonSettings, reporter: Reporter) -> anyhow::Result<ExitStatus> {
     // SAFETY: the runtime is not built yet and nothing before this starts threads.
     let inherited = unsafe { hand_over::take() }?;
     raise_fd_limit();
@@ -102,22 +68,22 @@ pub fn run(args: DaemonArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let result = runtime.block_on(serve(args, global, inherited));
+    let result = runtime.block_on(serve(args, reporter, inherited));
     // stdin readers and database work may still sit on blocking threads; do not wait for them.
     runtime.shutdown_timeout(Duration::from_millis(100));
     result
 }
 
 async fn serve(
-    args: DaemonArgs,
-    global: &GlobalArgs,
+    args: DaemonSettings,
+    reporter: Reporter,
     inherited: Option<hand_over::Inherited>,
-) -> anyhow::Result<u8> {
+) -> anyhow::Result<ExitStatus> {
     let stdio = args.transport == Transport::Stdio;
     // On stdio, stdout is the JSON-RPC channel: every message for people goes to stderr.
-    let reporter = Reporter::new(global.json && !stdio, global.verbose, global.quiet);
+    let reporter = Reporter { json: reporter.json && !stdio, ..reporter };
 
-    let db_path = DbPath::resolve(global.dbpath.as_deref())?;
+    let db_path = DbPath::resolve(args.dbpath.as_deref())?;
     // Taken before listening, so a second daemon on the same database fails at once.
     let _lock = DaemonLock::acquire(&db_path)?;
 
@@ -128,15 +94,11 @@ async fn serve(
             auth_timeout: args.auth_timeout,
             max_line_bytes: args.max_line_bytes,
             max_in_flight: 256,
-            log_traffic: args.log,
-            address: args.address.clone(),
-            user_agent: args.user_agent.clone(),
-            dbpath: global.dbpath.clone(),
-            update_source: args.update_source.clone(),
+            log_traffic: args.log_traffic,
+            dbpath: args.dbpath.clone(),
+            update: args.update.clone(),
             exe: std::env::current_exe().context("finding the running executable")?,
-            update_tuning: args.update_tuning.tuning(),
             can_hand_over: cfg!(unix) && !stdio && args.keep_alive,
-            update_cache: db::home_dir().ok().map(|h| h.join(crate::upgrade::UPDATE_CACHE)),
         },
         methods::router(),
         match &inherited {
@@ -197,8 +159,8 @@ async fn serve(
     for &pid in &args.destiny_pids {
         watch_destiny(&daemon, pid, reporter);
     }
-    if !args.no_auto_update && !args.update_interval.is_zero() {
-        methods::spawn_background_checks(&daemon, args.update_interval);
+    if let Some(interval) = args.update_interval {
+        methods::spawn_background_checks(&daemon, interval);
     }
 
     // Kept open through the drain when a hand-over may follow: clients that connect meanwhile wait
@@ -214,23 +176,23 @@ async fn serve(
 
     // Only a hand-over keeps the socket through the drain; otherwise new clients are refused
     // at once rather than left waiting in a backlog nobody will accept.
-    let kept = kept.filter(|_| daemon.hand_over_target().is_some());
+    let kept = kept.filter(|_| daemon.restart.target().is_some());
     daemon.shutdown.cancel();
     daemon.tracker.close();
     if tokio::time::timeout(args.drain_timeout, daemon.tracker.wait()).await.is_err() {
         reporter.log(Level::Warning, "In-flight work did not finish in time; exiting anyway");
     }
-    if let (Some(listener), Some(exe)) = (&kept, daemon.hand_over_target()) {
+    if let (Some(listener), Some(exe)) = (&kept, daemon.restart.target()) {
         reporter.log(Level::Info, &format!("restarting into {}", exe.display()));
         let err = hand_over::exec(&exe, listener, daemon.secret_for_listen_notification());
         return Err(ExitError::new(
-            250,
+            ExitStatus::Runtime,
             anyhow::anyhow!("could not restart into {}: {err}", exe.display()),
         )
         .into());
     }
     reporter.log(Level::Info, "butler daemon stopped");
-    Ok(0)
+    Ok(ExitStatus::Success)
 }
 
 fn transport_name(stdio: bool) -> &'static str {
@@ -241,7 +203,7 @@ fn transport_name(stdio: bool) -> &'static str {
 async fn accept_loop(
     daemon: &Arc<Daemon>,
     listener: TcpListener,
-    args: &DaemonArgs,
+    args: &DaemonSettings,
 ) -> Option<TcpListener> {
     let slots = Arc::new(Semaphore::new(args.max_connections));
     let next_id = AtomicU64::new(1);
@@ -296,12 +258,13 @@ async fn refuse(mut socket: tokio::net::TcpStream, max: usize) {
     let _ = socket.shutdown().await;
 }
 
-/// SIGINT/SIGTERM start the graceful shutdown; a second one exits at once.
+/// A signal (Ctrl-C, Ctrl-Break or console close on Windows) starts the graceful shutdown; a
+/// second one exits at once.
 ///
 /// The handlers are installed before this returns, so a client that signals as soon as it sees
 /// the listen notification (the node client's cancel) always gets a graceful exit.
 fn watch_signals(daemon: &Arc<Daemon>) -> anyhow::Result<()> {
-    let mut signals = Signals::install().context("installing signal handlers")?;
+    let mut signals = crate::signals::Signals::install().context("installing signal handlers")?;
     let daemon = Arc::clone(daemon);
     // Not tracked: it must outlive the drain to catch the second signal, and dies with the runtime.
     tokio::spawn(async move {
@@ -309,47 +272,9 @@ fn watch_signals(daemon: &Arc<Daemon>) -> anyhow::Result<()> {
         tracing::info!("Signal received; shutting down");
         daemon.shutdown.cancel();
         signals.recv().await;
-        std::process::exit(130);
+        std::process::exit(ExitStatus::Interrupted.code().into());
     });
     Ok(())
-}
-
-#[cfg(unix)]
-struct Signals {
-    int: tokio::signal::unix::Signal,
-    term: tokio::signal::unix::Signal,
-}
-
-#[cfg(unix)]
-impl Signals {
-    fn install() -> std::io::Result<Self> {
-        use tokio::signal::unix::{SignalKind, signal};
-        Ok(Signals {
-            int: signal(SignalKind::interrupt())?,
-            term: signal(SignalKind::terminate())?,
-        })
-    }
-
-    async fn recv(&mut self) {
-        tokio::select! {
-            _ = self.int.recv() => {},
-            _ = self.term.recv() => {},
-        }
-    }
-}
-
-#[cfg(not(unix))]
-struct Signals;
-
-#[cfg(not(unix))]
-impl Signals {
-    fn install() -> std::io::Result<Self> {
-        Ok(Signals)
-    }
-
-    async fn recv(&mut self) {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }
 
 /// Shuts the daemon down when `pid` exits (the launcher that spawned us died).

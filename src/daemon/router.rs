@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::connection::Peer;
 use super::jsonrpc::RpcError;
+use super::notifications::{Log, Notification, Progress};
 use super::state::Daemon;
 use crate::report::Level;
 
@@ -31,7 +32,7 @@ struct Method {
 
 /// Every method the daemon answers.
 #[derive(Default)]
-pub struct Router {
+pub(crate) struct Router {
     methods: HashMap<&'static str, Method>,
 }
 
@@ -44,7 +45,7 @@ impl std::fmt::Debug for Router {
 impl Router {
     /// Registers `name`; `params` missing from the request arrive as `{}`. A cancelled request
     /// is dropped at its next await and answered 499.
-    pub fn method<P, R, F, Fut>(&mut self, name: &'static str, handler: F)
+    pub(crate) fn method<P, R, F, Fut>(&mut self, name: &'static str, handler: F)
     where
         P: DeserializeOwned + Send + 'static,
         R: Serialize + Send + 'static,
@@ -56,7 +57,7 @@ impl Router {
 
     /// Registers a handler that reacts to `Ctx::cancelled` itself and answers when it has
     /// cleaned up; it is never dropped half-way.
-    pub fn cancellable<P, R, F, Fut>(&mut self, name: &'static str, handler: F)
+    pub(crate) fn cancellable<P, R, F, Fut>(&mut self, name: &'static str, handler: F)
     where
         P: DeserializeOwned + Send + 'static,
         R: Serialize + Send + 'static,
@@ -88,7 +89,12 @@ impl Router {
 
     /// The future answering `method` and whether it handles its own cancellation, or `None` if
     /// there is no such method.
-    pub fn dispatch(&self, method: &str, ctx: Ctx, params: Value) -> Option<(BoxFuture, bool)> {
+    pub(crate) fn dispatch(
+        &self,
+        method: &str,
+        ctx: Ctx,
+        params: Value,
+    ) -> Option<(BoxFuture, bool)> {
         self.methods.get(method).map(|m| ((m.handler)(ctx, params), m.owns_cancellation))
     }
 }
@@ -96,7 +102,7 @@ impl Router {
 /// What a handler can reach: its connection (notifications, server→client calls), the daemon's
 /// shared state, and its own cancellation.
 #[derive(Clone)]
-pub struct Ctx {
+pub(crate) struct Ctx {
     pub(super) peer: Arc<Peer>,
     pub(super) daemon: Arc<Daemon>,
     pub(super) cancel: CancellationToken,
@@ -104,17 +110,17 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    pub fn daemon(&self) -> &Arc<Daemon> {
+    pub(crate) fn daemon(&self) -> &Arc<Daemon> {
         &self.daemon
     }
 
     /// Sends a notification on this request's connection.
-    pub async fn notify(&self, method: &str, params: impl Serialize) {
-        self.peer.notify(method, params).await;
+    pub(crate) async fn notify<N: Notification>(&self, n: N) {
+        self.peer.notify(N::METHOD, n).await;
     }
 
     /// Sends the peer a request on this connection and waits for its reply (or cancellation).
-    pub async fn call<R: DeserializeOwned>(
+    pub(crate) async fn call<R: DeserializeOwned>(
         &self,
         method: &str,
         params: impl Serialize,
@@ -126,32 +132,31 @@ impl Ctx {
     }
 
     /// A `Progress` notification: `progress` in 0..1, `eta` in seconds, `bps` bytes per second.
-    pub async fn progress(&self, progress: f64, eta: f64, bps: f64) {
-        self.notify("Progress", serde_json::json!({"progress": progress, "eta": eta, "bps": bps}))
-            .await;
+    pub(crate) async fn progress(&self, progress: f64, eta: f64, bps: f64) {
+        self.notify(Progress { progress, eta, bps }).await;
     }
 
     /// A `Log` notification to this request's connection.
-    pub async fn log(&self, level: Level, message: &str) {
-        self.notify("Log", serde_json::json!({"level": level, "message": message})).await;
+    pub(crate) async fn log(&self, level: Level, message: &str) {
+        self.notify(Log { level, message }).await;
     }
 
     /// Completes when this request is cancelled (connection closed, `Operation.Cancel`, shutdown).
-    pub async fn cancelled(&self) {
+    pub(crate) async fn cancelled(&self) {
         self.cancel.cancelled().await;
     }
 
     /// This request's cancellation, for work that checks it itself.
-    pub fn cancellation(&self) -> CancellationToken {
+    pub(crate) fn cancellation(&self) -> CancellationToken {
         self.cancel.clone()
     }
 
-    pub fn peer(&self) -> &Arc<Peer> {
+    pub(crate) fn peer(&self) -> &Arc<Peer> {
         &self.peer
     }
 
     /// Starts the daemon's graceful shutdown once this request's reply has been queued.
-    pub fn shutdown_after_reply(&self) {
+    pub(crate) fn shutdown_after_reply(&self) {
         self.shutdown_after_reply.store(true, Ordering::Release);
     }
 }

@@ -1,7 +1,8 @@
 //! What the whole daemon shares across connections: config, secret, shutdown, operations, the database.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -11,12 +12,14 @@ use tokio_util::task::TaskTracker;
 
 use super::connection::Peer;
 use super::jsonrpc::{RpcError, code};
+use super::notifications::Notification;
 use super::router::Router;
 use crate::db::Db;
+use crate::update::UpdateSettings;
 
 /// Tunables, mostly from hidden flags so tests can shorten them.
 #[derive(Debug, Clone)]
-pub struct Config {
+pub(crate) struct Config {
     /// TCP connections must authenticate; stdio has no secret.
     pub require_auth: bool,
     pub auth_timeout: Duration,
@@ -25,32 +28,25 @@ pub struct Config {
     pub max_in_flight: usize,
     /// Write every message in and out to stderr (`--log`).
     pub log_traffic: bool,
-    /// The itch API base URL and HTTP user agent, kept for features that call out.
-    pub address: Option<String>,
-    pub user_agent: Option<String>,
-    /// `--dbpath` as given (the update history opens its own connection to it).
+    /// `--dbpath` as given: `Process.Run`'s store output opens its own connection to it.
     pub dbpath: Option<String>,
-    /// Where `Update.*` looks for new versions and whom it trusts.
-    pub update_source: crate::upgrade::SourceArgs,
+    /// Where `Update.*` looks for new versions, whom it trusts, its limits and its cache.
+    pub update: UpdateSettings,
     /// The executable this daemon was started from: what `Update.*` updates.
-    pub exe: std::path::PathBuf,
-    /// Download limits for `Update.*` (the hidden `--upgrade-*` flags / `BUTLER_UPGRADE_*`).
-    pub update_tuning: butler_updater::Tuning,
+    pub exe: PathBuf,
     /// A listening socket to pass on exists (TCP with `--keep-alive`), so `restart` is possible.
     pub can_hand_over: bool,
-    /// Where update archives fetched in the background wait for `Update.Apply`.
-    pub update_cache: Option<std::path::PathBuf>,
 }
 
 /// The database as the daemon sees it: opened in the background so it never delays the listen line.
 #[derive(Debug, Clone)]
-pub enum DbState {
+pub(crate) enum DbState {
     Opening,
     Ready(Db),
     Failed(String),
 }
 
-pub struct Daemon {
+pub(crate) struct Daemon {
     pub config: Config,
     pub router: Router,
     secret: String,
@@ -62,18 +58,78 @@ pub struct Daemon {
     next_ticket: AtomicU64,
     flows: Mutex<Vec<Weak<Peer>>>,
     db: watch::Receiver<DbState>,
-    /// The executable to restart into after the drain, when a restart was asked for.
-    hand_over: Mutex<Option<std::path::PathBuf>>,
-    /// `Process.Run` children still running: a restart now would end them.
-    pub running_processes: AtomicUsize,
+    pub restart: Arc<RestartGate>,
     /// The version installed over this still-running one (by `Update.Apply`/`Rollback` without a
     /// restart): what is on disk, so checks compare against it and launchers learn that only a
     /// restart is missing.
-    pub awaiting_restart: Mutex<Option<String>>,
+    awaiting_restart: Mutex<Option<String>>,
+}
+
+/// Restarting in place versus `Process.Run` children: a restart would end them, so the two
+/// exclude each other under one lock. Whichever comes first wins: a claimed restart refuses new
+/// children, and running children refuse a restart.
+#[derive(Debug, Default)]
+pub(crate) struct RestartGate {
+    state: Mutex<GateState>,
+}
+
+#[derive(Debug, Default)]
+struct GateState {
+    processes: usize,
+    /// The executable to restart into after the drain.
+    hand_over: Option<PathBuf>,
+}
+
+/// Why a restart was refused.
+#[derive(Debug, thiserror::Error)]
+#[error("{0} process(es) started by Process.Run are still running")]
+pub(crate) struct ProcessesRunning(pub usize);
+
+/// Why a process was refused.
+#[derive(Debug, thiserror::Error)]
+#[error("the daemon is restarting into an update; start the process again in a moment")]
+pub(crate) struct Restarting;
+
+/// Counts one `Process.Run` child as running until dropped.
+#[derive(Debug)]
+pub(crate) struct ProcessSlot(Arc<RestartGate>);
+
+impl Drop for ProcessSlot {
+    fn drop(&mut self) {
+        lock(&self.0.state).processes -= 1;
+    }
+}
+
+impl RestartGate {
+    /// Counts a child as running, unless a restart was claimed.
+    pub(crate) fn try_start_process(self: &Arc<Self>) -> Result<ProcessSlot, Restarting> {
+        let mut state = lock(&self.state);
+        if state.hand_over.is_some() {
+            return Err(Restarting);
+        }
+        state.processes += 1;
+        Ok(ProcessSlot(Arc::clone(self)))
+    }
+
+    /// Restart into `exe` after the drain, unless children are running. A later claim replaces
+    /// an earlier one: the newest install is what is on disk.
+    pub(crate) fn try_claim(&self, exe: PathBuf) -> Result<(), ProcessesRunning> {
+        let mut state = lock(&self.state);
+        if state.processes > 0 {
+            return Err(ProcessesRunning(state.processes));
+        }
+        state.hand_over = Some(exe);
+        Ok(())
+    }
+
+    /// The executable a claimed restart goes into.
+    pub(crate) fn target(&self) -> Option<PathBuf> {
+        lock(&self.state).hand_over.clone()
+    }
 }
 
 impl Daemon {
-    pub fn new(
+    pub(crate) fn new(
         config: Config,
         router: Router,
         secret: String,
@@ -89,19 +145,18 @@ impl Daemon {
             next_ticket: AtomicU64::new(0),
             flows: Mutex::default(),
             db,
-            hand_over: Mutex::new(None),
-            running_processes: AtomicUsize::new(0),
+            restart: Arc::default(),
             awaiting_restart: Mutex::new(None),
         }
     }
 
     /// Only for the listen notification and the restart hand-over: the secret is written nowhere else.
-    pub fn secret_for_listen_notification(&self) -> &str {
+    pub(crate) fn secret_for_listen_notification(&self) -> &str {
         &self.secret
     }
 
     /// Compares in constant time, so response timing says nothing about the secret.
-    pub fn secret_matches(&self, candidate: &str) -> bool {
+    pub(crate) fn secret_matches(&self, candidate: &str) -> bool {
         let (a, b) = (self.secret.as_bytes(), candidate.as_bytes());
         let mut diff = a.len() ^ b.len();
         for (i, x) in a.iter().enumerate() {
@@ -111,7 +166,7 @@ impl Daemon {
     }
 
     /// Waits until the database is open; requests that need it call this.
-    pub async fn db(&self) -> Result<Db, RpcError> {
+    pub(crate) async fn db(&self) -> Result<Db, RpcError> {
         let mut rx = self.db.clone();
         let state = rx
             .wait_for(|s| !matches!(s, DbState::Opening))
@@ -129,13 +184,13 @@ impl Daemon {
 
     /// Makes `token` cancellable by `Operation.Cancel {id}` from any connection; the ticket
     /// returned unregisters exactly this registration.
-    pub fn register_operation(&self, id: &str, token: CancellationToken) -> u64 {
+    pub(crate) fn register_operation(&self, id: &str, token: CancellationToken) -> u64 {
         let ticket = self.next_ticket.fetch_add(1, Ordering::Relaxed);
         lock(&self.operations).insert(id.to_owned(), (ticket, token));
         ticket
     }
 
-    pub fn unregister_operation(&self, id: &str, ticket: u64) {
+    pub(crate) fn unregister_operation(&self, id: &str, ticket: u64) {
         let mut ops = lock(&self.operations);
         // A newer operation may have reused the id; leave it in place.
         if ops.get(id).is_some_and(|(t, _)| *t == ticket) {
@@ -144,7 +199,7 @@ impl Daemon {
     }
 
     /// Cancels the operation named `id`; false if none is running.
-    pub fn cancel_operation(&self, id: &str) -> bool {
+    pub(crate) fn cancel_operation(&self, id: &str) -> bool {
         match lock(&self.operations).remove(id) {
             Some((_, token)) => {
                 token.cancel();
@@ -154,48 +209,52 @@ impl Daemon {
         }
     }
 
-    /// After the drain, re-execute `exe` on the same socket instead of exiting.
-    pub fn request_hand_over(&self, exe: std::path::PathBuf) {
-        *lock(&self.hand_over) = Some(exe);
-    }
-
-    /// Withdraws this request's restart into `exe`, never one another request made since.
-    pub fn cancel_hand_over(&self, exe: &std::path::Path) {
-        let mut target = lock(&self.hand_over);
-        if target.as_deref() == Some(exe) {
-            *target = None;
-        }
-    }
-
-    pub fn awaiting_restart(&self) -> Option<String> {
+    pub(crate) fn awaiting_restart(&self) -> Option<String> {
         lock(&self.awaiting_restart).clone()
     }
 
-    pub fn set_awaiting_restart(&self, version: Option<String>) {
+    /// After an install or rollback: the version now on disk when it is not the one running
+    /// (and no restart into it follows), else `None`.
+    pub(crate) fn installed_without_restart(&self, version: Option<String>) {
         *lock(&self.awaiting_restart) = version;
     }
 
-    pub fn hand_over_target(&self) -> Option<std::path::PathBuf> {
-        lock(&self.hand_over).clone()
-    }
-
-    pub fn add_flow(&self, peer: &Arc<Peer>) {
+    pub(crate) fn add_flow(&self, peer: &Arc<Peer>) {
         lock(&self.flows).push(Arc::downgrade(peer));
     }
 
     /// Sends a daemon-wide notification to every `Meta.Flow` connection still open.
-    pub async fn broadcast(&self, method: &str, params: serde_json::Value) {
+    pub(crate) async fn broadcast<N: Notification>(&self, n: N) {
         let peers: Vec<Arc<Peer>> = {
             let mut flows = lock(&self.flows);
             flows.retain(|w| w.strong_count() > 0);
             flows.iter().filter_map(Weak::upgrade).collect()
         };
         for peer in peers {
-            peer.notify(method, &params).await;
+            peer.notify(N::METHOD, &n).await;
         }
     }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn running_processes_refuse_a_restart_and_a_claimed_restart_refuses_processes() {
+        let gate = Arc::new(RestartGate::default());
+        let slot = gate.try_start_process().expect("no restart claimed yet");
+        let refused = gate.try_claim(PathBuf::from("new")).unwrap_err();
+        assert_eq!(refused.0, 1);
+        assert_eq!(gate.target(), None, "a refused claim leaves nothing behind");
+        drop(slot);
+        gate.try_claim(PathBuf::from("new")).expect("no process left");
+        assert!(gate.try_start_process().is_err(), "the restart was claimed first");
+        gate.try_claim(PathBuf::from("newer")).expect("a later install replaces the target");
+        assert_eq!(gate.target(), Some(PathBuf::from("newer")));
+    }
 }

@@ -225,18 +225,6 @@ impl ButlerHandle {
         let _ = rx.wait_for(|n| *n == 0).await;
     }
 
-    pub fn is_shutting_down(&self) -> bool {
-        self.shared.closing.is_cancelled()
-    }
-
-    pub fn closing_token(&self) -> CancellationToken {
-        self.shared.closing.clone()
-    }
-
-    pub fn tracker(&self) -> &TaskTracker {
-        &self.shared.tracker
-    }
-
     /// Registers a stream and spawns its task, which reads `reader` to EOF. `initial` is payload
     /// already read (the bytes after a handshake).
     pub fn add_stream<R>(

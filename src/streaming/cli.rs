@@ -1,6 +1,7 @@
 //! The streaming commands: `butler stream`, `serve`, `run` and `logs`.
 //!
-//! Exit codes as upstream: 2 for bad flags, 250 for runtime errors, the child's code for `run`.
+//! Exit statuses as upstream: usage (2) for bad flags, runtime (250) for runtime errors, the
+//! child's code for `run`.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -14,24 +15,19 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::butler::{Butler, ButlerConfig};
-use super::entry::StreamType;
 use super::handshake::StreamFlags;
 use super::output::{self, OutputContext, OutputError, OutputSpec};
 use super::process::{self, RunOptions};
 use super::server::{ServerError, StreamServer};
 use super::{names, store, timefmt};
-use crate::ExitError;
 use crate::cli::GlobalArgs;
 use crate::db::{self, DbPath};
+use crate::exit::{ExitError, ExitStatus};
 use crate::report::Reporter;
-
-/// Exit code for bad flags.
-pub const EXIT_USAGE: u8 = 2;
-/// Exit code for runtime errors (upstream's).
-pub const EXIT_RUNTIME: u8 = 250;
+use crate::signals::{Signal, Signals};
 
 #[derive(Debug, Args)]
-pub struct StreamArgs {
+pub(crate) struct StreamArgs {
     /// File to upload, or `-` for stdin.
     #[arg(long, default_value = "-", value_name = "PATH|-")]
     pub source: String,
@@ -42,18 +38,18 @@ pub struct StreamArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct ServeArgs {
+pub(crate) struct ServeArgs {
     /// Where to listen: unix:PATH (default: a fresh temp path).
     #[arg(long, value_name = "URI")]
     pub streamserver_uri: Option<String>,
 
     /// Drop clients that have not finished their handshake after this long.
-    #[arg(long, value_name = "DURATION", default_value = "10s")]
-    pub handshake_timeout: String,
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = timefmt::parse_duration)]
+    pub handshake_timeout: Duration,
 }
 
 #[derive(Debug, Args)]
-pub struct RunArgs {
+pub(crate) struct RunArgs {
     /// Where the child's stream server listens: unix:PATH (default: a fresh temp path).
     #[arg(long, value_name = "URI")]
     pub streamserver_uri: Option<String>,
@@ -83,12 +79,12 @@ pub struct RunArgs {
     pub json_args_path: Option<PathBuf>,
 
     /// After forwarding SIGINT/SIGTERM, how long the child has before SIGKILL.
-    #[arg(long, value_name = "DURATION", default_value = "5s")]
-    pub kill_grace: String,
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = timefmt::parse_duration)]
+    pub kill_grace: Duration,
 
     /// Drop clients that have not finished their handshake after this long.
-    #[arg(long, value_name = "DURATION", default_value = "10s")]
-    pub handshake_timeout: String,
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = timefmt::parse_duration)]
+    pub handshake_timeout: Duration,
 
     /// The command to run and its arguments.
     #[arg(last = true)]
@@ -96,7 +92,7 @@ pub struct RunArgs {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum LogsCommand {
+pub(crate) enum LogsCommand {
     /// List streams (optionally only those whose path starts with PREFIX).
     Ls { prefix: Option<String> },
     /// Write a stream's exact bytes to stdout.
@@ -115,37 +111,21 @@ pub enum LogsCommand {
         #[arg(short = 'n', long, default_value_t = 10)]
         lines: usize,
         /// How often -f polls the store.
-        #[arg(long, value_name = "DURATION", default_value = "200ms")]
-        poll_interval: String,
+        #[arg(long, value_name = "DURATION", default_value = "200ms", value_parser = timefmt::parse_duration)]
+        poll_interval: Duration,
     },
 }
 
 fn usage(e: impl Into<anyhow::Error>) -> anyhow::Error {
-    ExitError::new(EXIT_USAGE, e).into()
+    ExitError::new(ExitStatus::Usage, e).into()
 }
 
 fn runtime(e: impl Into<anyhow::Error>) -> anyhow::Error {
-    ExitError::new(EXIT_RUNTIME, e).into()
-}
-
-fn duration_flag(flag: &str, v: &str) -> anyhow::Result<Duration> {
-    timefmt::parse_duration(v).map_err(|e| usage(anyhow::anyhow!("--{flag}: {e}")))
-}
-
-/// The default prefix: `butler/users/<user>/<random>`.
-pub fn default_prefix() -> String {
-    use base64::Engine;
-    let user = std::env::var("USER")
-        .or_else(|_| std::env::var("USERNAME"))
-        .unwrap_or_else(|_| "unknown".into());
-    let mut rnd = [0u8; 30];
-    let _ = getrandom::fill(&mut rnd);
-    let rnd = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rnd);
-    names::make_stream_name("s_", &["butler", "users", &user, &rnd])
+    ExitError::new(ExitStatus::Runtime, e).into()
 }
 
 /// The butler configuration and output the global flags describe.
-pub fn setup(global: &GlobalArgs) -> anyhow::Result<(ButlerConfig, OutputSpec)> {
+pub(crate) fn setup(global: &GlobalArgs) -> anyhow::Result<(ButlerConfig, OutputSpec)> {
     let l = &global.logdog;
     let spec = OutputSpec::parse(l.output.as_deref().unwrap_or("store")).map_err(usage)?;
     let project = match (&l.project, &spec) {
@@ -153,10 +133,10 @@ pub fn setup(global: &GlobalArgs) -> anyhow::Result<(ButlerConfig, OutputSpec)> 
         (None, OutputSpec::Logdog { .. }) => {
             return Err(usage(anyhow::anyhow!("--project is required for the logdog output")));
         }
-        (None, _) => "local".to_owned(),
+        (None, _) => names::DEFAULT_PROJECT.to_owned(),
     };
     names::validate_project(&project).map_err(|e| usage(anyhow::anyhow!("--project: {e}")))?;
-    let prefix = l.prefix.clone().unwrap_or_else(default_prefix);
+    let prefix = l.prefix.clone().unwrap_or_else(names::default_prefix);
     names::validate_stream_name(&prefix).map_err(|e| usage(anyhow::anyhow!("--prefix: {e}")))?;
     let mut tags = BTreeMap::new();
     for t in &l.tags {
@@ -166,8 +146,8 @@ pub fn setup(global: &GlobalArgs) -> anyhow::Result<(ButlerConfig, OutputSpec)> 
     }
     let mut cfg = ButlerConfig::new(project, prefix);
     cfg.tags = tags;
-    if let Some(age) = &l.output_max_buffer_age {
-        cfg.max_buffer_age = duration_flag("output-max-buffer-age", age)?;
+    if let Some(age) = l.output_max_buffer_age {
+        cfg.max_buffer_age = age;
     }
     if l.output_no_buffer {
         cfg.max_buffer_age = Duration::ZERO;
@@ -177,7 +157,7 @@ pub fn setup(global: &GlobalArgs) -> anyhow::Result<(ButlerConfig, OutputSpec)> 
 
 /// Opens the output for `cfg` (the store at `--dbpath` or the embedded default; for `logdog`,
 /// registers the prefix with the Coordinator).
-pub async fn open_output(
+pub(crate) async fn open_output(
     global: &GlobalArgs,
     cfg: &ButlerConfig,
     spec: &OutputSpec,
@@ -225,62 +205,12 @@ fn read_credentials(path: &str) -> anyhow::Result<output::auth::Credentials> {
         .map_err(|e| usage(anyhow::anyhow!("--service-account-json {path}: {e}")))
 }
 
-/// Parses `name=N,type=T,content-type=C,tag=k=v` (repeatable `tag=`).
-pub fn parse_stream_spec(spec: &str, default_name: &str) -> anyhow::Result<StreamFlags> {
-    let mut flags = StreamFlags::new(default_name, StreamType::Text);
-    for part in spec.split(',').filter(|p| !p.is_empty()) {
-        let (k, v) = part
-            .split_once('=')
-            .ok_or_else(|| anyhow::anyhow!("stream option {part:?} is not key=value"))?;
-        match k {
-            "name" => flags.name = v.to_owned(),
-            "type" => {
-                flags.stream_type = StreamType::parse(v).ok_or_else(|| {
-                    anyhow::anyhow!("unknown stream type {v:?} (text, binary, datagram)")
-                })?
-            }
-            "content-type" | "contentType" => flags.content_type = Some(v.to_owned()),
-            "tag" => {
-                let (tk, tv) = v.split_once('=').unwrap_or((v, ""));
-                flags.tags.insert(tk.to_owned(), tv.to_owned());
-            }
-            _ => anyhow::bail!("unknown stream option {k:?} (name, type, content-type, tag)"),
-        }
-    }
-    flags.validate()?;
-    Ok(flags)
-}
-
 fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")
         .map_err(runtime)
-}
-
-/// SIGINT and SIGTERM, caught from the moment this is created (so a signal that arrives right
-/// after `serve` printed its address is handled, not fatal).
-struct Signals {
-    int: tokio::signal::unix::Signal,
-    term: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    fn new() -> anyhow::Result<Signals> {
-        use tokio::signal::unix::{SignalKind, signal};
-        let int = signal(SignalKind::interrupt()).context("catching SIGINT").map_err(runtime)?;
-        let term = signal(SignalKind::terminate()).context("catching SIGTERM").map_err(runtime)?;
-        Ok(Signals { int, term })
-    }
-
-    /// The next signal's number.
-    async fn recv(&mut self) -> i32 {
-        tokio::select! {
-            _ = self.int.recv() => libc::SIGINT,
-            _ = self.term.recv() => libc::SIGTERM,
-        }
-    }
 }
 
 async fn finish(butler: Butler) -> anyhow::Result<()> {
@@ -290,18 +220,18 @@ async fn finish(butler: Butler) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn stream(args: StreamArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
+pub(crate) fn stream(args: StreamArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
     let (cfg, spec) = setup(global)?;
     let default_name = if args.source == "-" {
         "stdin".to_owned()
     } else {
         names::make_stream_name("file:", &[&args.source])
     };
-    let flags = parse_stream_spec(args.stream.as_deref().unwrap_or(""), &default_name)
-        .map_err(|e| usage(e.context("--stream")))?;
+    let flags = StreamFlags::parse_spec(args.stream.as_deref().unwrap_or(""), &default_name)
+        .map_err(|e| usage(anyhow::Error::new(e).context("--stream")))?;
     let rt = tokio_runtime()?;
     rt.block_on(async {
-        let mut signals = Signals::new()?;
+        let mut signals = Signals::install().context("catching signals").map_err(runtime)?;
         let out = open_output(global, &cfg, &spec).await?;
         let butler = Butler::start(cfg, out);
         let reader: Box<dyn tokio::io::AsyncRead + Send + Unpin> = if args.source == "-" {
@@ -321,16 +251,16 @@ pub fn stream(args: StreamArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
             _ = signals.recv() => tracing::info!("signalled; flushing"),
         }
         finish(butler).await?;
-        Ok(0)
+        Ok(ExitStatus::Success)
     })
 }
 
-pub fn serve(args: ServeArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
+pub(crate) fn serve(args: ServeArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
     let (cfg, spec) = setup(global)?;
-    let hs_timeout = duration_flag("handshake-timeout", &args.handshake_timeout)?;
+    let hs_timeout = args.handshake_timeout;
     let rt = tokio_runtime()?;
     rt.block_on(async {
-        let mut signals = Signals::new()?;
+        let mut signals = Signals::install().context("catching signals").map_err(runtime)?;
         let server = bind(args.streamserver_uri.as_deref())?;
         let out = open_output(global, &cfg, &spec).await?;
         let butler = Butler::start(cfg, out);
@@ -350,7 +280,7 @@ pub fn serve(args: ServeArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
         stop.cancel();
         let _ = accept.await;
         finish(butler).await?;
-        Ok(0)
+        Ok(ExitStatus::Success)
     })
 }
 
@@ -361,10 +291,9 @@ fn bind(uri: Option<&str>) -> anyhow::Result<StreamServer> {
     })
 }
 
-pub fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
+pub(crate) fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
     let (cfg, spec) = setup(global)?;
-    let hs_timeout = duration_flag("handshake-timeout", &args.handshake_timeout)?;
-    let kill_grace = duration_flag("kill-grace", &args.kill_grace)?;
+    let (hs_timeout, kill_grace) = (args.handshake_timeout, args.kill_grace);
     let command = match (&args.json_args_path, args.command.is_empty()) {
         (Some(_), false) => {
             return Err(usage(anyhow::anyhow!(
@@ -385,18 +314,18 @@ pub fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
     let stdout = args
         .stdout
         .as_deref()
-        .map(|s| parse_stream_spec(s, "stdout"))
+        .map(|s| StreamFlags::parse_spec(s, "stdout"))
         .transpose()
-        .map_err(|e| usage(e.context("--stdout")))?;
+        .map_err(|e| usage(anyhow::Error::new(e).context("--stdout")))?;
     let stderr = args
         .stderr
         .as_deref()
-        .map(|s| parse_stream_spec(s, "stderr"))
+        .map(|s| StreamFlags::parse_spec(s, "stderr"))
         .transpose()
-        .map_err(|e| usage(e.context("--stderr")))?;
+        .map_err(|e| usage(anyhow::Error::new(e).context("--stderr")))?;
     let rt = tokio_runtime()?;
     rt.block_on(async {
-        let signals = Signals::new()?;
+        let signals = Signals::install().context("catching signals").map_err(runtime)?;
         let server = bind(args.streamserver_uri.as_deref())?;
         let out = open_output(global, &cfg, &spec).await?;
         let coordinator_host = out.coordinator_host();
@@ -436,11 +365,11 @@ pub fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<u8> {
                 .map_err(runtime)?;
         }
         flushed?;
-        Ok(u8::try_from(outcome.exit_code.clamp(0, 255)).unwrap_or(EXIT_RUNTIME))
+        Ok(ExitStatus::Child(outcome.exit_code))
     })
 }
 
-async fn forward_signals(mut signals: Signals, tx: mpsc::Sender<i32>) {
+async fn forward_signals(mut signals: Signals, tx: mpsc::Sender<Signal>) {
     loop {
         let sig = signals.recv().await;
         if tx.send(sig).await.is_err() {
@@ -449,8 +378,9 @@ async fn forward_signals(mut signals: Signals, tx: mpsc::Sender<i32>) {
     }
 }
 
-pub fn logs(cmd: LogsCommand, global: &GlobalArgs) -> anyhow::Result<u8> {
-    let project = global.logdog.project.clone().unwrap_or_else(|| "local".to_owned());
+pub(crate) fn logs(cmd: LogsCommand, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
+    let project =
+        global.logdog.project.clone().unwrap_or_else(|| names::DEFAULT_PROJECT.to_owned());
     names::validate_project(&project).map_err(|e| usage(anyhow::anyhow!("--project: {e}")))?;
     let path = DbPath::resolve(global.dbpath.as_deref()).map_err(runtime)?;
     let conn = db::open(&path).map_err(runtime)?;
@@ -472,17 +402,17 @@ pub fn logs(cmd: LogsCommand, global: &GlobalArgs) -> anyhow::Result<u8> {
                     );
                 }
             }
-            Ok(0)
+            Ok(ExitStatus::Success)
         }
         LogsCommand::Cat { path } => {
             let s = find(&conn, &project, &path)?;
             let mut out = std::io::BufWriter::with_capacity(256 * 1024, std::io::stdout().lock());
             store::write_stream(&conn, &s, 0, &mut out).map_err(runtime)?;
             out.flush().map_err(runtime)?;
-            Ok(0)
+            Ok(ExitStatus::Success)
         }
         LogsCommand::Tail { path, follow, lines, poll_interval } => {
-            let poll = duration_flag("poll-interval", &poll_interval)?;
+            let poll = poll_interval;
             let s = find(&conn, &project, &path)?;
             let mut out = std::io::stdout().lock();
             let mut next = store::write_tail(&conn, &s, lines, &mut out).map_err(runtime)?;
@@ -500,7 +430,7 @@ pub fn logs(cmd: LogsCommand, global: &GlobalArgs) -> anyhow::Result<u8> {
                     std::thread::sleep(poll);
                 }
             }
-            Ok(0)
+            Ok(ExitStatus::Success)
         }
     }
 }

@@ -46,6 +46,19 @@ pub enum HandshakeError {
     Timestamp(timefmt::TimeError),
 }
 
+/// Why a `name=N,type=T,...` stream spec (a flag or `Process.Run` param) was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("stream option {0:?} is not key=value")]
+    NotKeyValue(String),
+    #[error("unknown stream type {0:?} (text, binary, datagram)")]
+    Type(String),
+    #[error("unknown stream option {0:?} (name, type, content-type, tag)")]
+    UnknownOption(String),
+    #[error(transparent)]
+    Invalid(#[from] HandshakeError),
+}
+
 /// What a client asked for in its handshake, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamFlags {
@@ -67,6 +80,31 @@ impl StreamFlags {
             timestamp: None,
             tags: BTreeMap::new(),
         }
+    }
+
+    /// Parses `name=N,type=T,content-type=C,tag=k=v` (repeatable `tag=`) as the command line and
+    /// `Process.Run` spell a stream; the name is `default_name` unless given.
+    pub fn parse_spec(spec: &str, default_name: &str) -> Result<StreamFlags, SpecError> {
+        let mut flags = StreamFlags::new(default_name, StreamType::Text);
+        for part in spec.split(',').filter(|p| !p.is_empty()) {
+            let (k, v) =
+                part.split_once('=').ok_or_else(|| SpecError::NotKeyValue(part.to_owned()))?;
+            match k {
+                "name" => flags.name = v.to_owned(),
+                "type" => {
+                    flags.stream_type =
+                        StreamType::parse(v).ok_or_else(|| SpecError::Type(v.to_owned()))?
+                }
+                "content-type" | "contentType" => flags.content_type = Some(v.to_owned()),
+                "tag" => {
+                    let (tk, tv) = v.split_once('=').unwrap_or((v, ""));
+                    flags.tags.insert(tk.to_owned(), tv.to_owned());
+                }
+                _ => return Err(SpecError::UnknownOption(k.to_owned())),
+            }
+        }
+        flags.validate()?;
+        Ok(flags)
     }
 
     /// Checks the name and tags.

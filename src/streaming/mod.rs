@@ -9,16 +9,16 @@
 
 pub mod address;
 pub mod butler;
-pub mod cli;
+pub(crate) mod cli;
 mod cutter;
 pub mod entry;
 pub mod handshake;
 pub mod names;
 pub mod output;
-pub mod process;
+pub(crate) mod process;
 mod proto;
 pub mod server;
-pub mod store;
+pub(crate) mod store;
 pub mod streamclient;
 pub mod timefmt;
 

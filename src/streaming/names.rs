@@ -38,6 +38,22 @@ fn segment_ok(seg: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b':' | b'-'))
 }
 
+/// The project local streams go under when none is named: `butler run`, `serve` and `stream` to
+/// the store, the daemon's `Process.Run`, and what `butler logs` and `Streams.*` read by default.
+pub const DEFAULT_PROJECT: &str = "local";
+
+/// The default prefix: `butler/users/<user>/<random>`.
+pub fn default_prefix() -> String {
+    use base64::Engine;
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("USERNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    let mut rnd = [0u8; 30];
+    let _ = getrandom::fill(&mut rnd);
+    let rnd = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rnd);
+    make_stream_name("s_", &["butler", "users", &user, &rnd])
+}
+
 /// Checks a LogDog stream name: 1–4096 ASCII bytes, `/`-separated segments, each
 /// `[A-Za-z0-9][A-Za-z0-9._:-]*`.
 pub fn validate_stream_name(name: &str) -> Result<(), NameError> {

@@ -18,9 +18,10 @@ use super::server::StreamServer;
 use super::streamclient::{
     ENV_COORDINATOR_HOST, ENV_STREAM_PREFIX, ENV_STREAM_PROJECT, ENV_STREAM_SERVER_PATH,
 };
+use crate::signals::Signal;
 
 #[derive(Debug, thiserror::Error)]
-pub enum ProcessError {
+pub(crate) enum ProcessError {
     #[error("no command to run")]
     NoCommand,
     #[error("cannot start {command:?}: {source}")]
@@ -33,7 +34,7 @@ pub enum ProcessError {
 
 /// How to run the child.
 #[derive(Debug, Clone, Default)]
-pub struct RunOptions {
+pub(crate) struct RunOptions {
     pub command: Vec<String>,
     pub cwd: Option<PathBuf>,
     /// Extra environment for the child (after the `LOGDOG_*` variables).
@@ -49,7 +50,7 @@ pub struct RunOptions {
 
 /// How the child ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RunOutcome {
+pub(crate) struct RunOutcome {
     pub pid: u32,
     /// The exit code, or 128 + N when signal N killed it.
     pub exit_code: i32,
@@ -57,7 +58,7 @@ pub struct RunOutcome {
 }
 
 /// Finds `program` as a shell would (for `--result-path`'s absolute command).
-pub fn resolve_program(program: &str, cwd: Option<&Path>) -> Option<PathBuf> {
+pub(crate) fn resolve_program(program: &str, cwd: Option<&Path>) -> Option<PathBuf> {
     let p = Path::new(program);
     if program.contains('/') {
         let full = if p.is_absolute() {
@@ -73,12 +74,12 @@ pub fn resolve_program(program: &str, cwd: Option<&Path>) -> Option<PathBuf> {
 /// What `butler run` and the daemon's `Process.Run` share: serve `server` into `butler` while the
 /// child runs, then flush. The child's outcome and the output's flush come back separately, so a
 /// caller can record the first even when the second failed.
-pub async fn run_with_stream_server(
+pub(crate) async fn run_with_stream_server(
     butler: Butler,
     server: StreamServer,
     handshake_timeout: Duration,
     opts: &RunOptions,
-    signals: mpsc::Receiver<i32>,
+    signals: mpsc::Receiver<Signal>,
     started: impl FnOnce(u32),
 ) -> (Result<RunOutcome, ProcessError>, Result<Stats, OutputError>) {
     let uri = server.uri().to_owned();
@@ -93,12 +94,12 @@ pub async fn run_with_stream_server(
 }
 
 /// Runs the child to completion with `server_uri` as its stream server. `signals` carries
-/// signal numbers to forward (SIGINT, SIGTERM); the first starts the grace period.
-pub async fn run_child(
+/// the signals to forward; the first starts the grace period.
+pub(crate) async fn run_child(
     butler: &ButlerHandle,
     server_uri: &str,
     opts: &RunOptions,
-    mut signals: mpsc::Receiver<i32>,
+    mut signals: mpsc::Receiver<Signal>,
     started: impl FnOnce(u32),
 ) -> Result<RunOutcome, ProcessError> {
     let (program, args) = opts.command.split_first().ok_or(ProcessError::NoCommand)?;
@@ -147,8 +148,8 @@ pub async fn run_child(
             s = child.wait() => break s.map_err(ProcessError::Wait)?,
             sig = signals.recv(), if signals_open => match sig {
                 Some(sig) => {
-                    tracing::info!("forwarding signal {sig} to the child (pid {pid})");
-                    signal(pid, sig);
+                    tracing::info!("forwarding {sig:?} to the child (pid {pid})");
+                    signal(pid, sig.number());
                     kill_at.get_or_insert(tokio::time::Instant::now() + opts.kill_grace);
                 }
                 None => signals_open = false,

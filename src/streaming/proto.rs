@@ -7,20 +7,20 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::entry::{Bundle, BundleEntry, Content, LogEntry, StreamInfo, StreamType};
 
-#[allow(clippy::all, dead_code)]
-pub mod logpb {
+#[allow(clippy::all, dead_code, unreachable_pub)] // generated code
+pub(super) mod logpb {
     include!(concat!(env!("OUT_DIR"), "/logpb.rs"));
 }
 
-#[allow(clippy::all, dead_code)]
-pub mod logdog {
+#[allow(clippy::all, dead_code, unreachable_pub)] // generated code
+pub(super) mod logdog {
     include!(concat!(env!("OUT_DIR"), "/logdog.rs"));
 }
 
 /// logpb's protocol version, stamped on every Pub/Sub message.
-pub const PROTOCOL_VERSION: &str = "1";
+pub(super) const PROTOCOL_VERSION: &str = "1";
 
-pub fn timestamp(t: SystemTime) -> prost_types::Timestamp {
+pub(super) fn timestamp(t: SystemTime) -> prost_types::Timestamp {
     match t.duration_since(UNIX_EPOCH) {
         Ok(d) => {
             prost_types::Timestamp { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }
@@ -29,11 +29,11 @@ pub fn timestamp(t: SystemTime) -> prost_types::Timestamp {
     }
 }
 
-pub fn duration(d: Duration) -> prost_types::Duration {
+pub(super) fn duration(d: Duration) -> prost_types::Duration {
     prost_types::Duration { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }
 }
 
-pub fn stream_type(t: StreamType) -> logpb::StreamType {
+pub(super) fn stream_type(t: StreamType) -> logpb::StreamType {
     match t {
         StreamType::Text => logpb::StreamType::Text,
         StreamType::Binary => logpb::StreamType::Binary,
@@ -42,7 +42,7 @@ pub fn stream_type(t: StreamType) -> logpb::StreamType {
 }
 
 /// The descriptor as the Butler sends it: `prefix` left empty for the Collector to fill.
-pub fn descriptor(s: &StreamInfo) -> logpb::LogStreamDescriptor {
+pub(super) fn descriptor(s: &StreamInfo) -> logpb::LogStreamDescriptor {
     logpb::LogStreamDescriptor {
         prefix: String::new(),
         name: s.name.clone(),
@@ -55,7 +55,7 @@ pub fn descriptor(s: &StreamInfo) -> logpb::LogStreamDescriptor {
 }
 
 /// Splits a text entry's byte run back into logpb lines (zero-copy slices of the run).
-pub fn text_lines(data: &bytes::Bytes) -> Vec<logpb::text::Line> {
+pub(super) fn text_lines(data: &bytes::Bytes) -> Vec<logpb::text::Line> {
     let mut lines = Vec::new();
     let mut start = 0;
     for nl in memchr::memchr_iter(b'\n', data) {
@@ -73,7 +73,7 @@ pub fn text_lines(data: &bytes::Bytes) -> Vec<logpb::text::Line> {
     lines
 }
 
-pub fn log_entry(e: &LogEntry) -> logpb::LogEntry {
+pub(super) fn log_entry(e: &LogEntry) -> logpb::LogEntry {
     use logpb::log_entry::Content as C;
     let content = match &e.content {
         Content::Text { data, .. } => C::Text(logpb::Text { lines: text_lines(data) }),
@@ -96,7 +96,7 @@ pub fn log_entry(e: &LogEntry) -> logpb::LogEntry {
     }
 }
 
-pub fn bundle_entry(e: &BundleEntry) -> logpb::butler_log_bundle::Entry {
+pub(super) fn bundle_entry(e: &BundleEntry) -> logpb::butler_log_bundle::Entry {
     logpb::butler_log_bundle::Entry {
         desc: Some(descriptor(&e.stream)),
         deprecated_entry_secret: Default::default(),
@@ -109,7 +109,7 @@ pub fn bundle_entry(e: &BundleEntry) -> logpb::butler_log_bundle::Entry {
 }
 
 /// The logpb bundle, without the project/prefix/secret stamp the `logdog` output adds.
-pub fn bundle(b: &Bundle) -> logpb::ButlerLogBundle {
+pub(super) fn bundle(b: &Bundle) -> logpb::ButlerLogBundle {
     logpb::ButlerLogBundle {
         deprecated_source: String::new(),
         timestamp: Some(timestamp(b.timestamp)),
@@ -121,13 +121,13 @@ pub fn bundle(b: &Bundle) -> logpb::ButlerLogBundle {
 }
 
 /// Bundles at least this big are zlib-compressed on the wire (the Collector's threshold).
-pub const COMPRESS_THRESHOLD: usize = 860;
+pub(super) const COMPRESS_THRESHOLD: usize = 860;
 /// The largest uncompressed bundle the Collector reads.
-pub const MAX_BUNDLE: usize = 10 * 1024 * 1024;
+pub(super) const MAX_BUNDLE: usize = 10 * 1024 * 1024;
 
 /// Frames a bundle as the Collector reads a Pub/Sub message: uvarint-length `ButlerMetadata`,
 /// then the uvarint-length bundle (zlib when ≥ 860 bytes), stamped with project, prefix, secret.
-pub fn pubsub_message(
+pub(super) fn pubsub_message(
     b: &Bundle,
     project: &str,
     prefix: &str,
@@ -170,7 +170,7 @@ pub fn pubsub_message(
 }
 
 /// The RegisterPrefix request body.
-pub fn register_prefix_request(
+pub(super) fn register_prefix_request(
     project: &str,
     prefix: &str,
     nonce: &[u8],
@@ -193,7 +193,9 @@ pub fn register_prefix_request(
 }
 
 /// Decodes a RegisterPrefix response: (secret, topic).
-pub fn register_prefix_response(body: &[u8]) -> Result<(Vec<u8>, String), prost::DecodeError> {
+pub(super) fn register_prefix_response(
+    body: &[u8],
+) -> Result<(Vec<u8>, String), prost::DecodeError> {
     use prost::Message;
     let r = logdog::RegisterPrefixResponse::decode(body)?;
     Ok((r.secret.to_vec(), r.log_bundle_topic))

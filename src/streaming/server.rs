@@ -135,13 +135,13 @@ mod unix_listener {
     use crate::streaming::address::{Address, AddressError};
 
     #[derive(Debug)]
-    pub struct Listener {
+    pub(super) struct Listener {
         socket: tokio::net::UnixListener,
         path: PathBuf,
     }
 
     impl Listener {
-        pub fn bind(address: &Address) -> io::Result<Listener> {
+        pub(super) fn bind(address: &Address) -> io::Result<Listener> {
             let Address::Unix(path) = address else {
                 return Err(io::Error::new(
                     io::ErrorKind::Unsupported,
@@ -160,7 +160,7 @@ mod unix_listener {
         }
 
         /// Cancel-safe.
-        pub async fn accept(&mut self) -> io::Result<tokio::net::UnixStream> {
+        pub(super) async fn accept(&mut self) -> io::Result<tokio::net::UnixStream> {
             self.socket.accept().await.map(|(c, _)| c)
         }
     }

@@ -20,10 +20,17 @@ pub enum StoreError {
     BadPath(String),
 }
 
+/// Store reads run on the daemon's database connection, whose closures fail with a `DbError`.
+impl From<StoreError> for crate::db::DbError {
+    fn from(e: StoreError) -> Self {
+        crate::db::DbError::Query(e.to_string())
+    }
+}
+
 /// A stream as the store knows it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct StoredStream {
+pub(crate) struct StoredStream {
     #[serde(skip)]
     pub id: i64,
     pub project: String,
@@ -42,14 +49,14 @@ pub struct StoredStream {
 }
 
 impl StoredStream {
-    pub fn kind(&self) -> Option<StreamType> {
+    pub(crate) fn kind(&self) -> Option<StreamType> {
         StreamType::parse(&self.stream_type)
     }
 }
 
 /// One stored log entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredEntry {
+pub(crate) struct StoredEntry {
     pub stream_index: u64,
     pub prefix_index: u64,
     pub sequence: u64,
@@ -85,7 +92,7 @@ fn stream_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredStream> {
 }
 
 /// Streams of `project` whose path starts with `prefix` (all when `None`), oldest first.
-pub fn list_streams(
+pub(crate) fn list_streams(
     conn: &Connection,
     project: &str,
     prefix: Option<&str>,
@@ -105,7 +112,7 @@ pub fn list_streams(
 }
 
 /// The stream at `<prefix>/+/<name>` in `project`.
-pub fn find_stream(
+pub(crate) fn find_stream(
     conn: &Connection,
     project: &str,
     path: &str,
@@ -122,7 +129,7 @@ pub fn find_stream(
 }
 
 /// Re-reads a stream's row (for followers).
-pub fn refresh(conn: &Connection, id: i64) -> Result<Option<StoredStream>, StoreError> {
+pub(crate) fn refresh(conn: &Connection, id: i64) -> Result<Option<StoredStream>, StoreError> {
     Ok(conn
         .query_row(
             &format!("SELECT {STREAM_COLUMNS} FROM log_streams WHERE id = ?1"),
@@ -133,7 +140,7 @@ pub fn refresh(conn: &Connection, id: i64) -> Result<Option<StoredStream>, Store
 }
 
 /// Up to `limit` entries from `from_index` on, in order.
-pub fn read_entries(
+pub(crate) fn read_entries(
     conn: &Connection,
     stream_id: i64,
     from_index: u64,
@@ -171,7 +178,7 @@ pub fn read_entries(
 
 /// Writes a stream's bytes from `from_index` on, exactly as its client sent them: text and binary
 /// as is, datagrams as the length-prefixed frames they came in. Returns the next index to read.
-pub fn write_stream(
+pub(crate) fn write_stream(
     conn: &Connection,
     stream: &StoredStream,
     from_index: u64,
@@ -207,7 +214,7 @@ pub fn write_stream(
 
 /// Writes the last `n` lines of a text stream (the last `n` entries of another type), and returns
 /// the index to follow from.
-pub fn write_tail(
+pub(crate) fn write_tail(
     conn: &Connection,
     stream: &StoredStream,
     n: usize,
@@ -257,36 +264,4 @@ pub fn write_tail(
     }
     w.write_all(&buf[start..])?;
     Ok(end)
-}
-
-/// Splits a text entry's data into `(line, delimiter)` pairs (`"\n"`, `"\r\n"`, or `""` for a
-/// partial last line), the shape `Streams.Read` returns.
-pub fn text_lines(data: &[u8]) -> Vec<(&[u8], &'static str)> {
-    let mut lines = Vec::new();
-    let mut start = 0;
-    for nl in memchr::memchr_iter(b'\n', data) {
-        let (end, delimiter) =
-            if nl > start && data[nl - 1] == b'\r' { (nl - 1, "\r\n") } else { (nl, "\n") };
-        lines.push((&data[start..end], delimiter));
-        start = nl + 1;
-    }
-    if start < data.len() {
-        lines.push((&data[start..], ""));
-    }
-    lines
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn text_lines_round_trip() {
-        let data = b"a\r\nb\n\rc\r\r\nd";
-        let lines = text_lines(data);
-        assert_eq!(lines, vec![(&b"a"[..], "\r\n"), (b"b", "\n"), (b"\rc\r", "\r\n"), (b"d", "")]);
-        let joined: Vec<u8> =
-            lines.iter().flat_map(|(l, d)| l.iter().copied().chain(d.bytes())).collect();
-        assert_eq!(joined, data);
-    }
 }

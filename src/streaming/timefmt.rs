@@ -130,7 +130,8 @@ pub fn format_rfc3339(t: SystemTime) -> String {
 }
 
 /// Parses a Go duration: a sequence of decimal numbers with units `ns us µs ms s m h` (`1m30s`,
-/// `1.5s`, `250ms`, `0`).
+/// `1.5s`, `250ms`, `0`). butler's one duration syntax: every duration flag uses this as its clap
+/// value parser, and output options (`prefix-expiration=`) parse with it too.
 pub fn parse_duration(s: &str) -> Result<Duration, TimeError> {
     let err = || TimeError::Duration(s.to_owned());
     let t = s.trim();

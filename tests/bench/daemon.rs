@@ -90,7 +90,7 @@ impl Conn {
 const VERSION_GET: &[u8] =
     b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"Version.Get\",\"params\":{}}\n";
 
-pub fn run() {
+pub(crate) fn run() {
     spawn_to_listen();
     let (d, _) = spawn();
     round_trips(&d);

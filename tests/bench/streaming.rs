@@ -163,7 +163,7 @@ fn memory(block: &[u8], output: &str) -> (u64, u64) {
     (idle, peak)
 }
 
-pub fn run() {
+pub(crate) fn run() {
     // `BENCH_STREAMING=store` measures only the store figure (for tuning).
     let only_store = std::env::var("BENCH_STREAMING").is_ok_and(|v| v == "store");
     let block = block();

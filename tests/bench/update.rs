@@ -18,7 +18,7 @@ use crate::median;
 const RUNS: usize = 7;
 const TARGET_ARCHIVE: u64 = 10 << 20;
 
-pub fn run() {
+pub(crate) fn run() {
     let work = tempfile::Builder::new().prefix("butler-bench-update-").tempdir().unwrap();
     // Shipped builds are stripped; the release profile keeps line tables, which would make the
     // binary alone larger than the 10 MiB archive this figure is about.

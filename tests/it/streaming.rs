@@ -11,7 +11,7 @@ use serde_json::Value;
 use crate::util::{TestHome, stderr, stdout};
 
 /// Handshake bytes written by hand: magic, uvarint length, JSON.
-pub fn handshake(json: &str) -> Vec<u8> {
+pub(crate) fn handshake(json: &str) -> Vec<u8> {
     let mut v = b"BTLR1\x1e".to_vec();
     let mut n = json.len() as u64;
     while n >= 0x80 {
@@ -23,14 +23,14 @@ pub fn handshake(json: &str) -> Vec<u8> {
     v
 }
 
-pub fn signal(child: &Child, sig: &str) {
+pub(crate) fn signal(child: &Child, sig: &str) {
     let ok =
         Command::new("kill").args([&format!("-{sig}"), &child.id().to_string()]).status().unwrap();
     assert!(ok.success());
 }
 
 /// Waits for a child with a deadline (a hang is a failure, not a stuck test run).
-pub fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+pub(crate) fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
     let start = Instant::now();
     loop {
         if let Some(s) = child.try_wait().unwrap() {
@@ -45,14 +45,14 @@ pub fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus
 }
 
 /// A running `butler serve`.
-pub struct Serve {
+pub(crate) struct Serve {
     pub child: Child,
     pub sock: PathBuf,
     pub stderr_path: PathBuf,
 }
 
 impl Serve {
-    pub fn start(home: &TestHome, extra: &[&str]) -> Serve {
+    pub(crate) fn start(home: &TestHome, extra: &[&str]) -> Serve {
         let sock = home.path().join("s.sock");
         let stderr_path = home.path().join("serve.stderr");
         let mut child = home
@@ -76,19 +76,19 @@ impl Serve {
         Serve { child, sock, stderr_path }
     }
 
-    pub fn connect(&self) -> UnixStream {
+    pub(crate) fn connect(&self) -> UnixStream {
         UnixStream::connect(&self.sock).unwrap()
     }
 
     /// Opens a stream with raw handshake bytes and writes `payload`, then closes.
-    pub fn send(&self, json: &str, payload: &[u8]) {
+    pub(crate) fn send(&self, json: &str, payload: &[u8]) {
         let mut s = self.connect();
         s.write_all(&handshake(json)).unwrap();
         s.write_all(payload).unwrap();
     }
 
     /// SIGTERM, then expects a flush and exit 0 with the socket file gone.
-    pub fn stop(mut self) -> String {
+    pub(crate) fn stop(mut self) -> String {
         signal(&self.child, "TERM");
         let status = wait_exit(&mut self.child, Duration::from_secs(10));
         let err = std::fs::read_to_string(&self.stderr_path).unwrap_or_default();
@@ -98,14 +98,14 @@ impl Serve {
     }
 }
 
-pub fn ls(home: &TestHome, project: &str) -> Vec<Value> {
+pub(crate) fn ls(home: &TestHome, project: &str) -> Vec<Value> {
     let out = home.run(&["--json", "logs", "ls", "--project", project]);
     assert!(out.status.success(), "{}", stderr(&out));
     let v: Value = serde_json::from_str(stdout(&out).lines().last().unwrap()).unwrap();
     v["value"]["streams"].as_array().unwrap().clone()
 }
 
-pub fn cat(home: &TestHome, project: &str, path: &str) -> Vec<u8> {
+pub(crate) fn cat(home: &TestHome, project: &str, path: &str) -> Vec<u8> {
     let out = home.run(&["logs", "cat", "--project", project, path]);
     assert!(out.status.success(), "cat {path}: {}", stderr(&out));
     out.stdout
@@ -552,7 +552,7 @@ fn run_forwards_sigterm_and_kills_after_the_grace_period() {
     assert!(start.elapsed() < Duration::from_secs(5));
 }
 
-pub fn wait_for_file(p: &Path) {
+pub(crate) fn wait_for_file(p: &Path) {
     let start = Instant::now();
     while !p.exists() {
         assert!(start.elapsed() < Duration::from_secs(10), "{} never appeared", p.display());

@@ -10,12 +10,12 @@ use prost::Message;
 
 use crate::util::{TestHome, stderr};
 
-#[allow(clippy::all, dead_code)]
+#[allow(clippy::all, dead_code, unreachable_pub)] // generated code
 mod logpb {
     include!(concat!(env!("OUT_DIR"), "/logpb.rs"));
 }
 
-#[allow(clippy::all, dead_code)]
+#[allow(clippy::all, dead_code, unreachable_pub)] // generated code
 mod logdog {
     include!(concat!(env!("OUT_DIR"), "/logdog.rs"));
 }

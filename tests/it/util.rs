@@ -6,26 +6,26 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// Path of the `butler` executable built for these tests.
-pub fn butler_bin() -> PathBuf {
+pub(crate) fn butler_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_butler"))
 }
 
 /// A temp folder for one test, used as `BUTLER_HOME` so nothing touches the user's own database.
-pub struct TestHome {
+pub(crate) struct TestHome {
     pub dir: tempfile::TempDir,
 }
 
 impl TestHome {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         TestHome { dir: tempfile::Builder::new().prefix("butler-it-").tempdir().unwrap() }
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         self.dir.path()
     }
 
     /// A `butler` command with a clean environment pointed at this home.
-    pub fn butler(&self) -> Command {
+    pub(crate) fn butler(&self) -> Command {
         let mut cmd = Command::new(butler_bin());
         for (k, _) in std::env::vars_os() {
             if k.to_string_lossy().starts_with("BUTLER_")
@@ -39,23 +39,23 @@ impl TestHome {
     }
 
     /// Runs `butler args...` to completion.
-    pub fn run(&self, args: &[&str]) -> Output {
+    pub(crate) fn run(&self, args: &[&str]) -> Output {
         self.butler().args(args).output().unwrap()
     }
 }
 
 /// stdout as text, for assertions.
-pub fn stdout(out: &Output) -> String {
+pub(crate) fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// stderr as text, for assertions.
-pub fn stderr(out: &Output) -> String {
+pub(crate) fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// A running `butler daemon`, killed and reaped on drop.
-pub struct DaemonProc {
+pub(crate) struct DaemonProc {
     pub child: std::process::Child,
     pub address: String,
     pub secret: String,
@@ -66,14 +66,14 @@ pub struct DaemonProc {
 
 impl DaemonProc {
     /// Starts `butler --json daemon --transport tcp <extra...>` and waits for its listen notification.
-    pub fn start(home: &TestHome, extra: &[&str]) -> DaemonProc {
+    pub(crate) fn start(home: &TestHome, extra: &[&str]) -> DaemonProc {
         let mut cmd = home.butler();
         cmd.args(["--json", "daemon", "--transport", "tcp"]).args(extra);
         Self::start_cmd(cmd)
     }
 
     #[allow(clippy::zombie_processes)] // the returned DaemonProc reaps it on drop
-    pub fn start_cmd(mut cmd: Command) -> DaemonProc {
+    pub(crate) fn start_cmd(mut cmd: Command) -> DaemonProc {
         use std::io::BufRead;
         cmd.stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
@@ -103,12 +103,12 @@ impl DaemonProc {
         }
     }
 
-    pub fn connect(&self) -> RpcClient {
+    pub(crate) fn connect(&self) -> RpcClient {
         RpcClient::connect(&self.address)
     }
 
     /// A connection that has already authenticated.
-    pub fn client(&self) -> RpcClient {
+    pub(crate) fn client(&self) -> RpcClient {
         let mut c = self.connect();
         let reply = c.request(
             serde_json::json!("auth"),
@@ -119,13 +119,13 @@ impl DaemonProc {
         c
     }
 
-    pub fn signal(&self, sig: i32) {
+    pub(crate) fn signal(&self, sig: i32) {
         // SAFETY: sending a signal to our own child process.
         unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
     }
 
     /// Waits up to `secs` for exit; returns the exit code, the rest of stdout and all of stderr.
-    pub fn wait_exit(mut self, secs: u64) -> (Option<i32>, String, String) {
+    pub(crate) fn wait_exit(mut self, secs: u64) -> (Option<i32>, String, String) {
         use std::io::Read;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
         loop {
@@ -154,37 +154,37 @@ impl Drop for DaemonProc {
 }
 
 /// A raw newline-delimited JSON-RPC connection with read timeouts, so a hang fails the test.
-pub struct RpcClient {
+pub(crate) struct RpcClient {
     pub reader: std::io::BufReader<std::net::TcpStream>,
     pub stream: std::net::TcpStream,
 }
 
 impl RpcClient {
-    pub fn connect(address: &str) -> RpcClient {
+    pub(crate) fn connect(address: &str) -> RpcClient {
         let stream = std::net::TcpStream::connect(address).unwrap();
         stream.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
         stream.set_nodelay(true).unwrap();
         RpcClient { reader: std::io::BufReader::new(stream.try_clone().unwrap()), stream }
     }
 
-    pub fn send_raw(&mut self, bytes: &[u8]) {
+    pub(crate) fn send_raw(&mut self, bytes: &[u8]) {
         use std::io::Write;
         self.stream.write_all(bytes).unwrap();
     }
 
-    pub fn send(&mut self, msg: &serde_json::Value) {
+    pub(crate) fn send(&mut self, msg: &serde_json::Value) {
         let mut line = serde_json::to_vec(msg).unwrap();
         line.push(b'\n');
         self.send_raw(&line);
     }
 
     /// The next line, parsed; panics on timeout or EOF.
-    pub fn recv(&mut self) -> serde_json::Value {
+    pub(crate) fn recv(&mut self) -> serde_json::Value {
         self.try_recv().expect("connection closed")
     }
 
     /// The next line, or `None` at EOF.
-    pub fn try_recv(&mut self) -> Option<serde_json::Value> {
+    pub(crate) fn try_recv(&mut self) -> Option<serde_json::Value> {
         use std::io::BufRead;
         let mut line = String::new();
         let n = self.reader.read_line(&mut line).expect("no reply in time");
@@ -194,7 +194,7 @@ impl RpcClient {
         Some(serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad JSON {e}: {line:?}")))
     }
 
-    pub fn request(
+    pub(crate) fn request(
         &mut self,
         id: serde_json::Value,
         method: &str,

@@ -15,7 +15,7 @@ enum Msg {
 }
 
 /// Feeds a hashing thread; digests come back in [`Hasher::finish`], one per [`Hasher::cut`].
-pub struct Hasher {
+pub(crate) struct Hasher {
     tx: Option<SyncSender<Msg>>,
     handle: Option<JoinHandle<Vec<[u8; 32]>>>,
 }
@@ -27,7 +27,7 @@ impl std::fmt::Debug for Hasher {
 }
 
 impl Hasher {
-    pub fn new() -> Hasher {
+    pub(crate) fn new() -> Hasher {
         // 16 chunks in flight at most (a few MiB), so a slow hasher slows the producer down.
         let (tx, rx) = sync_channel::<Msg>(16);
         let handle = std::thread::Builder::new()
@@ -37,15 +37,15 @@ impl Hasher {
         Hasher { tx: Some(tx), handle: Some(handle) }
     }
 
-    pub fn update(&self, data: bytes::Bytes) {
+    pub(crate) fn update(&self, data: bytes::Bytes) {
         self.send(Msg::Data(data));
     }
 
-    pub fn cut(&self) {
+    pub(crate) fn cut(&self) {
         self.send(Msg::Cut);
     }
 
-    pub fn reset(&self) {
+    pub(crate) fn reset(&self) {
         self.send(Msg::Reset);
     }
 
@@ -57,7 +57,7 @@ impl Hasher {
     }
 
     /// Every digest cut so far, in order.
-    pub fn finish(mut self) -> Vec<[u8; 32]> {
+    pub(crate) fn finish(mut self) -> Vec<[u8; 32]> {
         self.tx.take();
         self.handle.take().map(|h| h.join().unwrap_or_default()).unwrap_or_default()
     }
@@ -73,7 +73,7 @@ impl Drop for Hasher {
 }
 
 /// Size and SHA-256 of a whole file, read on this thread (call it from a blocking context).
-pub fn hash_file(path: &std::path::Path) -> std::io::Result<(u64, [u8; 32])> {
+pub(crate) fn hash_file(path: &std::path::Path) -> std::io::Result<(u64, [u8; 32])> {
     use std::io::Read;
     let mut file = std::fs::File::open(path)?;
     let mut h = Context::new(&SHA256);

@@ -1,7 +1,8 @@
-//! Everything that touches the install: the lock, leftovers, the smoke test, the daemon sanity
-//! check and the two swaps (in place, versioned). Only this module renames over an executable.
+//! Everything that touches the install: the lock, leftovers, running a candidate build (the
+//! smoke test, and [`Candidate`] for the caller's own check) and the two swaps (in place,
+//! versioned). Only this module renames over an executable.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -90,15 +91,37 @@ pub fn sync_dir(dir: &Path) -> Result<(), ErrorKind> {
 }
 
 /// A candidate butler run in isolation: its own home in `scratch`, no test pause points, stdout
-/// piped for us to read, nothing else inherited.
-fn candidate_command(exe: &Path, scratch: &Path) -> Command {
-    let mut cmd = Command::new(exe);
-    cmd.env("BUTLER_HOME", scratch)
-        .env_remove("BUTLER_TEST_PAUSE_AT")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    cmd
+/// piped for the caller to read, nothing else inherited. Killed and reaped when dropped.
+#[derive(Debug)]
+pub struct Candidate(Child);
+
+impl Candidate {
+    pub fn start(
+        exe: &Path,
+        scratch: &Path,
+        args: &[&std::ffi::OsStr],
+    ) -> std::io::Result<Candidate> {
+        let mut cmd = Command::new(exe);
+        cmd.args(args)
+            .env("BUTLER_HOME", scratch)
+            .env_remove("BUTLER_TEST_PAUSE_AT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        spawn(&mut cmd).map(Candidate)
+    }
+
+    /// Its stdout, the first time this is called.
+    pub fn take_stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.0.stdout.take()
+    }
+}
+
+impl Drop for Candidate {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// What a butler binary says of itself in `version --json`.
@@ -113,18 +136,17 @@ pub struct Reported {
 /// Runs `<exe> version --json` and returns what it reports.
 pub fn smoke_test(exe: &Path, scratch: &Path, timeout: Duration) -> Result<Reported, ErrorKind> {
     let fail = |why: String| ErrorKind::SmokeTest(format!("{}: {why}", exe.display()));
-    let mut cmd = candidate_command(exe, scratch);
-    cmd.args(["version", "--json"]);
-    let child = spawn(&mut cmd).map_err(|e| fail(format!("it does not start: {e}")))?;
-    let mut guard = ChildGuard(child);
-    let mut stdout = guard.0.stdout.take().expect("piped");
+    let args = ["version", "--json"].map(std::ffi::OsStr::new);
+    let mut candidate = Candidate::start(exe, scratch, &args)
+        .map_err(|e| fail(format!("it does not start: {e}")))?;
+    let mut stdout = candidate.take_stdout().expect("piped");
     let reader = std::thread::spawn(move || {
         let mut out = Vec::new();
         let _ = (&mut stdout).take(64 * 1024).read_to_end(&mut out);
         out
     });
-    let status =
-        wait_timeout(&mut guard.0, timeout).map_err(|e| fail(format!("waiting for it: {e}")))?;
+    let status = wait_timeout(&mut candidate.0, timeout)
+        .map_err(|e| fail(format!("waiting for it: {e}")))?;
     let Some(status) = status else {
         return Err(fail(format!("it did not finish within {timeout:?}")));
     };
@@ -148,102 +170,6 @@ pub fn smoke_test(exe: &Path, scratch: &Path, timeout: Duration) -> Result<Repor
     Err(fail("it printed no version".into()))
 }
 
-/// The itch app's check: start `<exe>` as a daemon, read its listen notification, authenticate and
-/// call `Version.Get`, all within `timeout`. Returns the version it reports.
-pub fn daemon_check(exe: &Path, scratch: &Path, timeout: Duration) -> Result<String, ErrorKind> {
-    let fail = |why: String| ErrorKind::DaemonCheck(format!("{}: {why}", exe.display()));
-    let deadline = Instant::now() + timeout;
-    let db = scratch.join("sanity.db");
-    let mut cmd = candidate_command(exe, scratch);
-    cmd.args(["--json", "daemon", "--transport", "tcp", "--dbpath"]).arg(&db);
-    let child = spawn(&mut cmd).map_err(|e| fail(format!("it does not start: {e}")))?;
-    let mut guard = ChildGuard(child);
-    let stdout = guard.0.stdout.take().expect("piped");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut r = BufReader::new(stdout);
-        let mut line = String::new();
-        loop {
-            line.clear();
-            // Lines are bounded so a hostile binary cannot make us buffer without end.
-            match (&mut r).take(64 * 1024).read_line(&mut line) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
-                        && v["type"] == "butlerd/listen-notification"
-                    {
-                        let _ = tx.send(v);
-                        break;
-                    }
-                }
-            }
-        }
-    });
-    let left = deadline.saturating_duration_since(Instant::now());
-    let note = rx
-        .recv_timeout(left)
-        .map_err(|_| fail(format!("no listen notification within {timeout:?}")))?;
-    let secret = note["secret"]
-        .as_str()
-        .ok_or_else(|| fail("the listen notification has no secret".into()))?;
-    let addr = note["tcp"]["address"]
-        .as_str()
-        .ok_or_else(|| fail("the listen notification has no tcp address".into()))?;
-    let addr: std::net::SocketAddr =
-        addr.parse().map_err(|_| fail(format!("bad address {addr:?}")))?;
-    if !addr.ip().is_loopback() {
-        return Err(fail(format!("it listens on {addr}, not loopback")));
-    }
-    let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
-    let stream = std::net::TcpStream::connect_timeout(&addr, left)
-        .map_err(|e| fail(format!("connecting to {addr}: {e}")))?;
-    let mut reader = BufReader::new(stream.try_clone().map_err(|e| fail(e.to_string()))?);
-    let mut writer = stream;
-    let mut call = |id: u64,
-                    method: &str,
-                    params: serde_json::Value|
-     -> Result<serde_json::Value, ErrorKind> {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(fail(format!("no answer within {timeout:?}")));
-        }
-        writer.set_write_timeout(Some(left)).ok();
-        reader.get_ref().set_read_timeout(Some(left)).ok();
-        let req =
-            serde_json::json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
-        let mut line = serde_json::to_vec(&req).unwrap_or_default();
-        line.push(b'\n');
-        writer.write_all(&line).map_err(|e| fail(format!("{method}: {e}")))?;
-        loop {
-            let mut resp = String::new();
-            let n = (&mut reader)
-                .take(1 << 20)
-                .read_line(&mut resp)
-                .map_err(|e| fail(format!("{method}: {e}")))?;
-            if n == 0 {
-                return Err(fail(format!("{method}: the daemon closed the connection")));
-            }
-            let v: serde_json::Value = serde_json::from_str(&resp)
-                .map_err(|e| fail(format!("{method}: bad JSON: {e}")))?;
-            // Skip notifications and server-to-client requests; wait for our answer.
-            if v["id"] != serde_json::json!(id) || v.get("method").is_some() {
-                continue;
-            }
-            if let Some(err) = v.get("error") {
-                return Err(fail(format!("{method} failed: {err}")));
-            }
-            return Ok(v["result"].clone());
-        }
-    };
-    let auth = call(0, "Meta.Authenticate", serde_json::json!({"secret": secret}))?;
-    if auth["ok"] != true {
-        return Err(fail("Meta.Authenticate did not answer ok".into()));
-    }
-    let ver = call(1, "Version.Get", serde_json::json!({}))?;
-    let v = ver["version"].as_str().ok_or_else(|| fail("Version.Get has no version".into()))?;
-    Ok(v.trim_start_matches('v').to_owned())
-}
-
 /// Spawns, retrying briefly on ETXTBSY: the file was just written, and a fork elsewhere in this
 /// process (the daemon runs other children) may still hold an inherited write handle to it.
 fn spawn(cmd: &mut Command) -> std::io::Result<Child> {
@@ -256,16 +182,6 @@ fn spawn(cmd: &mut Command) -> std::io::Result<Child> {
             }
             other => return other,
         }
-    }
-}
-
-/// Kills and reaps a child on every path out.
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 
@@ -565,79 +481,6 @@ mod tests {
         assert_eq!(read(&exe), "old exe");
         assert_eq!(read(&bin.join("lib.so")), "old lib");
         assert!(bin.join("zz/inner").is_dir());
-    }
-
-    /// Not a test on its own: with `FAKE_DAEMON` set, this test binary plays a butlerd daemon
-    /// (listen notification, `Meta.Authenticate`, `Version.Get`) for the daemon-check tests.
-    #[test]
-    fn fake_daemon() {
-        let Ok(mode) = std::env::var("FAKE_DAEMON") else { return };
-        if mode == "silent" {
-            std::thread::sleep(Duration::from_secs(30));
-            return;
-        }
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        println!("not json: libtest chatter and logs come first");
-        let note = serde_json::json!({"type": "butlerd/listen-notification", "secret": "s3cret", "tcp": {"address": addr.to_string()}});
-        println!("{note}");
-        let (conn, _) = listener.accept().unwrap();
-        let mut r = BufReader::new(conn.try_clone().unwrap());
-        let mut w = conn;
-        let mut line = String::new();
-        while r.read_line(&mut line).unwrap_or(0) > 0 {
-            let req: serde_json::Value = serde_json::from_str(&line).unwrap();
-            line.clear();
-            let id = req["id"].clone();
-            let resp = match req["method"].as_str().unwrap() {
-                "Meta.Authenticate" if req["params"]["secret"] == "s3cret" && mode != "badauth" => {
-                    serde_json::json!({"jsonrpc": "2.0", "id": id, "result": {"ok": true}})
-                }
-                "Meta.Authenticate" => {
-                    serde_json::json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32000, "message": "bad secret"}})
-                }
-                "Version.Get" => {
-                    // A notification first: the client must skip it.
-                    writeln!(w, "{}", serde_json::json!({"jsonrpc": "2.0", "method": "Log", "params": {"level": "info", "message": "hi"}})).unwrap();
-                    serde_json::json!({"jsonrpc": "2.0", "id": id, "result": {"version": "v9.9.9", "versionString": "v9.9.9, built on x"}})
-                }
-                _ => {
-                    serde_json::json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32601, "message": "no"}})
-                }
-            };
-            writeln!(w, "{resp}").unwrap();
-        }
-    }
-
-    /// A script that runs this test binary as the fake daemon, whatever arguments it gets.
-    #[cfg(unix)]
-    fn fake_daemon_exe(dir: &Path, mode: &str) -> PathBuf {
-        use std::os::unix::fs::PermissionsExt;
-        let me = std::env::current_exe().unwrap();
-        let script = dir.join(format!("fake-{mode}"));
-        fs_err::write(
-            &script,
-            format!("#!/bin/sh\nFAKE_DAEMON={mode} exec '{}' --exact install::tests::fake_daemon --nocapture --test-threads 1\n", me.display()),
-        )
-        .unwrap();
-        fs_err::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-        script
-    }
-
-    #[cfg(unix)]
-    #[test]
-    fn daemon_check_authenticates_and_reads_the_version() {
-        let dir = tempfile::tempdir().unwrap();
-        let exe = fake_daemon_exe(dir.path(), "ok");
-        assert_eq!(daemon_check(&exe, dir.path(), Duration::from_secs(10)).unwrap(), "9.9.9");
-        let exe = fake_daemon_exe(dir.path(), "badauth");
-        let err = daemon_check(&exe, dir.path(), Duration::from_secs(10)).unwrap_err();
-        assert!(err.to_string().contains("Meta.Authenticate failed"), "{err}");
-        let exe = fake_daemon_exe(dir.path(), "silent");
-        let started = Instant::now();
-        let err = daemon_check(&exe, dir.path(), Duration::from_millis(500)).unwrap_err();
-        assert!(err.to_string().contains("no listen notification"), "{err}");
-        assert!(started.elapsed() < Duration::from_secs(5), "the timeout was not honoured");
     }
 
     #[test]

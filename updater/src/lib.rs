@@ -102,8 +102,8 @@ pub enum ErrorKind {
     BadArchive(String),
     #[error("the new butler failed its smoke test: {0}")]
     SmokeTest(String),
-    #[error("the new butler failed the daemon sanity check: {0}")]
-    DaemonCheck(String),
+    #[error("the new butler failed the {check}: {why}")]
+    CandidateCheck { check: &'static str, why: String },
     #[error(
         "cannot update {dir}: the folder is not writable ({why}); run as a user who can write there"
     )]
@@ -137,34 +137,81 @@ impl ErrorKind {
         }
     }
 
-    /// A stable name for scripts and the database.
-    pub fn code(&self) -> &'static str {
+    /// The kind of failure, for scripts, exit codes and the database.
+    pub fn class(&self) -> ErrorClass {
         match self {
             ErrorKind::Http { .. }
             | ErrorKind::Busy { .. }
             | ErrorKind::Network { .. }
-            | ErrorKind::NotFound(_) => "network",
+            | ErrorKind::NotFound(_) => ErrorClass::Network,
             ErrorKind::Stalled { .. }
             | ErrorKind::TooLarge { .. }
-            | ErrorKind::Truncated { .. } => "download",
+            | ErrorKind::Truncated { .. } => ErrorClass::Download,
             ErrorKind::BadLatest(_)
             | ErrorKind::BadVersions(_)
             | ErrorKind::BadVersion { .. }
-            | ErrorKind::NoMatchingVersion(_) => "bad-server-data",
-            ErrorKind::BadKey(_) => "bad-key",
+            | ErrorKind::NoMatchingVersion(_) => ErrorClass::BadServerData,
+            ErrorKind::BadKey(_) => ErrorClass::BadKey,
             ErrorKind::BadSignature(_)
             | ErrorKind::UntrustedKey(_)
             | ErrorKind::Unsigned(_)
-            | ErrorKind::Mismatch(_) => "verification",
-            ErrorKind::Stale { .. } => "stale",
-            ErrorKind::BadArchive(_) => "bad-archive",
-            ErrorKind::SmokeTest(_) | ErrorKind::DaemonCheck(_) => "smoke-test",
-            ErrorKind::NotWritable { .. } => "not-writable",
-            ErrorKind::Locked(_) => "locked",
-            ErrorKind::NothingToRollBack => "no-rollback",
-            ErrorKind::Cancelled => "cancelled",
-            ErrorKind::Io(_) => "io",
+            | ErrorKind::Mismatch(_) => ErrorClass::Verification,
+            ErrorKind::Stale { .. } => ErrorClass::Stale,
+            ErrorKind::BadArchive(_) => ErrorClass::BadArchive,
+            ErrorKind::SmokeTest(_) | ErrorKind::CandidateCheck { .. } => ErrorClass::SmokeTest,
+            ErrorKind::NotWritable { .. } => ErrorClass::NotWritable,
+            ErrorKind::Locked(_) => ErrorClass::Locked,
+            ErrorKind::NothingToRollBack => ErrorClass::NoRollback,
+            ErrorKind::Cancelled => ErrorClass::Cancelled,
+            ErrorKind::Io(_) => ErrorClass::Io,
         }
+    }
+}
+
+/// Kinds of failure as scripts see them: `butler upgrade --json` `code`, the exit code, the
+/// history's `error_code` and RPC errors' `data.kind` all name these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorClass {
+    Network,
+    Download,
+    BadServerData,
+    BadKey,
+    Verification,
+    Stale,
+    BadArchive,
+    SmokeTest,
+    NotWritable,
+    Locked,
+    NoRollback,
+    Cancelled,
+    Io,
+}
+
+impl ErrorClass {
+    /// The stable name, as serde spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorClass::Network => "network",
+            ErrorClass::Download => "download",
+            ErrorClass::BadServerData => "bad-server-data",
+            ErrorClass::BadKey => "bad-key",
+            ErrorClass::Verification => "verification",
+            ErrorClass::Stale => "stale",
+            ErrorClass::BadArchive => "bad-archive",
+            ErrorClass::SmokeTest => "smoke-test",
+            ErrorClass::NotWritable => "not-writable",
+            ErrorClass::Locked => "locked",
+            ErrorClass::NoRollback => "no-rollback",
+            ErrorClass::Cancelled => "cancelled",
+            ErrorClass::Io => "io",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorClass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -297,9 +344,9 @@ pub struct Tuning {
     pub net: NetConfig,
     pub unpack: unpack::Limits,
     pub smoke_timeout: Duration,
-    pub daemon_timeout: Duration,
-    /// Skip the versioned daemon sanity check (debug builds only honour this; for tests).
-    pub skip_daemon_check: bool,
+    pub candidate_timeout: Duration,
+    /// Skip the [`CandidateCheck`] (debug builds only honour this; for tests).
+    pub skip_candidate_check: bool,
 }
 
 impl Default for Tuning {
@@ -308,9 +355,26 @@ impl Default for Tuning {
             net: NetConfig::default(),
             unpack: unpack::Limits::default(),
             smoke_timeout: Duration::from_secs(10),
-            daemon_timeout: Duration::from_secs(10),
-            skip_daemon_check: false,
+            candidate_timeout: Duration::from_secs(10),
+            skip_candidate_check: false,
         }
+    }
+}
+
+/// The caller's deeper check of a new build before a versioned root chooses it (butler passes
+/// the itch app's daemon handshake): given the candidate executable, a scratch home for it (see
+/// [`install::Candidate`]) and a time limit, the version the build reports, or why it failed.
+#[derive(Clone)]
+pub struct CandidateCheck {
+    /// What the check is called in errors ("daemon sanity check").
+    pub name: &'static str,
+    #[allow(clippy::type_complexity)]
+    pub run: std::sync::Arc<dyn Fn(&Path, &Path, Duration) -> Result<String, String> + Send + Sync>,
+}
+
+impl std::fmt::Debug for CandidateCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CandidateCheck").field("name", &self.name).finish_non_exhaustive()
     }
 }
 
@@ -323,6 +387,8 @@ pub struct Updater {
     pub cancel: CancellationToken,
     /// Where [`Updater::prefetch`] keeps verified archives for a later [`Updater::apply`].
     pub cache_dir: Option<PathBuf>,
+    /// Run on a versioned install's candidate before it is chosen.
+    pub candidate_check: Option<CandidateCheck>,
     http: http::Http,
 }
 
@@ -342,7 +408,14 @@ impl Updater {
             .at(Step::Check);
         }
         let http = http::Http::new(tuning.net.clone()).at(Step::Check)?;
-        Ok(Updater { source, tuning, cancel: CancellationToken::new(), cache_dir: None, http })
+        Ok(Updater {
+            source,
+            tuning,
+            cancel: CancellationToken::new(),
+            cache_dir: None,
+            candidate_check: None,
+            http,
+        })
     }
 
     /// Reads LATEST (and its signature) or `versions`, and decides whether to update.
@@ -585,22 +658,21 @@ impl Updater {
                 .at(Step::Swap)?
             }
             Target::Versioned { root } => {
-                let skip = cfg!(debug_assertions) && self.tuning.skip_daemon_check;
-                if !skip {
+                let skip = cfg!(debug_assertions) && self.tuning.skip_candidate_check;
+                if let Some(check) = self.candidate_check.clone().filter(|_| !skip) {
+                    let fail =
+                        move |why: String| ErrorKind::CandidateCheck { check: check.name, why };
                     let (exe, scratch, t) =
-                        (exe.clone(), scratch.clone(), self.tuning.daemon_timeout);
-                    let v = tokio::task::spawn_blocking(move || {
-                        install::daemon_check(&exe, &scratch, t)
-                    })
-                    .await
-                    .map_err(|e| ErrorKind::DaemonCheck(e.to_string()))
-                    .at(Step::SmokeTest)?
-                    .at(Step::SmokeTest)?;
+                        (exe.clone(), scratch.clone(), self.tuning.candidate_timeout);
+                    let v = tokio::task::spawn_blocking(move || (check.run)(&exe, &scratch, t))
+                        .await
+                        .map_err(|e| fail(e.to_string()))
+                        .at(Step::SmokeTest)?
+                        .map_err(fail)
+                        .at(Step::SmokeTest)?;
                     if ch.compare(version, &v) != std::cmp::Ordering::Equal {
-                        return Err(ErrorKind::DaemonCheck(format!(
-                            "Version.Get says {v}, expected {version}"
-                        )))
-                        .at(Step::SmokeTest);
+                        return Err(fail(format!("it reports {v}, expected {version}")))
+                            .at(Step::SmokeTest);
                     }
                 }
                 let (root, unpacked, v, scratch) =

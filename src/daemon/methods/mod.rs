@@ -8,14 +8,15 @@ mod update;
 use serde::{Deserialize, Serialize};
 
 use super::jsonrpc::RpcError;
+use super::notifications::MetaFlowEstablished;
 use super::router::{Ctx, Router};
 use crate::report::Level;
 use crate::version;
 
-pub use update::spawn_background_checks;
+pub(super) use update::spawn_background_checks;
 
 /// The method table for this build.
-pub fn router() -> Router {
+pub(super) fn router() -> Router {
     let mut r = Router::default();
     r.method("Meta.Shutdown", meta_shutdown);
     r.method("Meta.Flow", meta_flow);
@@ -31,23 +32,18 @@ pub fn router() -> Router {
 
 /// `{}` in and out; unknown fields are tolerated as upstream does.
 #[derive(Debug, Default, Deserialize, Serialize)]
-pub struct Empty {}
+pub(super) struct Empty {}
 
 async fn meta_shutdown(ctx: Ctx, _: Empty) -> Result<Empty, RpcError> {
     ctx.shutdown_after_reply();
     Ok(Empty {})
 }
 
-#[derive(Debug, Serialize)]
-struct FlowEstablished {
-    pid: u32,
-}
-
 /// Never returns: the connection becomes the daemon's event channel, and closing it shuts the
 /// daemon down (upstream's contract for "switching daemons").
 async fn meta_flow(ctx: Ctx, _: Empty) -> Result<Empty, RpcError> {
     ctx.daemon().add_flow(ctx.peer());
-    ctx.notify("MetaFlowEstablished", FlowEstablished { pid: std::process::id() }).await;
+    ctx.notify(MetaFlowEstablished { pid: std::process::id() }).await;
     ctx.cancelled().await;
     if !ctx.daemon().shutdown.is_cancelled() {
         tracing::info!("Meta.Flow connection closed; shutting down");

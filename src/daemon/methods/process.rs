@@ -7,26 +7,26 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::daemon::jsonrpc::RpcError;
+use crate::daemon::notifications::{ProcessStarted, StreamsClosed, StreamsOpened};
 use crate::daemon::router::{Ctx, Router};
 use crate::daemon::state::Daemon;
+use crate::signals::Signal;
 use crate::streaming::butler::{Butler, ButlerConfig, StreamEvent, StreamObserver};
 use crate::streaming::entry::StreamType;
 use crate::streaming::handshake::StreamFlags;
+use crate::streaming::names::{self, DEFAULT_PROJECT as PROJECT};
 use crate::streaming::output::{self, OutputContext, OutputSpec};
 use crate::streaming::process::{self, RunOptions};
 use crate::streaming::server::StreamServer;
-use crate::streaming::{cli, names, store};
+use crate::streaming::store;
 
-pub fn register(r: &mut Router) {
+pub(super) fn register(r: &mut Router) {
     r.cancellable("Process.Run", run);
 }
 
-/// The project daemon-run processes log under (what `butler logs` reads by default).
-const PROJECT: &str = "local";
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// After a cancel's SIGTERM, how long the child has before SIGKILL.
 const KILL_GRACE: Duration = Duration::from_secs(3);
@@ -57,16 +57,9 @@ struct RunResult {
     streams: Vec<String>,
 }
 
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Started {
-    pid: u32,
-    stream_server: String,
-}
-
 fn stream_flags(spec: Option<&str>, default: &str) -> Result<StreamFlags, RpcError> {
     match spec {
-        Some(s) if s.contains('=') => cli::parse_stream_spec(s, default)
+        Some(s) if s.contains('=') => StreamFlags::parse_spec(s, default)
             .map_err(|e| RpcError::invalid_params("Process.Run", format!("{e:#}"))),
         Some(name) => {
             names::validate_stream_name(name)
@@ -82,7 +75,7 @@ async fn run(ctx: Ctx, p: RunParams) -> Result<RunResult, RpcError> {
     if p.command.is_empty() {
         return Err(invalid("\"command\" must name a program".into()));
     }
-    let prefix = p.prefix.clone().unwrap_or_else(cli::default_prefix);
+    let prefix = p.prefix.clone().unwrap_or_else(names::default_prefix);
     names::validate_stream_name(&prefix).map_err(|e| invalid(format!("prefix: {e}")))?;
     // The daemon's stdout is its JSON channel: the child's output is always captured.
     let stdout = stream_flags(p.stdout.as_deref(), "stdout")?;
@@ -119,17 +112,11 @@ async fn run(ctx: Ctx, p: RunParams) -> Result<RunResult, RpcError> {
         let ctx = ctx.clone();
         async move {
             if let Ok(pid) = pid_rx.await {
-                ctx.notify("Process.Started", Started { pid, stream_server: server_uri }).await;
+                ctx.notify(ProcessStarted { pid, stream_server: server_uri }).await;
             }
         }
     };
-    let _running = RunningProcess::count(daemon);
-    std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
-    if daemon.hand_over_target().is_some() {
-        return Err(RpcError::internal(
-            "the daemon is restarting into an update; start the process again in a moment",
-        ));
-    }
+    let _running = daemon.restart.try_start_process().map_err(RpcError::internal)?;
     let (sig_tx, sig_rx) = mpsc::channel(2);
     let running =
         process::run_with_stream_server(butler, server, HANDSHAKE_TIMEOUT, &opts, sig_rx, |pid| {
@@ -145,7 +132,7 @@ async fn run(ctx: Ctx, p: RunParams) -> Result<RunResult, RpcError> {
             _ = ctx.cancelled(), if !cancelled => {
                 // SIGTERM, then the grace period, then SIGKILL: run_child does the rest.
                 cancelled = true;
-                let _ = sig_tx.send(libc::SIGTERM).await;
+                let _ = sig_tx.send(Signal::Terminate).await;
             }
         }
     };
@@ -161,8 +148,7 @@ async fn run(ctx: Ctx, p: RunParams) -> Result<RunResult, RpcError> {
     let db = daemon.db().await?;
     let streams = db
         .call(move |conn| {
-            store::list_streams(conn, PROJECT, Some(&format!("{prefix}/+/")))
-                .map_err(|e| crate::db::DbError::Query(e.to_string()))
+            store::list_streams(conn, PROJECT, Some(&format!("{prefix}/+/"))).map_err(Into::into)
         })
         .await
         .map_err(RpcError::internal)?;
@@ -180,42 +166,25 @@ fn announce_streams(daemon: &Arc<Daemon>) -> StreamObserver {
     let d = Arc::clone(daemon);
     daemon.tracker.spawn(async move {
         while let Some(event) = rx.recv().await {
-            let (method, params) = match event {
-                StreamEvent::Opened(s) => (
-                    "Streams.Opened",
-                    json!({
-                        "path": s.path(),
-                        "project": s.project,
-                        "type": s.stream_type.as_str(),
-                        "contentType": s.content_type,
-                        "tags": s.tags,
-                    }),
-                ),
-                StreamEvent::Closed { stream, entries } => (
-                    "Streams.Closed",
-                    json!({"path": stream.path(), "project": stream.project, "entries": entries}),
-                ),
-            };
-            d.broadcast(method, params).await;
+            match event {
+                StreamEvent::Opened(s) => {
+                    d.broadcast(StreamsOpened {
+                        path: s.path(),
+                        project: s.project.clone(),
+                        stream_type: s.stream_type.as_str(),
+                        content_type: s.content_type.clone(),
+                        tags: s.tags.clone(),
+                    })
+                    .await
+                }
+                StreamEvent::Closed { stream, entries } => {
+                    let (path, project) = (stream.path(), stream.project.clone());
+                    d.broadcast(StreamsClosed { path, project, entries }).await
+                }
+            }
         }
     });
     StreamObserver(Arc::new(move |event| {
         let _ = tx.send(event);
     }))
-}
-
-/// Counts a `Process.Run` child as running for as long as it lives (a restart waits for none).
-struct RunningProcess(Arc<Daemon>);
-
-impl RunningProcess {
-    fn count(daemon: &Arc<Daemon>) -> Self {
-        daemon.running_processes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        RunningProcess(Arc::clone(daemon))
-    }
-}
-
-impl Drop for RunningProcess {
-    fn drop(&mut self) {
-        self.0.running_processes.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-    }
 }

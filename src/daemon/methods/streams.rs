@@ -4,17 +4,17 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 
 use crate::daemon::jsonrpc::RpcError;
+use crate::daemon::notifications::Notification;
 use crate::daemon::router::{Ctx, Router};
+use crate::streaming::names::DEFAULT_PROJECT;
 use crate::streaming::store::{self, StoredEntry, StoredStream};
 
-pub fn register(r: &mut Router) {
+pub(super) fn register(r: &mut Router) {
     r.method("Streams.List", list);
     r.method("Streams.Read", read);
     r.method("Streams.Follow", follow);
 }
 
-/// The project `butler logs` and the stream commands use when none is named.
-const DEFAULT_PROJECT: &str = "local";
 /// Most entries one `Streams.Read` returns, so a reply stays a reasonable size.
 const MAX_READ: usize = 1000;
 /// How often `Streams.Follow` looks for new entries (writers may be other processes).
@@ -37,8 +37,7 @@ async fn list(ctx: Ctx, p: ListParams) -> Result<ListResult, RpcError> {
     let project = p.project.unwrap_or_else(|| DEFAULT_PROJECT.to_owned());
     let streams = db
         .call(move |conn| {
-            store::list_streams(conn, &project, p.prefix.as_deref())
-                .map_err(|e| crate::db::DbError::Query(e.to_string()))
+            store::list_streams(conn, &project, p.prefix.as_deref()).map_err(Into::into)
         })
         .await
         .map_err(RpcError::internal)?;
@@ -117,11 +116,10 @@ async fn read_page(
     let (project, path) = (project.to_owned(), path.to_owned());
     let found = db
         .call(move |conn| {
-            let query = |e: store::StoreError| crate::db::DbError::Query(e.to_string());
-            let Some(stream) = store::find_stream(conn, &project, &path).map_err(query)? else {
+            let Some(stream) = store::find_stream(conn, &project, &path)? else {
                 return Ok(None);
             };
-            let entries = store::read_entries(conn, stream.id, from_index, limit).map_err(query)?;
+            let entries = store::read_entries(conn, stream.id, from_index, limit)?;
             Ok(Some((stream, entries)))
         })
         .await
@@ -163,6 +161,10 @@ struct EntriesNotification<'a> {
     entries: Vec<EntryDto>,
 }
 
+impl Notification for EntriesNotification<'_> {
+    const METHOD: &'static str = "Streams.Entries";
+}
+
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 struct FollowResult {
@@ -182,11 +184,7 @@ async fn follow(ctx: Ctx, p: FollowParams) -> Result<FollowResult, RpcError> {
         let caught_up = page.entries.len() < MAX_READ;
         next = page.next_index;
         if !page.entries.is_empty() {
-            ctx.notify(
-                "Streams.Entries",
-                EntriesNotification { path: &p.path, entries: page.entries },
-            )
-            .await;
+            ctx.notify(EntriesNotification { path: &p.path, entries: page.entries }).await;
         }
         if page.terminal {
             return Ok(FollowResult { next_index: next, terminal: true });

@@ -3,20 +3,21 @@
 //! last updates did. Everything goes through the same updater paths as `butler upgrade`.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use butler_updater::{Channel, ErrorKind, Event, Step, Target, Updater, Want};
+use butler_updater::{Channel, ErrorClass, ErrorKind, Event, Step, Target, Want};
 use serde::{Deserialize, Serialize};
 
 use crate::daemon::jsonrpc::{RpcError, code};
+use crate::daemon::notifications::{UpdateApplied, UpdateAvailable, UpdateReady, UpdateRolledBack};
 use crate::daemon::router::{Ctx, Router};
 use crate::daemon::state::Daemon;
 use crate::report::Level;
-use crate::upgrade::{self, History, ProgressThrottle};
+use crate::update::history::{self, Action, HistoryEntry, Outcome};
+use crate::update::{self, History, ProgressThrottle, SettingsError, UpdateService};
 use crate::version::VERSION;
 
-pub fn register(r: &mut Router) {
+pub(super) fn register(r: &mut Router) {
     r.method("Update.Check", check);
     r.cancellable("Update.Apply", apply);
     // Owns its cancellation by ignoring it: a rollback is short, and once started it must be
@@ -58,26 +59,27 @@ fn installed_version(daemon: &Daemon) -> String {
     })
 }
 
-/// An updater for `channel` and the history it records into.
-async fn updater_for(daemon: &Daemon, channel: &Channel) -> Result<(Updater, History), RpcError> {
-    let config = &daemon.config;
-    let source = config.update_source.source(channel.clone()).map_err(|e| {
-        RpcError::new(code::INVALID_PARAMS, format!("the daemon's trusted keys are unusable: {e}"))
-    })?;
-    let mut updater = Updater::new(source, config.update_tuning.clone()).map_err(update_error)?;
-    updater.cache_dir = config.update_cache.clone();
-    Ok((updater, open_history(daemon, channel).await))
+/// An update service for `channel`, recording into the daemon's own database (so an in-memory
+/// one keeps the history too); without a usable database, updates still work but are not
+/// recorded.
+async fn service_for(daemon: &Daemon, channel: &Channel) -> Result<UpdateService, RpcError> {
+    let history = open_history(daemon, channel).await;
+    UpdateService::new(&daemon.config.update, channel.clone(), history).map_err(|e| match e {
+        SettingsError::Keys(k) => RpcError::new(
+            code::INVALID_PARAMS,
+            format!("the daemon's trusted keys are unusable: {k}"),
+        ),
+        SettingsError::Updater(u) => update_error(u),
+    })
 }
 
-/// The history over the daemon's own database (so an in-memory one keeps it too); without a
-/// usable database, updates still work but are not recorded.
 async fn open_history(daemon: &Daemon, channel: &Channel) -> History {
     let db = daemon.db().await;
     if let Err(e) = &db {
         tracing::warn!("the update history will not be recorded: {}", e.message);
     }
-    let url = &daemon.config.update_source.broth_url;
-    History::with_db(db.ok(), url, &channel.name(), &target(daemon))
+    let install = update::install_name(&target(daemon));
+    History::with_db(db.ok(), &daemon.config.update.broth_url, &channel.name(), &install)
 }
 
 #[derive(Debug, Deserialize)]
@@ -106,25 +108,21 @@ async fn check(ctx: Ctx, p: CheckParams) -> Result<CheckResult, RpcError> {
 
 /// One check, recorded in the history; news of an update goes to every `Meta.Flow` connection.
 async fn check_now(daemon: &Daemon, channel: &Channel) -> Result<CheckResult, RpcError> {
-    let (mut updater, history) = updater_for(daemon, channel).await?;
+    let mut service = service_for(daemon, channel).await?;
     let installed = installed_version(daemon);
-    let checked = match updater.check(Some(&installed), &Want::Latest, false).await {
-        Ok(c) => upgrade::enforce_signed_channel(&mut updater, &history, &Want::Latest, c).await,
-        Err(e) => Err(e),
-    };
-    match checked {
+    let restart_required = daemon.awaiting_restart().is_some();
+    match service.check(Some(&installed), &Want::Latest, false).await {
         Ok(c) => {
-            let outcome = if c.update_available { "available" } else { "up-to-date" };
-            history.record("check", Some(VERSION), Some(&c.latest), outcome, None, c.signed).await;
             if c.update_available {
                 // Daemon-wide news: every Meta.Flow connection hears of it, not just the asker.
-                let news = serde_json::json!({
-                    "currentVersion": VERSION,
-                    "latestVersion": c.latest,
-                    "channel": c.channel,
-                    "signed": c.signed,
-                });
-                daemon.broadcast("Update.Available", news).await;
+                daemon
+                    .broadcast(UpdateAvailable {
+                        current_version: VERSION.to_owned(),
+                        latest_version: c.latest.clone(),
+                        channel: c.channel.clone(),
+                        signed: c.signed,
+                    })
+                    .await;
             }
             Ok(CheckResult {
                 current_version: VERSION.to_owned(),
@@ -133,25 +131,19 @@ async fn check_now(daemon: &Daemon, channel: &Channel) -> Result<CheckResult, Rp
                 channel: c.channel,
                 signed: c.signed,
                 stale: false,
-                restart_required: daemon.awaiting_restart().is_some(),
+                restart_required,
             })
         }
-        Err(e) if e.kind.code() == "stale" => {
-            history.record("check", Some(VERSION), None, "failed", Some(&e), true).await;
-            Ok(CheckResult {
-                current_version: VERSION.to_owned(),
-                latest_version: None,
-                update_available: false,
-                channel: channel.name(),
-                signed: true,
-                stale: true,
-                restart_required: daemon.awaiting_restart().is_some(),
-            })
-        }
-        Err(e) => {
-            history.record("check", Some(VERSION), None, "failed", Some(&e), false).await;
-            Err(update_error(e))
-        }
+        Err(e) if matches!(e.kind.class(), ErrorClass::Stale) => Ok(CheckResult {
+            current_version: VERSION.to_owned(),
+            latest_version: None,
+            update_available: false,
+            channel: channel.name(),
+            signed: true,
+            stale: true,
+            restart_required,
+        }),
+        Err(e) => Err(update_error(e)),
     }
 }
 
@@ -182,44 +174,34 @@ async fn apply(ctx: Ctx, p: ApplyParams) -> Result<ApplyResult, RpcError> {
     let channel = channel_of(p.channel.as_deref());
     let want = match &p.version {
         None => Want::Latest,
-        Some(v) => upgrade::parse_want(v, &channel)
+        Some(v) => update::parse_want(v, &channel)
             .map_err(|e| RpcError::new(code::INVALID_PARAMS, format!("version {e}")))?,
     };
-    let (mut updater, history) = updater_for(ctx.daemon(), &channel).await?;
-    let installed = installed_version(ctx.daemon());
+    let daemon = ctx.daemon();
+    let mut service = service_for(daemon, &channel).await?;
+    let installed = installed_version(daemon);
     let checked = tokio::select! {
-        r = updater.check(Some(&installed), &want, false) => r,
+        r = service.check(Some(&installed), &want, false) => r,
         () = ctx.cancelled() => return Err(RpcError::cancelled()),
     };
-    let checked = match checked {
-        Ok(c) => upgrade::enforce_signed_channel(&mut updater, &history, &want, c).await,
-        Err(e) => Err(e),
-    };
-    let check = match checked {
-        Ok(c) => c,
-        Err(e) => {
-            history.record("check", Some(VERSION), None, "failed", Some(&e), false).await;
-            return Err(update_error(e));
-        }
-    };
+    let check = checked.map_err(update_error)?;
     if !check.update_available {
         return Ok(ApplyResult {
             previous_version: VERSION.to_owned(),
             installed_version: None,
             verified: check.signed,
             // Nothing new, but an earlier install may still wait for its restart.
-            restart_required: ctx.daemon().awaiting_restart().is_some(),
+            restart_required: daemon.awaiting_restart().is_some(),
         });
     }
-    updater.cancel = ctx.cancellation();
     let (events, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
-    let target = target(ctx.daemon());
-    let latest = check.latest.clone();
+    let target = target(daemon);
+    let cancel = ctx.cancellation();
     let applying = async move {
         let mut on_event = move |ev| {
             let _ = events.send(ev);
         };
-        updater.apply(&target, &latest, &mut on_event).await
+        service.apply(&target, &check, cancel, &mut on_event).await
     };
     let forwarding = async {
         let mut throttle = ProgressThrottle::default();
@@ -235,35 +217,24 @@ async fn apply(ctx: Ctx, p: ApplyParams) -> Result<ApplyResult, RpcError> {
         }
     };
     let (applied, ()) = tokio::join!(applying, forwarding);
-    let installed = match applied {
-        Ok(i) => i,
-        Err(e) => {
-            let cancelled = matches!(e.kind, ErrorKind::Cancelled);
-            let (outcome, err) = if cancelled { ("cancelled", None) } else { ("failed", Some(&e)) };
-            history
-                .record("upgrade", Some(VERSION), Some(&check.latest), outcome, err, false)
-                .await;
-            return Err(if cancelled { RpcError::cancelled() } else { update_error(e) });
-        }
-    };
-    if installed.verified {
-        history.remember_signed().await;
-    }
-    let to = Some(installed.version.as_str());
-    history.record("upgrade", Some(VERSION), to, "installed", None, installed.verified).await;
+    let installed = applied.map_err(|e| match e.kind {
+        ErrorKind::Cancelled => RpcError::cancelled(),
+        _ => update_error(e),
+    })?;
     let restarting =
         p.restart && restart_after_reply(&ctx, &installed.exe, &installed.features).await;
     // Back to this very build (a downgrade undoing an install) waits for nothing.
     let awaiting = Some(installed.version.clone()).filter(|v| !restarting && v != VERSION);
     let restart_required = awaiting.is_some();
-    ctx.daemon().set_awaiting_restart(awaiting);
-    let news = serde_json::json!({
-        "previousVersion": VERSION,
-        "installedVersion": installed.version,
-        "verified": installed.verified,
-        "restarting": restarting,
-    });
-    ctx.daemon().broadcast("Update.Applied", news).await;
+    daemon.installed_without_restart(awaiting);
+    daemon
+        .broadcast(UpdateApplied {
+            previous_version: VERSION.to_owned(),
+            installed_version: installed.version.clone(),
+            verified: installed.verified,
+            restarting,
+        })
+        .await;
     Ok(ApplyResult {
         previous_version: VERSION.to_owned(),
         installed_version: Some(installed.version),
@@ -283,15 +254,7 @@ async fn restart_after_reply(ctx: &Ctx, exe: &std::path::Path, features: &[Strin
     } else if !features.iter().any(|f| f == crate::version::HAND_OVER) {
         Some(format!("{} cannot take over a running daemon", exe.display()))
     } else {
-        // Announce first, then count: `Process.Run` counts first, then looks, so one of the two
-        // always sees the other (hence the fences).
-        daemon.request_hand_over(exe.to_owned());
-        std::sync::atomic::fence(Ordering::SeqCst);
-        let running = daemon.running_processes.load(Ordering::SeqCst);
-        (running > 0).then(|| {
-            daemon.cancel_hand_over(exe);
-            format!("{running} process(es) started by Process.Run are still running")
-        })
+        daemon.restart.try_claim(exe.to_owned()).err().map(|e| e.to_string())
     };
     if let Some(why) = refusal {
         ctx.log(Level::Warning, &format!("not restarting: {why}; restart butler to finish")).await;
@@ -318,35 +281,28 @@ struct RollbackResult {
 /// Puts back the build the last update replaced (`butler upgrade --rollback`).
 async fn rollback(ctx: Ctx, p: RollbackParams) -> Result<RollbackResult, RpcError> {
     let channel = Channel::current(false);
-    let history = open_history(ctx.daemon(), &channel).await;
-    let target = target(ctx.daemon());
-    let exe_name = channel.executable_name();
-    let rolled = tokio::task::spawn_blocking(move || butler_updater::rollback(&target, exe_name))
+    let daemon = ctx.daemon();
+    let history = open_history(daemon, &channel).await;
+    let restored = update::rollback(&target(daemon), &channel, Some(VERSION), &history)
         .await
-        .map_err(RpcError::internal)?;
-    let restored = match rolled {
-        Ok(r) => r,
-        Err(e) => {
-            history.record("rollback", Some(VERSION), None, "failed", Some(&e), false).await;
-            return Err(update_error(e));
-        }
-    };
+        .map_err(update_error)?;
     let version = restored.version.clone();
-    history.record("rollback", Some(VERSION), version.as_deref(), "rolled-back", None, false).await;
     let restarting =
         p.restart && restart_after_reply(&ctx, &restored.exe, &restored.features).await;
     // Back to this very build: nothing is waiting for a restart any more.
     let awaiting = version.clone().filter(|v| !restarting && v != VERSION);
-    ctx.daemon().set_awaiting_restart(awaiting);
-    let news = serde_json::json!({"restoredVersion": version, "restarting": restarting});
-    ctx.daemon().broadcast("Update.RolledBack", news).await;
+    daemon.installed_without_restart(awaiting);
+    daemon.broadcast(UpdateRolledBack { restored_version: version.clone(), restarting }).await;
     Ok(RollbackResult { restored_version: version, restart_required: !restarting })
 }
 
 /// Network failures keep upstream's code 9000; the rest are internal errors naming the step.
 fn update_error(e: butler_updater::Error) -> RpcError {
-    let code =
-        if e.kind.code() == "network" { code::NETWORK_DISCONNECTED } else { code::INTERNAL_ERROR };
+    let class = e.kind.class();
+    let code = match class {
+        ErrorClass::Network => code::NETWORK_DISCONNECTED,
+        _ => code::INTERNAL_ERROR,
+    };
     let step = match e.step {
         Step::Check => "check",
         Step::Rollback => "rollback",
@@ -354,7 +310,7 @@ fn update_error(e: butler_updater::Error) -> RpcError {
     };
     RpcError::new(code, format!("{step} failed: {e}"))
         .with("step", e.step.to_string())
-        .with("kind", e.kind.code())
+        .with("kind", class.as_str())
 }
 
 #[derive(Debug, Serialize)]
@@ -364,9 +320,9 @@ struct StatusResult {
     /// Installed over this running build; a restart makes it current.
     awaiting_restart: Option<String>,
     channel: String,
-    last_check: Option<upgrade::HistoryEntry>,
-    last_result: Option<String>,
-    history: Vec<upgrade::HistoryEntry>,
+    last_check: Option<HistoryEntry>,
+    last_result: Option<Outcome>,
+    history: Vec<HistoryEntry>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -374,14 +330,13 @@ struct StatusParams {}
 
 async fn status(ctx: Ctx, _: StatusParams) -> Result<StatusResult, RpcError> {
     let db = ctx.daemon().db().await?;
-    let history =
-        db.call(|conn| upgrade::recent_history(conn, 50)).await.map_err(RpcError::internal)?;
-    let last_check = history.iter().find(|h| h.action == "check").cloned();
+    let history = db.call(|conn| history::recent(conn, 50)).await.map_err(RpcError::internal)?;
+    let last_check = history.iter().find(|h| h.action == Action::Check).cloned();
     Ok(StatusResult {
         current_version: VERSION.to_owned(),
         awaiting_restart: ctx.daemon().awaiting_restart(),
         channel: Channel::current(false).name(),
-        last_result: history.first().map(|h| h.outcome.clone()),
+        last_result: history.first().map(|h| h.outcome),
         last_check,
         history,
     })
@@ -392,7 +347,7 @@ async fn status(ctx: Ctx, _: StatusParams) -> Result<StatusResult, RpcError> {
 /// after the last one this database recorded, or after this start when it has none, so a daemon
 /// on a fresh database never calls out before one interval has passed. A signed update is fetched ahead of time (`Update.Ready`),
 /// never installed.
-pub fn spawn_background_checks(daemon: &Arc<Daemon>, interval: Duration) {
+pub(crate) fn spawn_background_checks(daemon: &Arc<Daemon>, interval: Duration) {
     let d = Arc::clone(daemon);
     daemon.tracker.spawn(async move {
         let channel = Channel::current(false);
@@ -430,16 +385,16 @@ pub fn spawn_background_checks(daemon: &Arc<Daemon>, interval: Duration) {
 /// Downloads and verifies `version` ahead of time, then tells `Meta.Flow` connections it is ready
 /// to apply without a download. Failures only cost the head start: `Update.Apply` downloads.
 async fn prefetch(daemon: &Arc<Daemon>, channel: &Channel, version: &str) {
-    let Ok((updater, _)) = updater_for(daemon, channel).await else { return };
-    let mut ignore = |_| {};
+    let Ok(service) = service_for(daemon, channel).await else { return };
     let fetched = tokio::select! {
-        r = updater.prefetch(version, &mut ignore) => r,
+        r = service.prefetch(version) => r,
         () = daemon.shutdown.cancelled() => return,
     };
     match fetched {
         Ok(_) => {
-            let news = serde_json::json!({"currentVersion": VERSION, "version": version, "verified": true});
-            daemon.broadcast("Update.Ready", news).await;
+            let version = version.to_owned();
+            let current_version = VERSION.to_owned();
+            daemon.broadcast(UpdateReady { current_version, version, verified: true }).await;
         }
         Err(e) => tracing::warn!("fetching {version} ahead of time failed: {e}"),
     }
@@ -448,16 +403,7 @@ async fn prefetch(daemon: &Arc<Daemon>, channel: &Channel, version: &str) {
 /// When the history last recorded a check, if the database is usable.
 async fn last_check_time(daemon: &Daemon) -> Option<SystemTime> {
     let db = daemon.db().await.ok()?;
-    let latest = db
-        .call(|conn| {
-            Ok(conn.query_row(
-                "SELECT max(time) FROM update_history WHERE action = 'check'",
-                [],
-                |r| r.get::<_, Option<i64>>(0),
-            )?)
-        })
-        .await
-        .ok()??;
+    let latest = db.call(history::last_check_time).await.ok()??;
     Some(UNIX_EPOCH + Duration::from_secs(u64::try_from(latest).ok()?))
 }
 

@@ -177,13 +177,21 @@ fn the_daemon_installs_an_update_with_progress_and_rolls_it_back() {
     assert_eq!(s["result"]["awaitingRestart"], serde_json::Value::Null, "back to this build: {s}");
 
     let (s, _) = call(&mut c, 5, "Update.Status", json!({}));
-    let outcomes: Vec<&str> = s["result"]["history"]
+    let outcomes: Vec<(&str, &str)> = s["result"]["history"]
         .as_array()
         .unwrap_or_else(|| panic!("{s}"))
         .iter()
-        .map(|h| h["outcome"].as_str().unwrap())
+        .map(|h| (h["action"].as_str().unwrap(), h["outcome"].as_str().unwrap()))
         .collect();
-    assert_eq!(outcomes, ["rolled-back", "up-to-date", "installed"], "{s}");
+    // Newest first; every check is recorded, the one each Update.Apply makes included.
+    let expected = [
+        ("rollback", "rolled-back"),
+        ("check", "up-to-date"),
+        ("check", "up-to-date"),
+        ("upgrade", "installed"),
+        ("check", "available"),
+    ];
+    assert_eq!(outcomes, expected, "{s}");
 
     // Installing the running build again (a downgrade undoing an install) waits for nothing.
     let (r, _) = call(&mut c, 24, "Update.Apply", json!({"version": f.new_version}));

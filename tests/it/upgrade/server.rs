@@ -11,7 +11,7 @@ use std::time::Duration;
 
 /// What to do wrong for one path.
 #[derive(Debug, Clone)]
-pub enum Fault {
+pub(super) enum Fault {
     /// Answer with this status (and an empty body).
     Status(u16),
     /// Answer with this status the first `n` times, then serve normally.
@@ -28,14 +28,14 @@ pub enum Fault {
 
 /// One request as the server saw it.
 #[derive(Debug, Clone)]
-pub struct Seen {
+pub(super) struct Seen {
     pub path: String,
     /// The request target as sent: absolute-form (`http://host/path`) when it came via a proxy.
     pub target: String,
     pub headers: HashMap<String, String>,
 }
 
-pub struct Server {
+pub(super) struct Server {
     pub addr: SocketAddr,
     pub root: PathBuf,
     faults: Arc<Mutex<HashMap<String, Fault>>>,
@@ -44,7 +44,7 @@ pub struct Server {
 }
 
 impl Server {
-    pub fn start(root: PathBuf) -> Server {
+    pub(super) fn start(root: PathBuf) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let faults: Arc<Mutex<HashMap<String, Fault>>> = Arc::default();
@@ -67,15 +67,15 @@ impl Server {
     }
 
     /// The base URL to give `--broth-url`.
-    pub fn url(&self) -> String {
+    pub(super) fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
-    pub fn fault(&self, path: &str, fault: Fault) {
+    pub(super) fn fault(&self, path: &str, fault: Fault) {
         self.faults.lock().unwrap().insert(path.to_owned(), fault);
     }
 
-    pub fn seen(&self) -> Vec<Seen> {
+    pub(super) fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
     }
 }

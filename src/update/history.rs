@@ -1,0 +1,289 @@
+//! The update history and the signed-channel memory, in butler's database: what every check,
+//! install and rollback did, and which channels have served signatures.
+
+use butler_updater::Error as UpdateError;
+use tokio::sync::OnceCell;
+use tokio::task::JoinHandle;
+
+use crate::db::{self, Db, DbPath};
+
+/// What was attempted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum Action {
+    Check,
+    Upgrade,
+    Rollback,
+}
+
+/// How it ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum Outcome {
+    Available,
+    UpToDate,
+    Installed,
+    RolledBack,
+    Failed,
+    Cancelled,
+}
+
+/// The database spellings: what serde writes, so the table and the RPC results agree.
+macro_rules! spelled {
+    ($ty:ident { $($variant:ident => $s:literal),* $(,)? }) => {
+        impl $ty {
+            pub(crate) fn as_str(self) -> &'static str {
+                match self { $($ty::$variant => $s),* }
+            }
+
+            fn parse(s: &str) -> Option<$ty> {
+                match s { $($s => Some($ty::$variant),)* _ => None }
+            }
+        }
+
+        impl rusqlite::types::FromSql for $ty {
+            fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+                let s = v.as_str()?;
+                $ty::parse(s).ok_or_else(|| {
+                    rusqlite::types::FromSqlError::Other(format!("unknown {} {s:?}", stringify!($ty)).into())
+                })
+            }
+        }
+    };
+}
+
+spelled!(Action { Check => "check", Upgrade => "upgrade", Rollback => "rollback" });
+spelled!(Outcome {
+    Available => "available",
+    UpToDate => "up-to-date",
+    Installed => "installed",
+    RolledBack => "rolled-back",
+    Failed => "failed",
+    Cancelled => "cancelled",
+});
+
+/// One row to write.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Record<'a> {
+    pub(crate) action: Action,
+    pub(crate) outcome: Outcome,
+    pub(crate) from: Option<&'a str>,
+    pub(crate) to: Option<&'a str>,
+    pub(crate) error: Option<&'a UpdateError>,
+    pub(crate) verified: bool,
+}
+
+impl<'a> Record<'a> {
+    pub(crate) fn new(action: Action, outcome: Outcome) -> Self {
+        Record { action, outcome, from: None, to: None, error: None, verified: false }
+    }
+}
+
+/// The database side of updates for one channel of one install. A database that cannot be
+/// opened does not block an update (butler must stay fixable), but it is said.
+pub(crate) struct History {
+    db: OnceCell<Option<Db>>,
+    /// A command's own connection, still being opened beside the network requests.
+    opening: std::sync::Mutex<Option<JoinHandle<Option<Db>>>>,
+    base_url: String,
+    channel: String,
+    install: String,
+}
+
+impl History {
+    /// For a command: its own connection to the database `dbpath` names, opened (and on first
+    /// use migrated, which costs fsyncs) on a blocking thread while the network is asked.
+    pub(crate) fn open(
+        dbpath: Option<String>,
+        base_url: &str,
+        channel: &str,
+        install: &str,
+    ) -> History {
+        let opening = tokio::task::spawn_blocking(move || {
+            let conn = DbPath::resolve(dbpath.as_deref()).and_then(|p| db::open(&p));
+            // A short-lived command need not checkpoint the WAL on exit (an fsync-heavy step);
+            // the daemon or the next run does it.
+            let conn = conn.inspect(|c| {
+                let _ = c.set_db_config(
+                    rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+                    true,
+                );
+            });
+            match conn {
+                Ok(c) => Some(Db::new(c)),
+                Err(e) => {
+                    tracing::warn!("the update history will not be recorded: {e}");
+                    None
+                }
+            }
+        });
+        let mut h = History::with_db(None, base_url, channel, install);
+        h.db = OnceCell::new();
+        h.opening = std::sync::Mutex::new(Some(opening));
+        h
+    }
+
+    /// Over an open database (the daemon's), or none.
+    pub(crate) fn with_db(db: Option<Db>, base_url: &str, channel: &str, install: &str) -> History {
+        History {
+            db: OnceCell::new_with(Some(db)),
+            opening: std::sync::Mutex::new(None),
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            channel: channel.to_owned(),
+            install: install.to_owned(),
+        }
+    }
+
+    async fn db(&self) -> Option<&Db> {
+        self.db
+            .get_or_init(|| async {
+                let opening = self.opening.lock().unwrap_or_else(|p| p.into_inner()).take();
+                match opening {
+                    Some(handle) => handle.await.unwrap_or(None),
+                    None => None,
+                }
+            })
+            .await
+            .as_ref()
+    }
+
+    /// Whether this channel served signatures before. Fails closed: when the database cannot
+    /// answer, signatures are required, so a busy database never lowers the bar.
+    pub(crate) async fn channel_was_signed(&self) -> bool {
+        let Some(db) = self.db().await else { return false };
+        let (url, channel) = (self.base_url.clone(), self.channel.clone());
+        let found = db
+            .call(move |c| {
+                Ok(c.query_row(
+                    "SELECT EXISTS (SELECT 1 FROM update_signed_channels WHERE base_url = ?1 AND channel = ?2)",
+                    (&url, &channel),
+                    |r| r.get::<_, bool>(0),
+                )?)
+            })
+            .await;
+        found.unwrap_or_else(|e| {
+            tracing::warn!(
+                "could not read whether {} was signed ({e}); requiring signatures",
+                self.channel
+            );
+            true
+        })
+    }
+
+    pub(crate) async fn remember_signed(&self) {
+        let Some(db) = self.db().await else { return };
+        let (url, channel) = (self.base_url.clone(), self.channel.clone());
+        let inserted = db
+            .call(move |c| {
+                Ok(c.execute(
+                    "INSERT OR IGNORE INTO update_signed_channels (base_url, channel, first_seen) VALUES (?1, ?2, ?3)",
+                    (&url, &channel, crate::report::unix_now() as i64),
+                )?)
+            })
+            .await;
+        if let Err(e) = inserted {
+            tracing::warn!("could not remember that {} is signed: {e}", self.channel);
+        }
+    }
+
+    pub(crate) async fn record(&self, r: Record<'_>) {
+        let Some(db) = self.db().await else { return };
+        let row = (
+            crate::report::unix_now() as i64,
+            r.action.as_str(),
+            self.channel.clone(),
+            self.install.clone(),
+            r.from.map(str::to_owned),
+            r.to.map(str::to_owned),
+            r.outcome.as_str(),
+            r.error.map(|e| e.step.to_string()),
+            r.error.map(|e| e.kind.class().as_str()),
+            r.error.map(|e| e.to_string()),
+            r.verified,
+        );
+        let inserted = db
+            .call(move |c| {
+                Ok(c.execute(
+                    "INSERT INTO update_history (time, action, channel, install_path, from_version, to_version, outcome, step, error_code, message, verified)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                    rusqlite::params![row.0, row.1, row.2, row.3, row.4, row.5, row.6, row.7, row.8, row.9, row.10],
+                )?)
+            })
+            .await;
+        if let Err(e) = inserted {
+            tracing::warn!("could not record the update outcome: {e}");
+        }
+    }
+}
+
+/// One row of the update history, newest first from [`recent`].
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct HistoryEntry {
+    /// Unix seconds.
+    pub(crate) time: i64,
+    pub(crate) action: Action,
+    pub(crate) channel: String,
+    pub(crate) from_version: Option<String>,
+    pub(crate) to_version: Option<String>,
+    pub(crate) outcome: Outcome,
+    pub(crate) step: Option<String>,
+    pub(crate) message: Option<String>,
+    pub(crate) verified: bool,
+}
+
+/// The newest `limit` update outcomes.
+pub(crate) fn recent(
+    conn: &rusqlite::Connection,
+    limit: usize,
+) -> Result<Vec<HistoryEntry>, db::DbError> {
+    let mut stmt = conn.prepare(
+        "SELECT time, action, channel, from_version, to_version, outcome, step, message, verified
+         FROM update_history ORDER BY id DESC LIMIT ?1",
+    )?;
+    let rows = stmt.query_map([limit as i64], |r| {
+        Ok(HistoryEntry {
+            time: r.get(0)?,
+            action: r.get(1)?,
+            channel: r.get(2)?,
+            from_version: r.get(3)?,
+            to_version: r.get(4)?,
+            outcome: r.get(5)?,
+            step: r.get(6)?,
+            message: r.get(7)?,
+            verified: r.get(8)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// When the history last recorded a check.
+pub(crate) fn last_check_time(conn: &rusqlite::Connection) -> Result<Option<i64>, db::DbError> {
+    Ok(conn.query_row("SELECT max(time) FROM update_history WHERE action = 'check'", [], |r| {
+        r.get::<_, Option<i64>>(0)
+    })?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spellings_match_what_serde_writes() {
+        for a in [Action::Check, Action::Upgrade, Action::Rollback] {
+            assert_eq!(serde_json::to_value(a).unwrap(), a.as_str());
+            assert_eq!(Action::parse(a.as_str()), Some(a));
+        }
+        for o in [
+            Outcome::Available,
+            Outcome::UpToDate,
+            Outcome::Installed,
+            Outcome::RolledBack,
+            Outcome::Failed,
+            Outcome::Cancelled,
+        ] {
+            assert_eq!(serde_json::to_value(o).unwrap(), o.as_str());
+            assert_eq!(Outcome::parse(o.as_str()), Some(o));
+        }
+    }
+}
