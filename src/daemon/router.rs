@@ -55,9 +55,9 @@ impl Router {
         self.insert(name, handler, false);
     }
 
-    /// Registers a handler that reacts to `Ctx::cancelled` itself and answers when it has
-    /// cleaned up; it is never dropped half-way.
-    pub(crate) fn cancellable<P, R, F, Fut>(&mut self, name: &'static str, handler: F)
+    /// Registers a handler that is never dropped half-way when its request is cancelled: it
+    /// watches `Ctx::cancelled` itself (or ignores it) and answers when it has cleaned up.
+    pub(crate) fn method_owning_cancel<P, R, F, Fut>(&mut self, name: &'static str, handler: F)
     where
         P: DeserializeOwned + Send + 'static,
         R: Serialize + Send + 'static,

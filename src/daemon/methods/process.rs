@@ -24,7 +24,7 @@ use crate::streaming::server::StreamServer;
 use crate::streaming::store;
 
 pub(super) fn register(r: &mut Router) {
-    r.cancellable("Process.Run", run);
+    r.method_owning_cancel("Process.Run", run);
 }
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

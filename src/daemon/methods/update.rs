@@ -19,10 +19,10 @@ use crate::version::VERSION;
 
 pub(super) fn register(r: &mut Router) {
     r.method("Update.Check", check);
-    r.cancellable("Update.Apply", apply);
+    r.method_owning_cancel("Update.Apply", apply);
     // Owns its cancellation by ignoring it: a rollback is short, and once started it must be
     // recorded and announced, not dropped half-way.
-    r.cancellable("Update.Rollback", rollback);
+    r.method_owning_cancel("Update.Rollback", rollback);
     r.method("Update.Status", status);
 }
 
