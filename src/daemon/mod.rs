@@ -12,6 +12,8 @@ mod methods;
 mod notifications;
 pub(crate) mod router;
 pub(crate) mod state;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,0 +1,198 @@
+//! In-process tests: a connection driven through the real router over `tokio::io::duplex`, with
+//! no process, socket or file; the process-level tests in `tests/it/daemon.rs` cover the rest.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, DuplexStream, Lines, WriteHalf};
+use tokio::sync::watch;
+
+use super::notifications::UpdateAvailable;
+use super::state::{Config, Daemon, DbState};
+use super::{connection, methods};
+use crate::db::{self, Db, DbPath};
+use crate::update::UpdateSettings;
+
+const SECRET: &str = "s3cret";
+
+/// A daemon as `serve` builds it, over an in-memory database.
+fn daemon() -> Arc<Daemon> {
+    let mut tuning = butler_updater::Tuning::default();
+    tuning.net.retries = 1;
+    let conn = db::open(&DbPath::from_arg(":memory:")).expect("an in-memory database");
+    let (_, db) = watch::channel(DbState::Ready(Db::new(conn)));
+    let config = Config {
+        require_auth: true,
+        auth_timeout: Duration::from_secs(10),
+        max_line_bytes: 1 << 20,
+        max_in_flight: 16,
+        log_traffic: false,
+        dbpath: Some(":memory:".into()),
+        update: UpdateSettings {
+            // Nothing listens here: an update check fails fast instead of calling out.
+            broth_url: "http://127.0.0.1:9".into(),
+            trusted_keys: Vec::new(),
+            require_signature: false,
+            tuning,
+            cache_dir: None,
+        },
+        exe: std::env::current_exe().expect("the test binary"),
+        can_hand_over: false,
+    };
+    Arc::new(Daemon::new(config, methods::router(), SECRET.into(), db))
+}
+
+/// One client connection, served by `daemon` on a task.
+struct Client {
+    lines: Lines<BufReader<tokio::io::ReadHalf<DuplexStream>>>,
+    writer: WriteHalf<DuplexStream>,
+}
+
+impl Client {
+    fn connect(daemon: &Arc<Daemon>) -> Client {
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        let (r, w) = tokio::io::split(theirs);
+        tokio::spawn(connection::serve(Arc::clone(daemon), 1, r, w));
+        let (r, writer) = tokio::io::split(ours);
+        Client { lines: BufReader::new(r).lines(), writer }
+    }
+
+    async fn send(&mut self, msg: Value) {
+        let mut line = serde_json::to_vec(&msg).unwrap();
+        line.push(b'\n');
+        self.writer.write_all(&line).await.unwrap();
+    }
+
+    async fn next(&mut self) -> Value {
+        let line = tokio::time::timeout(Duration::from_secs(10), self.lines.next_line())
+            .await
+            .expect("a message within 10 s")
+            .unwrap()
+            .expect("the connection is open");
+        serde_json::from_str(&line).unwrap()
+    }
+
+    /// Sends a request and returns its reply, collecting what came before it.
+    async fn call(&mut self, id: u64, method: &str, params: Value) -> (Value, Vec<Value>) {
+        self.send(json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})).await;
+        let mut before = Vec::new();
+        loop {
+            let msg = self.next().await;
+            if msg["id"] == json!(id) && msg.get("method").is_none() {
+                return (msg, before);
+            }
+            before.push(msg);
+        }
+    }
+
+    async fn authenticated(daemon: &Arc<Daemon>) -> Client {
+        let mut c = Client::connect(daemon);
+        let (reply, _) = c.call(0, "Meta.Authenticate", json!({"secret": SECRET})).await;
+        assert_eq!(reply["result"]["ok"], true, "{reply}");
+        c
+    }
+}
+
+#[tokio::test]
+async fn nothing_but_authentication_is_answered_before_the_secret() {
+    let d = daemon();
+    let mut c = Client::connect(&d);
+    let (reply, _) = c.call(1, "Version.Get", json!({})).await;
+    assert_eq!(reply["error"]["code"], -32600, "{reply}");
+    let (reply, _) = c.call(2, "Meta.Authenticate", json!({"secret": "guess"})).await;
+    assert!(reply.get("error").is_some(), "a wrong secret is refused: {reply}");
+    let (reply, _) = c.call(3, "Meta.Authenticate", json!({"secret": SECRET})).await;
+    assert_eq!(reply["result"]["ok"], true, "{reply}");
+    let (reply, _) = c.call(4, "Version.Get", json!({})).await;
+    assert_eq!(reply["result"]["version"], format!("v{}", crate::version::VERSION), "{reply}");
+}
+
+#[tokio::test]
+async fn unknown_methods_and_bad_params_get_their_codes() {
+    let d = daemon();
+    let mut c = Client::authenticated(&d).await;
+    let (reply, _) = c.call(1, "No.Such", json!({})).await;
+    assert_eq!(reply["error"]["code"], -32601, "{reply}");
+    let (reply, _) = c.call(2, "Test.Double", json!({"number": "two"})).await;
+    assert_eq!(reply["error"]["code"], -32602, "{reply}");
+    assert!(reply["error"]["message"].as_str().unwrap().contains("Test.Double"), "{reply}");
+}
+
+#[tokio::test]
+async fn a_server_call_and_typed_notifications_reach_the_client() {
+    let d = daemon();
+    let mut c = Client::authenticated(&d).await;
+    c.send(
+        json!({"jsonrpc": "2.0", "id": 7, "method": "Test.DoubleTwice", "params": {"number": 3}}),
+    )
+    .await;
+    let mut logs = 0;
+    let call = loop {
+        let msg = c.next().await;
+        match msg["method"].as_str() {
+            Some("Log") => logs += 1,
+            Some("Test.Double") => break msg,
+            _ => panic!("expected a Log or the daemon's Test.Double call, got {msg}"),
+        }
+    };
+    assert_eq!(call["params"]["number"], 3);
+    c.send(json!({"jsonrpc": "2.0", "id": call["id"], "result": {"number": 6}})).await;
+    let mut progress = 0;
+    let reply = loop {
+        let msg = c.next().await;
+        match msg["method"].as_str() {
+            Some("Progress") => {
+                assert!(msg["params"]["progress"].is_number(), "{msg}");
+                progress += 1;
+            }
+            Some("Log") => logs += 1,
+            Some(other) => panic!("unexpected {other}: {msg}"),
+            None => break msg,
+        }
+    };
+    assert_eq!(progress, 3);
+    assert_eq!(logs, 1, "Test.DoubleTwice logs what it asks");
+    assert_eq!(reply["id"], 7);
+    assert_eq!(reply["result"]["number"], 12, "{reply}");
+}
+
+#[tokio::test]
+async fn broadcasts_reach_meta_flow_connections_only() {
+    let d = daemon();
+    let mut flow = Client::authenticated(&d).await;
+    let mut other = Client::authenticated(&d).await;
+    flow.send(json!({"jsonrpc": "2.0", "id": 1, "method": "Meta.Flow", "params": {}})).await;
+    let established = flow.next().await;
+    assert_eq!(established["method"], "MetaFlowEstablished", "{established}");
+    d.broadcast(UpdateAvailable {
+        current_version: "1.0.0".into(),
+        latest_version: "1.1.0".into(),
+        channel: "linux-amd64".into(),
+        signed: true,
+    })
+    .await;
+    let news = flow.next().await;
+    assert_eq!(news["method"], "Update.Available", "{news}");
+    assert_eq!(
+        news["params"],
+        json!({"currentVersion": "1.0.0", "latestVersion": "1.1.0", "channel": "linux-amd64", "signed": true})
+    );
+    // The other connection heard nothing: its next message is its own reply.
+    let (reply, before) = other.call(2, "Version.Get", json!({})).await;
+    assert!(before.is_empty(), "{before:?}");
+    assert!(reply.get("result").is_some(), "{reply}");
+}
+
+#[tokio::test]
+async fn a_failed_update_check_is_answered_and_recorded_in_the_history() {
+    let d = daemon();
+    let mut c = Client::authenticated(&d).await;
+    let (reply, _) = c.call(1, "Update.Check", json!({})).await;
+    assert_eq!(reply["error"]["data"]["step"], "check", "{reply}");
+    let (status, _) = c.call(2, "Update.Status", json!({})).await;
+    let last = &status["result"]["lastCheck"];
+    assert_eq!(last["action"], "check", "{status}");
+    assert_eq!(last["outcome"], "failed", "{status}");
+    assert_eq!(status["result"]["lastResult"], "failed", "{status}");
+}
