@@ -1,5 +1,6 @@
 //! The one integration-test binary: every test runs the real `butler` executable.
 
+mod architecture;
 mod cli;
 mod daemon;
 mod streaming;
