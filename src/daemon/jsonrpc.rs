@@ -1,7 +1,8 @@
 //! JSON-RPC 2.0 messages: classifying what a peer sent, and the shapes we write back.
 //!
-//! This is the only place besides the router that sees raw `serde_json::Value`s. Ids are kept
-//! as the exact JSON the client sent (a number or a string), so they are echoed back unchanged.
+//! Raw `serde_json::Value`s stay in this RPC layer (here, the connection and the router);
+//! handlers see typed structs. Ids are kept as the exact JSON the client sent (a number or a
+//! string), so they are echoed back unchanged.
 
 use serde::Serialize;
 use serde::ser::SerializeMap;
