@@ -8,6 +8,8 @@ pub enum TimeError {
     Timestamp(String),
     #[error("{0:?} is not a duration (e.g. 5s, 250ms, 1m30s)")]
     Duration(String),
+    #[error("{0:?} has no unit: say which, as in {0}s, {0}m or {0}ms")]
+    NoUnit(String),
 }
 
 fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
@@ -141,6 +143,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, TimeError> {
     if t.is_empty() {
         return Err(err());
     }
+    if t.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return Err(TimeError::NoUnit(t.to_owned()));
+    }
     let mut total = 0f64;
     let mut rest = t;
     while !rest.is_empty() {
@@ -204,5 +209,6 @@ mod tests {
         for bad in ["", "s", "5", "5x", "-1s"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
+        assert_eq!(parse_duration("5"), Err(TimeError::NoUnit("5".into())));
     }
 }
