@@ -23,7 +23,7 @@ test-node: ## the @itchio/butlerd npm client's own test suite, run against our d
 	$(CARGO) build --locked --bin butler
 	cd tests/node && npm ci --no-audit --no-fund --loglevel=error
 	@tmp=$$(mktemp -d) && cd $$tmp && \
-	  if PATH="$(CURDIR)/target/debug:$$PATH" node $(CURDIR)/tests/node/node_modules/@itchio/butlerd/lib/tests/index.js > node.log 2>&1; \
+	  if PATH="$(abspath $(or $(CARGO_TARGET_DIR),target))/debug:$$PATH" node $(CURDIR)/tests/node/node_modules/@itchio/butlerd/lib/tests/index.js > node.log 2>&1; \
 	  then echo "node client suite (@itchio/butlerd 15.0.0): passed"; rm -rf $$tmp; \
 	  else cat node.log; echo "node client suite: FAILED"; exit 1; fi
 
