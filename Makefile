@@ -49,6 +49,8 @@ fmt-check:
 	$(CARGO) fmt --all -- --check
 
 bench: ## release build, then the figures from ../shared/spec/quality.md with medians
+	@if command -v npm >/dev/null 2>&1; then cd tests/node && npm ci --no-audit --no-fund --loglevel=error; \
+	  else echo "npm missing: the official-client figure will be skipped"; fi
 	$(CARGO) bench --locked --bench bench
 
 release: ## release binary and the broth tree in dist/broth (signed when BUTLER_SIGNING_KEY_FILE names a key)

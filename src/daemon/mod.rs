@@ -10,6 +10,7 @@ mod hand_over;
 pub(crate) mod jsonrpc;
 mod methods;
 mod notifications;
+mod quickack;
 pub(crate) mod router;
 pub(crate) mod state;
 #[cfg(test)]
@@ -232,6 +233,7 @@ async fn accept_loop(
             continue;
         };
         let (reader, writer) = socket.into_split();
+        let reader = quickack::QuickAck::new(reader);
         let conn =
             daemon.tracker.spawn(connection::serve(Arc::clone(daemon), conn_id, reader, writer));
         if !args.keep_alive {
