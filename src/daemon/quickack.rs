@@ -29,6 +29,10 @@ impl QuickAck {
         q
     }
 
+    pub(crate) fn into_inner(self) -> OwnedReadHalf {
+        self.inner
+    }
+
     #[cfg(any(target_os = "linux", target_os = "android"))]
     fn arm(&self) {
         use std::os::fd::AsRawFd;

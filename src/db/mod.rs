@@ -195,14 +195,14 @@ impl Db {
 /// however it dies, so a crash never leaves a stale lock. CLI commands do not take it.
 #[derive(Debug)]
 pub struct DaemonLock {
-    _file: Option<std::fs::File>,
+    file: Option<std::fs::File>,
 }
 
 impl DaemonLock {
     pub fn acquire(path: &DbPath) -> Result<DaemonLock, DbError> {
         let DbPath::File(db) = path else {
             // In-memory databases belong to this process alone.
-            return Ok(DaemonLock { _file: None });
+            return Ok(DaemonLock { file: None });
         };
         let lock_path = lock_path(db);
         let name = db.display().to_string();
@@ -234,7 +234,33 @@ impl DaemonLock {
         let _ = file.seek(std::io::SeekFrom::Start(0));
         let _ = write!(file, "{}", std::process::id());
         let _ = file.flush();
-        Ok(DaemonLock { _file: Some(file) })
+        Ok(DaemonLock { file: Some(file) })
+    }
+}
+
+impl DaemonLock {
+    /// The lock's open file, to pass on to the process a restart in place execs: the lock stays
+    /// held through the `exec`, with no moment in which another daemon could take it.
+    pub fn file(&self) -> Option<&std::fs::File> {
+        self.file.as_ref()
+    }
+
+    /// Takes over a lock a previous process of this daemon held and passed on, after checking
+    /// that `file` is the lock file of `path` (else the lock is acquired as usual).
+    #[cfg(unix)]
+    pub fn adopt(path: &DbPath, file: std::fs::File) -> Result<DaemonLock, DbError> {
+        use std::os::unix::fs::MetadataExt;
+        let DbPath::File(db) = path else { return DaemonLock::acquire(path) };
+        let same = match (file.metadata(), std::fs::metadata(lock_path(db))) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        };
+        if !same {
+            tracing::warn!("the inherited daemon lock is not {}'s; locking anew", db.display());
+            drop(file);
+            return DaemonLock::acquire(path);
+        }
+        Ok(DaemonLock { file: Some(file) })
     }
 }
 

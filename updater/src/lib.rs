@@ -6,7 +6,7 @@
 
 pub mod channel;
 mod hasher;
-mod hook;
+pub mod hook;
 pub mod http;
 pub mod install;
 pub mod manifest;
