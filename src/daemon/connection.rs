@@ -25,10 +25,24 @@ use super::state::Daemon;
 
 type PendingCalls = HashMap<i64, oneshot::Sender<Result<Value, RpcError>>>;
 
+/// Before authentication a peer is worth almost nothing: `Meta.Authenticate` is about 200 bytes,
+/// so longer lines are refused, and a peer that sends this many messages other than a valid
+/// `Meta.Authenticate` is dropped (its replies stay few, so a peer that never reads cannot make
+/// the writer block and the connection outlive its deadline).
+pub(super) const UNAUTHENTICATED_MAX_LINE: usize = 4 * 1024;
+const UNAUTHENTICATED_MAX_ERRORS: u32 = 8;
+/// The most requests one batch may hold.
+pub(super) const MAX_BATCH: usize = 1000;
+/// How long the authentication deadline's reply may take to go out before the connection is
+/// dropped whatever the writer is doing.
+const DEADLINE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The sending side of a connection, shared by its reader and every request running on it.
 pub(crate) struct Peer {
     pub id: u64,
     out: mpsc::Sender<Vec<u8>>,
+    /// Drops the connection at once, even mid-write: a peer past its authentication deadline.
+    kill: CancellationToken,
     pending: Mutex<PendingCalls>,
     next_call_id: AtomicI64,
     log_traffic: bool,
@@ -40,7 +54,10 @@ impl Peer {
         if self.log_traffic {
             traffic(self.id, "->", &line);
         }
-        let _ = self.out.send(line).await;
+        tokio::select! {
+            _ = self.out.send(line) => {}
+            _ = self.kill.cancelled() => {}
+        }
     }
 
     pub(crate) async fn notify(&self, method: &str, params: impl Serialize) {
@@ -115,9 +132,11 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let (tx, rx) = mpsc::channel(256);
+    let kill = CancellationToken::new();
     let peer = Arc::new(Peer {
         id: conn_id,
         out: tx,
+        kill: kill.clone(),
         pending: Mutex::default(),
         next_call_id: AtomicI64::new(0),
         log_traffic: daemon.config.log_traffic,
@@ -133,9 +152,10 @@ where
         authenticated: carried.authenticated || !daemon.config.require_auth,
         flow: carried.flow,
         in_flight: Arc::new(Semaphore::new(daemon.config.max_in_flight)),
+        errors: 0,
     };
     async move {
-        let writer_task = daemon.tracker.spawn(write_loop(writer, rx));
+        let writer_task = daemon.tracker.spawn(write_loop(writer, rx, kill.clone()));
         match conn.read_loop(reader).await {
             Ended::Rested(reader) => {
                 let carried = Carried { authenticated: conn.authenticated, flow: conn.flow.take() };
@@ -149,10 +169,21 @@ where
                 // Closing a connection cancels everything running on it (how butlerd clients
                 // cancel).
                 token.cancel();
+                let authenticated = conn.authenticated;
                 drop(conn);
+                if !authenticated {
+                    // Its last replies may go out, but a peer that never reads cannot hold the
+                    // connection (and its slot) open.
+                    let killer = kill.clone();
+                    daemon.tracker.spawn(async move {
+                        tokio::time::sleep(DEADLINE_GRACE).await;
+                        killer.cancel();
+                    });
+                }
                 if let Ok(mut writer) = writer_task.await {
                     let _ = writer.shutdown().await;
                 }
+                kill.cancel();
                 None
             }
         }
@@ -174,18 +205,33 @@ struct Connection {
     /// The open `Meta.Flow` request's id.
     flow: Option<Value>,
     in_flight: Arc<Semaphore>,
+    /// Messages refused before authentication.
+    errors: u32,
 }
 
 impl Connection {
     async fn read_loop<R: AsyncRead + Unpin>(&mut self, reader: R) -> Ended<R> {
-        let config = &self.daemon.config;
-        let mut lines = LineReader::new(reader, config.max_line_bytes);
-        let auth_deadline = Instant::now() + config.auth_timeout;
+        let max_line = self.daemon.config.max_line_bytes;
+        let limit = move |authenticated| match authenticated {
+            true => max_line,
+            false => max_line.min(UNAUTHENTICATED_MAX_LINE),
+        };
+        let mut lines = LineReader::new(reader, limit(self.authenticated));
+        let auth_deadline = Instant::now() + self.daemon.config.auth_timeout;
         loop {
+            lines.set_max(limit(self.authenticated));
+            if !self.authenticated && self.errors >= UNAUTHENTICATED_MAX_ERRORS {
+                let err = RpcError::invalid_request(
+                    "too many messages without authentication; closing the connection",
+                );
+                self.reply(&Value::Null, Err(err)).await;
+                return Ended::Closed;
+            }
             let resting = self.daemon.resting.is_cancelled();
             let frame = tokio::select! {
                 biased;
                 _ = self.token.cancelled() => return Ended::Closed,
+                _ = self.peer.kill.cancelled() => return Ended::Closed,
                 _ = self.daemon.resting.cancelled(), if !resting => continue,
                 // At rest once every request read so far is answered and no line is half-read;
                 // what the peer sends next waits in the socket for the next process.
@@ -210,11 +256,16 @@ impl Connection {
             match frame {
                 Ok(Frame::Line(line)) => self.on_line(&line).await,
                 Ok(Frame::TooLong(n)) => {
-                    let err = RpcError::invalid_request(format!(
-                        "message of {n}+ bytes exceeds the limit of {} bytes; skipped",
-                        self.daemon.config.max_line_bytes
-                    ))
-                    .with("limit", self.daemon.config.max_line_bytes);
+                    let max = limit(self.authenticated);
+                    let why = match self.authenticated {
+                        true => format!("message of {n}+ bytes exceeds the limit of {max} bytes"),
+                        false => format!(
+                            "message of {n}+ bytes exceeds the limit of {max} bytes before authentication"
+                        ),
+                    };
+                    let err =
+                        RpcError::invalid_request(format!("{why}; skipped")).with("limit", max);
+                    self.refused();
                     self.reply(&Value::Null, Err(err)).await;
                 }
                 Ok(Frame::Eof) => return Ended::Closed,
@@ -272,6 +323,7 @@ impl Connection {
                     let note = format!("(unparseable message, {} bytes)", line.len());
                     traffic(self.peer.id, "<-", note.as_bytes());
                 }
+                self.refused();
                 return self.reply(&Value::Null, Err(RpcError::parse_error(e))).await;
             }
         };
@@ -279,8 +331,24 @@ impl Connection {
             traffic(self.peer.id, "<-", &jsonrpc::to_line(&redact(&value)));
         }
         match value {
+            Value::Array(_) if !self.authenticated => {
+                // A batch could make one line cost thousands of replies: none before the secret.
+                self.errors = UNAUTHENTICATED_MAX_ERRORS;
+                let err = RpcError::invalid_request(
+                    "not authenticated: batches are refused before Meta.Authenticate",
+                );
+                self.reply(&Value::Null, Err(err)).await;
+            }
             Value::Array(items) if items.is_empty() => {
                 let err = RpcError::invalid_request("invalid request: empty batch");
+                self.reply(&Value::Null, Err(err)).await;
+            }
+            Value::Array(items) if items.len() > MAX_BATCH => {
+                let err = RpcError::invalid_request(format!(
+                    "batch of {} requests exceeds the limit of {MAX_BATCH}; send fewer at once",
+                    items.len()
+                ))
+                .with("limit", MAX_BATCH);
                 self.reply(&Value::Null, Err(err)).await;
             }
             Value::Array(items) => self.on_batch(items).await,
@@ -352,6 +420,7 @@ impl Connection {
                     return Some(Reply::Ready(id, result));
                 }
                 if !self.authenticated {
+                    self.refused();
                     let err = RpcError::invalid_request(
                         "not authenticated: call Meta.Authenticate with the secret from the listen notification first",
                     );
@@ -375,7 +444,17 @@ impl Connection {
                 self.peer.resolve(&id, result);
                 None
             }
-            Incoming::Invalid { id, error } => Some(Reply::Ready(id, Err(error))),
+            Incoming::Invalid { id, error } => {
+                self.refused();
+                Some(Reply::Ready(id, Err(error)))
+            }
+        }
+    }
+
+    /// Counts a message refused before authentication (see [`UNAUTHENTICATED_MAX_ERRORS`]).
+    fn refused(&mut self) {
+        if !self.authenticated {
+            self.errors += 1;
         }
     }
 
@@ -386,12 +465,15 @@ impl Connection {
             ));
         }
         let Some(secret) = params.get("secret").and_then(Value::as_str) else {
+            self.refused();
             return Err(RpcError::invalid_params("Meta.Authenticate", "missing string \"secret\""));
         };
         if self.daemon.secret_matches(secret) {
             self.authenticated = true;
+            self.daemon.authenticated(self.peer.id);
             Ok(json!({ "ok": true }))
         } else {
+            self.refused();
             Err(RpcError::invalid_request(
                 "invalid secret: it does not match the listen notification's",
             ))
@@ -491,7 +573,11 @@ impl AfterReply {
 
 /// The single writer: batches whatever is queued into one write, flushes when the queue is empty.
 /// Gives the writer back once every sender is gone and the queue is written (or writing failed).
-async fn write_loop<W: AsyncWrite + Unpin>(mut writer: W, mut rx: mpsc::Receiver<Vec<u8>>) -> W {
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut writer: W,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    kill: CancellationToken,
+) -> W {
     const BATCH: usize = 64 * 1024;
     let mut buf = Vec::new();
     while let Some(first) = rx.recv().await {
@@ -502,7 +588,11 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut writer: W, mut rx: mpsc::Receiver
                 Err(_) => break,
             }
         }
-        if writer.write_all(&buf).await.is_err() || writer.flush().await.is_err() {
+        let written = tokio::select! {
+            r = async { writer.write_all(&buf).await?; writer.flush().await } => r.is_ok(),
+            _ = kill.cancelled() => false,
+        };
+        if !written {
             return writer;
         }
         buf.clear();
@@ -516,12 +606,12 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut writer: W, mut rx: mpsc::Receiver
 /// `Meta.Authenticate`'s secret never reaches a log.
 fn redact(value: &Value) -> Value {
     let mut v = value.clone();
+    // Whatever shape its params take (object, array, a bare string), none of it is logged.
     let redact_one = |m: &mut Value| {
         if m.get("method").and_then(Value::as_str) == Some("Meta.Authenticate")
-            && let Some(p) = m.get_mut("params").and_then(Value::as_object_mut)
-            && p.contains_key("secret")
+            && let Some(p) = m.get_mut("params")
         {
-            p.insert("secret".into(), Value::String("[redacted]".into()));
+            *p = Value::String("[redacted]".into());
         }
     };
     match &mut v {

@@ -26,6 +26,11 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
         LineReader { inner: BufReader::with_capacity(8 * 1024, inner), max, line: Vec::new() }
     }
 
+    /// Changes the longest line accepted from the next line on (larger once authenticated).
+    pub(super) fn set_max(&mut self, max: usize) {
+        self.max = max;
+    }
+
     /// Nothing read and not yet framed: no partial line, no buffered bytes.
     pub(super) fn is_empty(&self) -> bool {
         self.line.is_empty() && self.inner.buffer().is_empty()

@@ -321,6 +321,9 @@ async fn accept_loop(
     rested: &RestedConnections,
 ) -> Option<TcpListener> {
     let slots = Arc::new(Semaphore::new(args.max_connections));
+    // One-connection mode (no --keep-alive) serves the first connection to authenticate, not the
+    // first to connect: a peer without the secret cannot lock the launcher out.
+    let mut single = std::collections::HashMap::new();
     loop {
         let socket = tokio::select! {
             // Shutdown first: a client that connects after it started must wait in the backlog
@@ -328,6 +331,13 @@ async fn accept_loop(
             biased;
             _ = daemon.shutdown.cancelled() => return Some(listener),
             _ = daemon.resting.cancelled() => return Some(listener),
+            chosen = daemon.first_authenticated(), if !args.keep_alive => {
+                drop(listener);
+                if let Some(conn) = single.remove(&chosen) {
+                    let _ = conn.await;
+                }
+                return None;
+            }
             accepted = listener.accept() => match accepted {
                 Ok((socket, _)) => socket,
                 Err(e) => {
@@ -344,17 +354,14 @@ async fn accept_loop(
             continue;
         };
         let conn = spawn_connection(daemon, socket, conn_id, Carried::default(), rested);
-        if !args.keep_alive {
-            // Upstream's one-connection mode: no more accepts; exit when this one closes.
-            drop(listener);
-            let _ = conn.await;
-            drop(slot);
-            return None;
-        }
-        daemon.tracker.spawn(async move {
+        let conn = daemon.tracker.spawn(async move {
             let _ = conn.await;
             drop(slot);
         });
+        if !args.keep_alive {
+            single.retain(|_, c: &mut tokio::task::JoinHandle<()>| !c.is_finished());
+            single.insert(conn_id, conn);
+        }
     }
 }
 

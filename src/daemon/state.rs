@@ -65,6 +65,8 @@ pub(crate) struct Daemon {
     flows: Mutex<Vec<Weak<Peer>>>,
     db: watch::Receiver<DbState>,
     pub restart: Arc<RestartGate>,
+    /// The first connection to authenticate: in one-connection mode, the one that is served.
+    first_authenticated: watch::Sender<Option<u64>>,
     /// The version installed over this still-running one (by `Update.Apply`/`Rollback` without a
     /// restart): what is on disk, so checks compare against it and launchers learn that only a
     /// restart is missing.
@@ -164,7 +166,27 @@ impl Daemon {
             flows: Mutex::default(),
             db,
             restart: Arc::default(),
+            first_authenticated: watch::Sender::new(None),
             awaiting_restart: Mutex::new(None),
+        }
+    }
+
+    /// Connection `conn` authenticated.
+    pub(crate) fn authenticated(&self, conn: u64) {
+        self.first_authenticated.send_if_modified(|first| {
+            let unset = first.is_none();
+            first.get_or_insert(conn);
+            unset
+        });
+    }
+
+    /// Resolves with the first connection to authenticate.
+    pub(crate) async fn first_authenticated(&self) -> u64 {
+        let mut rx = self.first_authenticated.subscribe();
+        match rx.wait_for(Option::is_some).await {
+            Ok(first) => first.unwrap_or_default(),
+            // The sender lives as long as `self`.
+            Err(_) => std::future::pending().await,
         }
     }
 

@@ -281,4 +281,28 @@ fn memory() {
         None,
     );
     drop(conns);
+
+    // Peers without the secret: as many as the daemon admits, each with a line as long as it
+    // takes before authentication, never finished and never read.
+    let (d, _) = spawn();
+    std::thread::sleep(Duration::from_millis(200));
+    let idle = rss_mib(d.child.id());
+    let garbage = vec![b'x'; 4095];
+    let hostile: Vec<TcpStream> = (0..4000)
+        .filter_map(|_| {
+            let mut s = TcpStream::connect(&d.address).ok()?;
+            s.write_all(&garbage).ok()?;
+            Some(s)
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let held = rss_mib(d.child.id()) - idle;
+    report(
+        "daemon RSS added by 4,000 unauthenticated peers",
+        format!("{held:.1} MiB"),
+        "<= 64 MiB",
+        held <= 64.0,
+        Some(format!("{} connections held, 4 KiB unfinished line each", hostile.len())),
+    );
+    drop(hostile);
 }
