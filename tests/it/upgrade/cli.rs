@@ -77,7 +77,28 @@ fn unsigned_broth_works_and_says_so_until_the_channel_was_signed() {
         std::fs::remove_file(signed.file(sig)).unwrap();
     }
     let out = inst.run(&signed, &["-y"]);
-    assert_failed_with(&out, 6, "served signatures before");
+    assert_failed_with(&out, 6, "signed");
+    inst.assert_untouched(&out);
+}
+
+#[test]
+fn with_a_trusted_key_nothing_unsigned_is_installed_even_on_a_fresh_database() {
+    let f = fixtures();
+    // LATEST signed but the manifest's signature missing, then nothing signed at all.
+    let half = Broth::new(true);
+    std::fs::remove_file(half.file(&format!("{}/manifest.json.minisig", f.new_version))).unwrap();
+    let inst = Install::new();
+    let out = inst.run(&half, &["-y"]);
+    assert_failed_with(&out, 6, "signed");
+    inst.assert_untouched(&out);
+
+    let none = Broth::new(true);
+    for sig in ["LATEST.minisig", &format!("{}/manifest.json.minisig", f.new_version)] {
+        std::fs::remove_file(none.file(sig)).unwrap();
+    }
+    let inst = Install::new();
+    let out = inst.run(&none, &["-y"]);
+    assert_failed_with(&out, 6, "signed");
     inst.assert_untouched(&out);
 }
 
@@ -207,7 +228,7 @@ fn head_channel_updates_when_the_version_differs() {
         set_latest: true,
     };
     butler_release::publish(&p, Some(key())).unwrap();
-    let broth = Broth { server: Server::start(dir.path().to_owned()), _dir: dir };
+    let broth = Broth { server: Server::start(dir.path().to_owned()), _dir: dir, signed: true };
     let inst = Install::new();
     let out = inst.run(&broth, &["--head", "-y"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -409,7 +430,7 @@ fn an_expired_latest_is_stale_not_up_to_date() {
     let f = fixtures();
     let dir = tempfile::tempdir().unwrap();
     publish(dir.path(), &f.new, &f.new_version, true, Some(key()), 0);
-    let broth = Broth { server: Server::start(dir.path().to_owned()), _dir: dir };
+    let broth = Broth { server: Server::start(dir.path().to_owned()), _dir: dir, signed: true };
     let inst = Install::new();
     for args in [&["--check"][..], &["-y"][..]] {
         let out = inst.run(&broth, args);
@@ -424,7 +445,7 @@ fn a_binary_reporting_another_version_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     // The new build published under a version it does not report: mix-and-match.
     publish(dir.path(), &f.new, "7.7.7", true, Some(key()), 3600);
-    let broth = Broth { server: Server::start(dir.path().to_owned()), _dir: dir };
+    let broth = Broth { server: Server::start(dir.path().to_owned()), _dir: dir, signed: true };
     let inst = Install::new();
     let out = inst.run(&broth, &["-y"]);
     assert_failed_with(&out, 6, "reports version");
@@ -578,7 +599,7 @@ fn a_candidate_failing_the_daemon_check_is_never_chosen() {
     let tree = tempfile::tempdir().unwrap();
     publish(tree.path(), &f.old, &f.old_version, false, Some(key()), 3600);
     publish(tree.path(), &script, &f.new_version, true, Some(key()), 3600);
-    let broth = Broth { server: Server::start(tree.path().to_owned()), _dir: tree };
+    let broth = Broth { server: Server::start(tree.path().to_owned()), _dir: tree, signed: true };
     let inst = Install::new();
     let root = inst.home.path().join("app");
     std::fs::create_dir_all(root.join("versions")).unwrap();

@@ -48,7 +48,7 @@ fn the_daemon_reports_a_stale_latest_and_a_missing_server() {
     let f = fixtures();
     let dir = tempfile::tempdir().unwrap();
     publish(dir.path(), &f.new, &f.new_version, true, Some(key()), 0);
-    let broth = Broth { server: Server::start(dir.path().to_owned()), _dir: dir };
+    let broth = Broth { server: Server::start(dir.path().to_owned()), _dir: dir, signed: true };
     let home = TestHome::new();
     let start = |url: String| {
         let mut cmd = home.butler();
@@ -441,7 +441,8 @@ fn the_daemon_does_not_restart_into_a_build_that_cannot_take_over_or_while_games
     );
     let tree = tempfile::tempdir().unwrap();
     publish(tree.path(), &script, "9.9.9", true, Some(key()), 3600);
-    let old_style = Broth { server: Server::start(tree.path().to_owned()), _dir: tree };
+    let old_style =
+        Broth { server: Server::start(tree.path().to_owned()), _dir: tree, signed: true };
     let inst = Install::new();
     let d = daemon_from(&inst, &old_style);
     let mut c = d.client();
