@@ -70,6 +70,8 @@ pub enum ErrorKind {
     Network { url: String, why: String },
     #[error("GET {url}: stalled: {why}")]
     Stalled { url: String, why: String },
+    #[error("GET {url}: the download did not finish within {limit:?}; the next try resumes it")]
+    TooSlow { url: String, limit: Duration },
     #[error("GET {url}: the body is larger than the limit of {limit} bytes")]
     TooLarge { url: String, limit: u64 },
     #[error("GET {url}: the body ended after {got} of {expected} bytes")]
@@ -145,6 +147,7 @@ impl ErrorKind {
             | ErrorKind::Network { .. }
             | ErrorKind::NotFound(_) => ErrorClass::Network,
             ErrorKind::Stalled { .. }
+            | ErrorKind::TooSlow { .. }
             | ErrorKind::TooLarge { .. }
             | ErrorKind::Truncated { .. } => ErrorClass::Download,
             ErrorKind::BadLatest(_)
