@@ -88,6 +88,45 @@ pub fn home_dir() -> Result<PathBuf, DbError> {
         .ok_or(DbError::NoHome)
 }
 
+/// Creates `dir` and any missing parents owner-only (0700): butler's folders hold logs, state
+/// and credentials. Folders that exist already are left as they are.
+pub(crate) fn create_private_dir_all(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
+}
+
+/// Options that create a file owner-only (0600).
+pub(crate) fn private_file() -> std::fs::OpenOptions {
+    let mut opts = std::fs::OpenOptions::new();
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    opts
+}
+
+/// The database file exists and only its owner can read it; SQLite gives its WAL and shared
+/// memory files the same mode.
+fn make_private_file(path: &Path) -> std::io::Result<()> {
+    match private_file().write(true).create_new(true).open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = std::fs::metadata(path)?.permissions().mode();
+                if mode & 0o077 != 0 {
+                    let narrowed = std::fs::Permissions::from_mode(mode & 0o700);
+                    std::fs::set_permissions(path, narrowed)?;
+                }
+            }
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Opens (creating if needed) and migrates the database.
 pub fn open(path: &DbPath) -> Result<Connection, DbError> {
     let name = path.display();
@@ -98,8 +137,11 @@ pub fn open(path: &DbPath) -> Result<Connection, DbError> {
     let conn = match path {
         DbPath::File(p) => {
             if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
-                fs_err::create_dir_all(dir)
+                create_private_dir_all(dir)
                     .map_err(|source| DbError::CreateDir { path: dir.to_owned(), source })?;
+            }
+            if let Err(e) = make_private_file(p) {
+                tracing::warn!("could not make {} owner-only: {e}", p.display());
             }
             Connection::open_with_flags(p, flags)
         }
@@ -207,10 +249,10 @@ impl DaemonLock {
         let lock_path = lock_path(db);
         let name = db.display().to_string();
         if let Some(dir) = lock_path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            fs_err::create_dir_all(dir)
+            create_private_dir_all(dir)
                 .map_err(|source| DbError::CreateDir { path: dir.to_owned(), source })?;
         }
-        let mut file = std::fs::OpenOptions::new()
+        let mut file = private_file()
             .read(true)
             .write(true)
             .create(true)

@@ -765,7 +765,8 @@ impl Updater {
     /// `None` sends downloads to the staging folder instead.
     fn lock_cache(&self) -> Option<(PathBuf, install::InstallLock)> {
         let dir = self.cache_dir.as_ref()?;
-        let usable = fs_err::create_dir_all(dir).is_ok() && install::check_writable(dir).is_ok();
+        let usable =
+            install::create_private_dir_all(dir).is_ok() && install::check_writable(dir).is_ok();
         let lock = install::InstallLock::acquire(dir).ok().filter(|_| usable)?;
         Some((dir.clone(), lock))
     }

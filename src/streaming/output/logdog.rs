@@ -158,7 +158,7 @@ impl LogdogOutput {
             )));
         }
         let publish_url = publish_url(&topic)?;
-        create_private_dir(&cfg.spool_dir).map_err(|source| OutputError::Io {
+        crate::db::create_private_dir_all(&cfg.spool_dir).map_err(|source| OutputError::Io {
             path: cfg.spool_dir.display().to_string(),
             source,
         })?;
@@ -242,7 +242,13 @@ impl LogdogOutput {
         let mut content = self.topic.clone().into_bytes();
         content.push(b'\n');
         content.extend_from_slice(msg);
-        write_private(&tmp, &content).map_err(io(&tmp))?;
+        let written = crate::db::private_file()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, &content));
+        written.map_err(io(&tmp))?;
         let dst = dir.join(format!("{name}.msg"));
         std::fs::rename(&tmp, &dst).map_err(io(&dst))?;
         tracing::warn!("bundle spooled to {} for a later retry", dst.display());
@@ -292,26 +298,6 @@ impl LogdogOutput {
         }
         0
     }
-}
-
-/// Creates `dir` (and its parents) owner-only; an existing one is narrowed to the owner.
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-    }
-    Ok(())
-}
-
-/// Spool files and folders hold log text and the prefix secret: the owner's alone.
-fn write_private(path: &Path, content: &[u8]) -> std::io::Result<()> {
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    std::io::Write::write_all(&mut opts.open(path)?, content)
 }
 
 /// The Pub/Sub publish URL for `projects/<p>/topics/<t>`, on the endpoint this run is
