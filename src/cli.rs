@@ -108,6 +108,49 @@ pub(crate) enum Command {
     /// Read the local log store.
     #[command(subcommand)]
     Logs(streaming::cli::LogsCommand),
+    /// Internal: watches a build the daemon restarted into (started by the daemon itself).
+    #[command(hide = true)]
+    DaemonProbation(ProbationArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ProbationArgs {
+    #[arg(long)]
+    pid: u32,
+    /// The build on probation (`--version` is the global flag).
+    #[arg(long)]
+    build: String,
+    #[arg(long)]
+    previous: String,
+    #[arg(long)]
+    exe: std::path::PathBuf,
+    #[arg(long)]
+    period_ms: u64,
+    #[arg(long)]
+    db: Option<std::path::PathBuf>,
+    #[arg(long)]
+    snapshot: Option<std::path::PathBuf>,
+    #[arg(long)]
+    broth_url: String,
+    /// The daemon's own arguments.
+    #[arg(last = true)]
+    daemon_args: Vec<std::ffi::OsString>,
+}
+
+impl ProbationArgs {
+    pub(crate) fn watch(self) -> crate::daemon::probation::Watch {
+        crate::daemon::probation::Watch {
+            pid: self.pid,
+            version: self.build,
+            previous: self.previous,
+            exe: self.exe,
+            period: Duration::from_millis(self.period_ms),
+            dbpath: self.db,
+            snapshot: self.snapshot,
+            broth_url: self.broth_url,
+            daemon_args: self.daemon_args,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -169,6 +212,11 @@ pub(crate) struct DaemonArgs {
     #[arg(long, hide = true, default_value_t = 4096)]
     pub(crate) max_connections: usize,
 
+    /// How long a build restarted into (`Update.Apply {restart: true}`) must stay up before it
+    /// is trusted; if it dies or never answers, the previous build serves again. 0: no watchdog.
+    #[arg(long, hide = true, env = "BUTLER_UPDATE_PROBATION", default_value = "30s", value_parser = parse_duration)]
+    pub(crate) update_probation: Duration,
+
     /// How long shutdown waits for in-flight work before exiting anyway.
     #[arg(long, hide = true, default_value = "3s", value_parser = parse_duration)]
     pub(crate) drain_timeout: Duration,
@@ -192,6 +240,7 @@ impl DaemonArgs {
             max_line_bytes: self.max_line_bytes,
             max_connections: self.max_connections,
             drain_timeout: self.drain_timeout,
+            probation: self.update_probation,
         }
     }
 }

@@ -50,6 +50,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Serve(args) => streaming::cli::serve(args, &global),
         Command::Run(args) => streaming::cli::run(args, &global),
         Command::Logs(cmd) => streaming::cli::logs(cmd, &global),
+        Command::DaemonProbation(args) => daemon::probation::run(args.watch()),
     }
 }
 

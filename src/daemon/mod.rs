@@ -10,6 +10,7 @@ pub(crate) mod hand_over;
 pub(crate) mod jsonrpc;
 mod methods;
 mod notifications;
+pub(crate) mod probation;
 mod quickack;
 pub(crate) mod router;
 pub(crate) mod state;
@@ -60,10 +61,14 @@ pub(crate) struct DaemonSettings {
     pub(crate) max_line_bytes: usize,
     pub(crate) max_connections: usize,
     pub(crate) drain_timeout: Duration,
+    /// How long a build restarted into must stay up before it is trusted; zero: no watchdog.
+    pub(crate) probation: Duration,
 }
 
 /// Runs the daemon until it shuts down; success on any graceful shutdown.
 pub(crate) fn run(args: DaemonSettings, reporter: Reporter) -> anyhow::Result<ExitStatus> {
+    #[cfg(debug_assertions)]
+    test_fault();
     // SAFETY: the runtime is not built yet and nothing before this starts threads.
     let inherited = unsafe { hand_over::take() }?;
     raise_fd_limit();
@@ -125,6 +130,7 @@ async fn serve(
     ));
 
     let resumed = inherited.is_some();
+    let mut alive = inherited.as_mut().and_then(|i| i.alive.take());
     let rested = RestedConnections::default();
     let mut news = None;
     let listener = match (stdio, inherited) {
@@ -179,8 +185,9 @@ async fn serve(
         announce(&daemon, news).await;
     }
     // The database opens in the background; requests that need it wait for it.
+    let opening = db_path.clone();
     tokio::task::spawn_blocking(move || {
-        let state = match db::open(&db_path) {
+        let state = match db::open(&opening) {
             Ok(conn) => DbState::Ready(Db::new(conn)),
             Err(e) => {
                 reporter.log(Level::Error, &format!("the database could not be opened: {e}"));
@@ -230,10 +237,39 @@ async fn serve(
     if let (Some(listener), Some(restart)) = (&kept, daemon.restart.target()) {
         let exe = restart.exe.clone();
         reporter.log(Level::Info, &format!("restarting into {}", exe.display()));
+        let mut on_probation = None;
+        #[cfg(unix)]
+        if restart.carries_connections
+            && !args.probation.is_zero()
+            && let Some(hand_over::Announcement::Applied { installed_version, .. }) = &restart.news
+        {
+            let watch = probation::Watch {
+                pid: std::process::id(),
+                version: installed_version.clone(),
+                previous: crate::version::VERSION.to_owned(),
+                exe: daemon.config.exe.clone(),
+                period: args.probation,
+                dbpath: match &db_path {
+                    DbPath::File(p) => Some(p.clone()),
+                    DbPath::Special(_) => None,
+                },
+                snapshot: snapshot_database(&daemon, &db_path).await,
+                broth_url: args.update.broth_url.clone(),
+                daemon_args: std::env::args_os().skip(1).collect(),
+            };
+            let secret = daemon.secret_for_listen_notification();
+            match probation::start(&watch, listener, secret) {
+                Ok(fd) => on_probation = Some(fd),
+                Err(e) => tracing::warn!("restarting without a probation watchdog: {e}"),
+            }
+        }
+        // Whoever watched this build may rest: it hands over as it should.
+        say_ok(&mut alive);
         let more = restart.carries_connections.then(|| hand_over::PassingMore {
             lock: lock.file(),
             connections: std::mem::take(&mut *lock_rested(&rested)),
             news: restart.news,
+            alive: on_probation,
         });
         let passing =
             hand_over::Passing { listener, secret: daemon.secret_for_listen_notification(), more };
@@ -244,6 +280,7 @@ async fn serve(
         )
         .into());
     }
+    say_ok(&mut alive);
     drop(lock);
     reporter.log(Level::Info, "butler daemon stopped");
     Ok(ExitStatus::Success)
@@ -437,6 +474,53 @@ fn is_zombie(pid: u32) -> bool {
 fn process_alive(_pid: u32) -> bool {
     // Windows would wait on the process handle; destiny pids are not watched there yet.
     true
+}
+
+/// Debug builds only: `BUTLER_TEST_FAULT=crash@<version>` or `exit-after-ms=<n>@<version>` makes
+/// that build's daemon fail, so tests can show a restart into it is undone.
+#[cfg(debug_assertions)]
+fn test_fault() {
+    let Ok(fault) = std::env::var("BUTLER_TEST_FAULT") else { return };
+    let Some((what, version)) = fault.split_once('@') else { return };
+    if version != crate::version::VERSION {
+        return;
+    }
+    if what == "crash" {
+        std::process::abort();
+    }
+    if let Some(ms) = what.strip_prefix("exit-after-ms=").and_then(|ms| ms.parse().ok()) {
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(ms));
+            std::process::exit(3);
+        });
+    }
+}
+
+/// Tells a probation watchdog watching this process that it ends (or hands over) as it should.
+fn say_ok(alive: &mut Option<std::fs::File>) {
+    use std::io::Write;
+    if let Some(mut pipe) = alive.take() {
+        let _ = pipe.write_all(probation::OK);
+    }
+}
+
+/// A consistent copy of the database, taken before switching away from this build, so a
+/// failed successor can be undone with the data as this build knew it.
+async fn snapshot_database(daemon: &Daemon, db: &DbPath) -> Option<std::path::PathBuf> {
+    let DbPath::File(file) = db else { return None };
+    let snapshot = probation::snapshot_path(file, crate::version::VERSION);
+    let _ = std::fs::remove_file(&snapshot);
+    let conn = daemon.db().await.ok()?;
+    let target = snapshot.clone();
+    let taken =
+        conn.call(move |c| Ok(c.execute("VACUUM INTO ?1", [target.display().to_string()])?)).await;
+    match taken {
+        Ok(_) => Some(snapshot),
+        Err(e) => {
+            tracing::warn!("no database snapshot before the restart: {e}");
+            None
+        }
+    }
 }
 
 /// Each connection is a descriptor; the default soft limit (often 1024) is too low for a daemon
