@@ -67,17 +67,43 @@ pub(crate) struct DaemonSettings {
 
 /// Runs the daemon until it shuts down; success on any graceful shutdown.
 pub(crate) fn run(args: DaemonSettings, reporter: Reporter) -> anyhow::Result<ExitStatus> {
-    #[cfg(debug_assertions)]
-    test_fault();
     // SAFETY: the runtime is not built yet and nothing before this starts threads.
     let inherited = unsafe { hand_over::take() }?;
+    // A versioned root's chosen build counts its starts; one that keeps failing is undone here.
+    #[cfg(unix)]
+    let started = match (&inherited, args.probation.is_zero()) {
+        (None, false) => {
+            let exe = std::env::current_exe().context("finding the running executable")?;
+            let db = match DbPath::resolve(args.dbpath.as_deref())? {
+                DbPath::File(p) => Some(p),
+                DbPath::Special(_) => None,
+            };
+            probation::count_start(&exe, db.as_deref(), &args.update.broth_url)?
+        }
+        _ => None,
+    };
+    #[cfg(debug_assertions)]
+    test_fault();
     raise_fd_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    #[cfg(unix)]
+    if let Some(started) = started.clone() {
+        let period = args.probation;
+        runtime.spawn(async move {
+            tokio::time::sleep(period).await;
+            started.stayed_up();
+        });
+    }
     let result = runtime.block_on(serve(args, reporter, inherited));
+    // A clean stop is no failed start either.
+    #[cfg(unix)]
+    if let (Ok(ExitStatus::Success), Some(started)) = (&result, started) {
+        started.stayed_up();
+    }
     // stdin readers and database work may still sit on blocking threads; do not wait for them.
     runtime.shutdown_timeout(Duration::from_millis(100));
     result

@@ -6,6 +6,12 @@
 //! answers `Version.Get`, the watchdog stops it, puts the previous binary and the snapshot back,
 //! records the failure and remembers the version as bad, then becomes the daemon again in its
 //! place: same address, same secret.
+//!
+//! A versioned root (`<root>/versions/<v>/`, `.chosen-version`) is started by the launcher, not
+//! restarted in place, so its probation is a start counter beside `.chosen-version`: every daemon
+//! start of the chosen build counts, staying up for the probation period clears the count, and
+//! the third start in a row that did not stay up chooses the previous version again and execs it
+//! instead (same pid, so the launcher never notices).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -44,11 +50,96 @@ pub(crate) struct Watch {
     pub(crate) daemon_args: Vec<std::ffi::OsString>,
 }
 
-/// Where the snapshot of `db` taken before a switch away from `version` goes: beside it.
+/// Where the database as `version` left it is kept when switching away from it: beside the
+/// database, named for the version it belongs to.
 pub(super) fn snapshot_path(db: &Path, version: &str) -> PathBuf {
     let mut name = db.as_os_str().to_owned();
-    name.push(format!(".before-{version}.snapshot"));
+    name.push(format!(".v{version}.snapshot"));
     PathBuf::from(name)
+}
+
+/// Counted daemon starts of a versioned root's chosen build, beside `.chosen-version`.
+const STARTS_FILE: &str = ".chosen-version.starts";
+/// The start that finds this many earlier ones that did not stay up chooses the previous build.
+const MAX_FAILED_STARTS: u32 = 2;
+
+/// Counts this start of a versioned root's chosen build; when the builds before this start did
+/// not stay up, undoes the choice and execs the previous build with the same arguments (does
+/// not return then). `stayed_up` is to be called once the daemon has served for the probation.
+#[cfg(unix)]
+pub(crate) fn count_start(
+    exe: &Path,
+    dbpath: Option<&Path>,
+    broth_url: &str,
+) -> anyhow::Result<Option<StartCount>> {
+    let butler_updater::Target::Versioned { root } = update::install_target(exe) else {
+        return Ok(None);
+    };
+    let chosen = butler_updater::install::chosen_version(&root)?;
+    if chosen.as_deref() != Some(crate::version::VERSION) {
+        return Ok(None);
+    }
+    let file = root.join(STARTS_FILE);
+    let earlier = std::fs::read_to_string(&file)
+        .ok()
+        .and_then(|s| {
+            let (v, n) = s.trim().split_once(' ')?;
+            (v == crate::version::VERSION).then(|| n.parse::<u32>().ok()).flatten()
+        })
+        .unwrap_or(0);
+    if earlier < MAX_FAILED_STARTS {
+        fs_err::write(&file, format!("{} {}\n", crate::version::VERSION, earlier + 1))?;
+        return Ok(Some(StartCount { file }));
+    }
+    let why = format!("{} did not stay up in {earlier} starts in a row", crate::version::VERSION);
+    tracing::error!("{why}; choosing the previous version again");
+    let _ = std::fs::remove_file(&file);
+    let previous = butler_updater::install::rollback_versioned(&root)
+        .with_context(|| format!("undoing {}", crate::version::VERSION))?;
+    if let Some(db) = dbpath {
+        let snapshot = snapshot_path(db, &previous);
+        if snapshot.is_file() {
+            restore_database(db, &snapshot)?;
+        }
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let channel = butler_updater::Channel::current(false);
+        let history = History::open(
+            dbpath.map(|p| p.display().to_string()),
+            broth_url,
+            &channel.name(),
+            &root.display().to_string(),
+        );
+        history.remember_bad(crate::version::VERSION, &why).await;
+        let message = format!("{why}; {previous} chosen again");
+        let r = Record::new(Action::Rollback, Outcome::RolledBack);
+        let r = Record {
+            from: Some(crate::version::VERSION),
+            to: Some(&previous),
+            note: Some(&message),
+            ..r
+        };
+        history.record(r).await;
+    });
+    drop(runtime);
+    let exe_name = exe.file_name().unwrap_or_default();
+    let next = root.join("versions").join(&previous).join(exe_name);
+    let mut cmd = std::process::Command::new(&next);
+    let err = std::os::unix::process::CommandExt::exec(cmd.args(std::env::args_os().skip(1)));
+    Err(anyhow::anyhow!("could not start {} again: {err}", next.display()))
+}
+
+/// A counted start; [`StartCount::stayed_up`] clears the count.
+#[derive(Debug, Clone)]
+pub(crate) struct StartCount {
+    file: PathBuf,
+}
+
+impl StartCount {
+    pub(crate) fn stayed_up(&self) {
+        let _ = std::fs::remove_file(&self.file);
+    }
 }
 
 /// Runs the watchdog until the build on probation has proven itself, stopped cleanly, or been

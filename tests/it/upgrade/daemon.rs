@@ -735,3 +735,44 @@ fn a_build_that_crashes_on_start_after_a_restart_is_undone() {
 fn a_build_that_exits_soon_after_a_restart_is_undone() {
     a_failing_build_is_undone_after_a_restart("exit-after-ms=1500");
 }
+
+#[test]
+fn a_versioned_build_that_keeps_failing_to_start_is_undone_on_its_third_start() {
+    use serde_json::json;
+    let f = fixtures();
+    let broth = Broth::new(true);
+    let inst = Install::new();
+    let root = inst.home.path().join("app");
+    let root_s = root.to_str().unwrap();
+    for to in [&f.old_version, &f.new_version] {
+        let out = inst.cmd(&broth, &["-y", "--root", root_s, "--to", to]).output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let exe = root.join("versions").join(&f.new_version).join("butler");
+    // The launcher starts the chosen build; it crashes at once, every time.
+    let daemon = || {
+        let mut cmd = Command::new(&exe);
+        inst.env(&mut cmd, &broth);
+        cmd.env("BUTLER_UPDATE_PROBATION", "10s")
+            .env("BUTLER_TEST_FAULT", format!("crash@{}", f.new_version))
+            .args(["--json", "daemon", "--transport", "tcp", "--keep-alive"]);
+        cmd
+    };
+    for start in 1..=2 {
+        let out = daemon().output().unwrap();
+        assert!(!out.status.success(), "start {start} did not crash");
+    }
+    // The third start chooses the previous build again and becomes it.
+    let d = crate::util::DaemonProc::start_cmd(daemon());
+    let mut c = d.client();
+    let (v, _) = call(&mut c, 1, "Version.Get", json!({}));
+    assert_eq!(v["result"]["version"], format!("v{}", f.old_version), "{v}");
+    assert_eq!(std::fs::read_to_string(root.join(".chosen-version")).unwrap(), f.old_version);
+    let (s, _) = call(&mut c, 2, "Update.Status", json!({}));
+    assert_eq!(s["result"]["badVersions"][0]["version"], f.new_version.as_str(), "{s}");
+    let undone = &s["result"]["history"][0];
+    assert_eq!(undone["outcome"], "rolled-back", "{s}");
+    assert!(undone["message"].as_str().unwrap().contains("did not stay up"), "{s}");
+    let (r, _) = call(&mut c, 3, "Meta.Shutdown", json!({}));
+    assert!(r.get("result").is_some(), "{r}");
+}
