@@ -4,7 +4,7 @@ use std::ffi::OsString;
 
 use std::time::Duration;
 
-use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::daemon::{DaemonSettings, Transport};
 use crate::streaming;
@@ -153,17 +153,28 @@ impl ProbationArgs {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub(crate) enum TransportArg {
-    Tcp,
-    Stdio,
+/// `--transport`: `tcp`, `stdio`, or `unix:<path>`.
+fn parse_transport(s: &str) -> Result<Transport, String> {
+    match s {
+        "tcp" => Ok(Transport::Tcp),
+        "stdio" => Ok(Transport::Stdio),
+        _ => match s.strip_prefix("unix:") {
+            Some(path) if !path.is_empty() && cfg!(unix) => Ok(Transport::Unix(path.into())),
+            Some(_) if cfg!(unix) => {
+                Err("unix: needs a socket path, as in unix:/run/user/1000/butler.sock".into())
+            }
+            Some(_) => Err("unix: sockets are for unix; on Windows use tcp".into()),
+            None => Err(format!("{s:?} is not a transport (tcp, stdio, unix:<path>)")),
+        },
+    }
 }
 
 #[derive(Debug, Args)]
 pub(crate) struct DaemonArgs {
-    /// How clients connect: loopback TCP (with a secret) or this process's stdin/stdout.
-    #[arg(long, value_enum, default_value = "tcp")]
-    pub(crate) transport: TransportArg,
+    /// How clients connect: loopback TCP (with a secret), this process's stdin/stdout, or an
+    /// owner-only unix socket, unix:<path> (with a secret).
+    #[arg(long, default_value = "tcp", value_parser = parse_transport, value_name = "tcp|stdio|unix:PATH")]
+    pub(crate) transport: Transport,
 
     /// TCP: serve any number of connections until shut down (else exactly one).
     #[arg(long)]
@@ -225,10 +236,7 @@ pub(crate) struct DaemonArgs {
 impl DaemonArgs {
     pub(crate) fn settings(&self, global: &GlobalArgs) -> DaemonSettings {
         DaemonSettings {
-            transport: match self.transport {
-                TransportArg::Tcp => Transport::Tcp,
-                TransportArg::Stdio => Transport::Stdio,
-            },
+            transport: self.transport.clone(),
             keep_alive: self.keep_alive,
             destiny_pids: self.destiny_pids.clone(),
             log_traffic: self.log,

@@ -34,12 +34,15 @@ use connection::Carried;
 use state::{Config, Daemon, DbState};
 
 /// How clients reach the daemon.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Transport {
     /// Loopback TCP, with a secret.
     Tcp,
     /// This process's stdin/stdout; no secret.
     Stdio,
+    /// A unix socket at this path (owner-only), with a secret: for firewalls that inspect
+    /// loopback TCP.
+    Unix(std::path::PathBuf),
 }
 
 /// How the daemon runs, resolved from its command line (`crate::cli::DaemonArgs`).
@@ -145,7 +148,7 @@ async fn serve(
             dbpath: args.dbpath.clone(),
             update: args.update.clone(),
             exe: std::env::current_exe().context("finding the running executable")?,
-            can_hand_over: cfg!(unix) && !stdio && args.keep_alive,
+            can_hand_over: cfg!(unix) && args.transport == Transport::Tcp && args.keep_alive,
         },
         methods::router(),
         match &inherited {
@@ -159,9 +162,10 @@ async fn serve(
     let mut alive = inherited.as_mut().and_then(|i| i.alive.take());
     let rested = RestedConnections::default();
     let mut news = None;
-    let listener = match (stdio, inherited) {
-        (true, _) => None,
-        (false, Some(i)) => {
+    let tcp = args.transport == Transport::Tcp;
+    let listener = match (tcp, inherited) {
+        (false, _) => None,
+        (true, Some(i)) => {
             let listener =
                 TcpListener::from_std(i.listener).context("taking over the listening socket")?;
             let carried = i.connections.len();
@@ -177,7 +181,7 @@ async fn serve(
             news = i.news;
             Some(listener)
         }
-        (false, None) => Some(
+        (true, None) => Some(
             TcpListener::bind(("127.0.0.1", 0))
                 .await
                 .context("listening on 127.0.0.1 (loopback)")?,
@@ -190,7 +194,7 @@ async fn serve(
         &format!(
             "butler {} daemon starting ({} transport)",
             crate::version::tagged(),
-            transport_name(stdio)
+            transport_name(&args.transport)
         ),
     );
     if let Some(listener) = &listener {
@@ -233,7 +237,30 @@ async fn serve(
     // Kept open through the drain when a hand-over may follow: clients that connect meanwhile wait
     // in its backlog for the next process.
     let kept = match listener {
-        Some(listener) => accept_loop(&daemon, listener, &args, &rested).await,
+        Some(listener) => {
+            let spawn =
+                |socket, id| spawn_connection(&daemon, socket, id, Carried::default(), &rested);
+            accept_loop(&daemon, listener, &args, spawn).await
+        }
+        #[cfg(unix)]
+        None if matches!(args.transport, Transport::Unix(_)) => {
+            let Transport::Unix(path) = &args.transport else { unreachable!() };
+            let socket = UnixDaemonSocket::bind(path)?;
+            crate::report::print_json_line(
+                "butlerd/listen-notification",
+                json!({ "secret": daemon.secret_for_listen_notification(), "unix": { "address": format!("unix:{}", path.display()) } }),
+            );
+            let spawn = |socket: tokio::net::UnixStream, id| {
+                let (reader, writer) = socket.into_split();
+                let serving =
+                    connection::serve(Arc::clone(&daemon), id, reader, writer, Carried::default());
+                daemon.tracker.spawn(async move {
+                    serving.await;
+                })
+            };
+            accept_loop(&daemon, socket, &args, spawn).await;
+            None
+        }
         None => {
             let stdio = (tokio::io::stdin(), tokio::io::stdout());
             let carried = Carried::default();
@@ -312,8 +339,12 @@ async fn serve(
     Ok(ExitStatus::Success)
 }
 
-fn transport_name(stdio: bool) -> &'static str {
-    if stdio { "stdio" } else { "tcp" }
+fn transport_name(transport: &Transport) -> &'static str {
+    match transport {
+        Transport::Tcp => "tcp",
+        Transport::Stdio => "stdio",
+        Transport::Unix(_) => "unix socket",
+    }
 }
 
 /// Connections that came to rest for a restart in place, ready to pass on.
@@ -375,14 +406,74 @@ async fn announce(daemon: &Daemon, news: hand_over::Announcement) {
     }
 }
 
+/// A listening socket the accept loop takes clients from: loopback TCP, or a unix socket.
+trait Listener: Send {
+    type Socket: tokio::io::AsyncWrite + Unpin + Send + 'static;
+    async fn next(&mut self) -> std::io::Result<Self::Socket>;
+}
+
+impl Listener for TcpListener {
+    type Socket = tokio::net::TcpStream;
+    async fn next(&mut self) -> std::io::Result<Self::Socket> {
+        self.accept().await.map(|(s, _)| s)
+    }
+}
+
+/// A daemon listening on a unix socket: owner-only, and clients of another uid are refused.
+#[cfg(unix)]
+struct UnixDaemonSocket {
+    listener: tokio::net::UnixListener,
+    path: std::path::PathBuf,
+}
+
+#[cfg(unix)]
+impl UnixDaemonSocket {
+    fn bind(path: &std::path::Path) -> anyhow::Result<Self> {
+        use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+        // Only a socket is stale; never delete someone's regular file.
+        if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+            let _ = std::fs::remove_file(path);
+        }
+        let listener = tokio::net::UnixListener::bind(path)
+            .with_context(|| format!("listening on unix:{}", path.display()))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("making unix:{} owner-only", path.display()))?;
+        Ok(UnixDaemonSocket { listener, path: path.to_owned() })
+    }
+}
+
+#[cfg(unix)]
+impl Listener for UnixDaemonSocket {
+    type Socket = tokio::net::UnixStream;
+    async fn next(&mut self) -> std::io::Result<Self::Socket> {
+        loop {
+            let (socket, _) = self.listener.accept().await?;
+            // SAFETY: geteuid has no preconditions and cannot fail.
+            let me = unsafe { libc::geteuid() };
+            match socket.peer_cred() {
+                Ok(c) if c.uid() == me => return Ok(socket),
+                Ok(c) => tracing::warn!("refusing a daemon client of uid {}", c.uid()),
+                Err(e) => tracing::warn!("refusing a daemon client of unknown uid: {e}"),
+            }
+        }
+    }
+}
+
+#[cfg(unix)]
+impl Drop for UnixDaemonSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 /// Accepts until shutdown, or until a restart that takes connections along begins; gives the
-/// listener back in `--keep-alive` mode (for a hand-over).
-async fn accept_loop(
+/// listener back in `--keep-alive` mode (for a hand-over). `serve` starts each connection.
+async fn accept_loop<L: Listener>(
     daemon: &Arc<Daemon>,
-    listener: TcpListener,
+    mut listener: L,
     args: &DaemonSettings,
-    rested: &RestedConnections,
-) -> Option<TcpListener> {
+    serve: impl Fn(L::Socket, u64) -> tokio::task::JoinHandle<()>,
+) -> Option<L> {
     let slots = Arc::new(Semaphore::new(args.max_connections));
     // One-connection mode (no --keep-alive) serves the first connection to authenticate, not the
     // first to connect: a peer without the secret cannot lock the launcher out.
@@ -401,8 +492,8 @@ async fn accept_loop(
                 }
                 return None;
             }
-            accepted = listener.accept() => match accepted {
-                Ok((socket, _)) => socket,
+            accepted = listener.next() => match accepted {
+                Ok(socket) => socket,
                 Err(e) => {
                     // Usually EMFILE: back off instead of spinning.
                     tracing::warn!(error = %e, "Accept failed");
@@ -416,7 +507,7 @@ async fn accept_loop(
             daemon.tracker.spawn(refuse(socket, args.max_connections));
             continue;
         };
-        let conn = spawn_connection(daemon, socket, conn_id, Carried::default(), rested);
+        let conn = serve(socket, conn_id);
         let conn = daemon.tracker.spawn(async move {
             let _ = conn.await;
             drop(slot);
@@ -429,7 +520,7 @@ async fn accept_loop(
 }
 
 /// Over the connection cap: say why, then close.
-async fn refuse(mut socket: tokio::net::TcpStream, max: usize) {
+async fn refuse<S: tokio::io::AsyncWrite + Unpin>(mut socket: S, max: usize) {
     use tokio::io::AsyncWriteExt;
     let err = jsonrpc::RpcError::new(
         jsonrpc::code::TOO_MANY_CONNECTIONS,
