@@ -73,11 +73,13 @@ pub struct LogdogArgs {
     #[arg(long = "tag", global = true, value_name = "K[=V]")]
     pub tags: Vec<String>,
 
-    /// Longest time log data waits before its bundle is sent (e.g. 5s, 250ms).
+    /// Longest time log data waits before its bundle is sent (e.g. 5s, 250ms)
+    /// [default: 5s for the logdog output, as LogDog's; 250ms for the local outputs, so that
+    /// followers see lines live].
     #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration)]
     pub output_max_buffer_age: Option<std::time::Duration>,
 
-    /// Send every bundle as soon as it has data.
+    /// Send every bundle as soon as it has data (--output-max-buffer-age 0).
     #[arg(long, global = true)]
     pub output_no_buffer: bool,
 

@@ -146,9 +146,7 @@ pub(crate) fn setup(global: &GlobalArgs) -> anyhow::Result<(ButlerConfig, Output
     }
     let mut cfg = ButlerConfig::new(project, prefix);
     cfg.tags = tags;
-    if let Some(age) = l.output_max_buffer_age {
-        cfg.max_buffer_age = age;
-    }
+    cfg.max_buffer_age = l.output_max_buffer_age.unwrap_or_else(|| spec.default_max_buffer_age());
     if l.output_no_buffer {
         cfg.max_buffer_age = Duration::ZERO;
     }
@@ -413,7 +411,11 @@ pub(crate) fn logs(cmd: LogsCommand, global: &GlobalArgs) -> anyhow::Result<Exit
         }
         LogsCommand::Tail { path, follow, lines, poll_interval } => {
             let poll = poll_interval;
-            let s = find(&conn, &project, &path)?;
+            let s = if follow {
+                wait_for(&conn, &project, &path, poll, global.quiet)?
+            } else {
+                find(&conn, &project, &path)?
+            };
             let mut out = std::io::stdout().lock();
             let mut next = store::write_tail(&conn, &s, lines, &mut out).map_err(runtime)?;
             out.flush().map_err(runtime)?;
@@ -432,6 +434,30 @@ pub(crate) fn logs(cmd: LogsCommand, global: &GlobalArgs) -> anyhow::Result<Exit
             }
             Ok(ExitStatus::Success)
         }
+    }
+}
+
+/// The stream at `path`, waiting for it to appear (as `tail -F` waits for a file): a stream
+/// another butler is about to open is followed from its first line.
+fn wait_for(
+    conn: &rusqlite::Connection,
+    project: &str,
+    path: &str,
+    poll: Duration,
+    quiet: bool,
+) -> anyhow::Result<store::StoredStream> {
+    let mut said = false;
+    loop {
+        if let Some(s) = store::find_stream(conn, project, path).map_err(usage)? {
+            return Ok(s);
+        }
+        if !said && !quiet {
+            eprintln!(
+                "butler: waiting for {path} to appear in project {project} of the log store (Ctrl-C to stop)"
+            );
+            said = true;
+        }
+        std::thread::sleep(poll);
     }
 }
 

@@ -3,6 +3,7 @@
 mod architecture;
 mod cli;
 mod daemon;
+mod live;
 mod streaming;
 mod streaming_logdog;
 mod streaming_noloss;
