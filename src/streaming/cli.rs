@@ -19,6 +19,7 @@ use super::handshake::StreamFlags;
 use super::output::{self, OutputContext, OutputError, OutputSpec};
 use super::process::{self, RunOptions};
 use super::server::{ServerError, StreamServer};
+use super::viewer::{Viewer, ViewerError, ViewerSettings};
 use super::{names, store, timefmt};
 use crate::cli::GlobalArgs;
 use crate::db::{self, DbPath};
@@ -114,6 +115,32 @@ pub(crate) enum LogsCommand {
         #[arg(long, value_name = "DURATION", default_value = "200ms", value_parser = timefmt::parse_duration)]
         poll_interval: Duration,
     },
+    /// Serve a live log viewer for this machine's browser; prints its private URL.
+    #[command(after_help = "\
+The viewer listens on loopback only and its URL carries an access token: only someone on this
+machine who has the URL can see the logs. It lists streams by prefix, newest first, follows open
+streams live, and reads the same store as `butler logs` (--dbpath, --project). Ctrl-C stops it.
+
+Examples:
+  butler logs web --open
+  butler logs web --address 127.0.0.1:8040
+  butler --json logs web    # {\"type\":\"result\",\"value\":{\"url\":...}}")]
+    Web(WebArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct WebArgs {
+    /// Where to listen: a loopback address and port (port 0 picks a free one).
+    #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:0")]
+    pub address: String,
+
+    /// Open the viewer in a browser ($BROWSER, else the desktop's default).
+    #[arg(long)]
+    pub open: bool,
+
+    /// How often the store is checked for new data.
+    #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = timefmt::parse_duration, hide = true)]
+    pub poll_interval: Duration,
 }
 
 fn usage(e: impl Into<anyhow::Error>) -> anyhow::Error {
@@ -381,6 +408,10 @@ pub(crate) fn logs(cmd: LogsCommand, global: &GlobalArgs) -> anyhow::Result<Exit
         global.logdog.project.clone().unwrap_or_else(|| names::DEFAULT_PROJECT.to_owned());
     names::validate_project(&project).map_err(|e| usage(anyhow::anyhow!("--project: {e}")))?;
     let path = DbPath::resolve(global.dbpath.as_deref()).map_err(runtime)?;
+    let cmd = match cmd {
+        LogsCommand::Web(args) => return web(args, global, project, path),
+        cmd => cmd,
+    };
     let conn = db::open(&path).map_err(runtime)?;
     let reporter = Reporter::new(global.json, global.verbose, global.quiet);
     match cmd {
@@ -409,6 +440,7 @@ pub(crate) fn logs(cmd: LogsCommand, global: &GlobalArgs) -> anyhow::Result<Exit
             out.flush().map_err(runtime)?;
             Ok(ExitStatus::Success)
         }
+        LogsCommand::Web(_) => unreachable!("served above"),
         LogsCommand::Tail { path, follow, lines, poll_interval } => {
             let poll = poll_interval;
             let s = if follow {
@@ -434,6 +466,86 @@ pub(crate) fn logs(cmd: LogsCommand, global: &GlobalArgs) -> anyhow::Result<Exit
             }
             Ok(ExitStatus::Success)
         }
+    }
+}
+
+/// `butler logs web`: bind, print the URL, serve until SIGINT/SIGTERM.
+fn web(
+    args: WebArgs,
+    global: &GlobalArgs,
+    project: String,
+    dbpath: DbPath,
+) -> anyhow::Result<ExitStatus> {
+    let address: std::net::SocketAddr = args.address.parse().map_err(|_| {
+        usage(anyhow::anyhow!(
+            "--address {:?} is not IP:PORT (for example 127.0.0.1:8040, or [::1]:0 for any free port)",
+            args.address
+        ))
+    })?;
+    let settings = ViewerSettings { address, dbpath, project, poll: args.poll_interval };
+    let rt = tokio_runtime()?;
+    rt.block_on(async {
+        let mut signals = Signals::install().context("catching signals").map_err(runtime)?;
+        let viewer = Viewer::bind(settings).await.map_err(|e| match e {
+            ViewerError::NotLoopback(_) => usage(e),
+            e => runtime(e),
+        })?;
+        let url = viewer.url();
+        if global.json {
+            Reporter::new(true, false, false)
+                .result(serde_json::json!({ "url": url, "address": viewer.address().to_string() }));
+        } else {
+            let mut stdout = std::io::stdout().lock();
+            let _ = writeln!(stdout, "{url}");
+            let _ = stdout.flush();
+            if !global.quiet {
+                eprintln!("butler: serving the log viewer at the URL above; Ctrl-C stops it");
+            }
+        }
+        if args.open {
+            open_browser(&url);
+        }
+        let stop = CancellationToken::new();
+        let serving = tokio::spawn(viewer.run(stop.clone()));
+        signals.recv().await;
+        stop.cancel();
+        let _ = serving.await;
+        Ok(ExitStatus::Success)
+    })
+}
+
+/// Opens `url` in a browser: the first command in `$BROWSER` (as Python's `webbrowser` reads
+/// it), else the desktop's opener. A failure is only a warning: the URL is printed anyway.
+fn open_browser(url: &str) {
+    let browser = std::env::var("BROWSER").ok().and_then(|b| {
+        b.split(if cfg!(windows) { ';' } else { ':' })
+            .map(str::trim)
+            .find(|c| !c.is_empty())
+            .map(str::to_owned)
+    });
+    let mut cmd = match browser {
+        Some(b) => std::process::Command::new(b),
+        None if cfg!(target_os = "macos") => std::process::Command::new("open"),
+        None if cfg!(windows) => {
+            let mut c = std::process::Command::new("cmd");
+            c.args(["/C", "start", ""]);
+            c
+        }
+        None => std::process::Command::new("xdg-open"),
+    };
+    cmd.arg(url)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    match cmd.spawn() {
+        // Reaped on a thread so it leaves no zombie; its status does not matter.
+        Ok(mut child) => {
+            std::thread::spawn(move || child.wait());
+        }
+        Err(e) => tracing::warn!(
+            "could not open a browser ({:?}: {e}); open the URL yourself",
+            cmd.get_program()
+        ),
     }
 }
 

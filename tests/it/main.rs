@@ -9,3 +9,4 @@ mod streaming_logdog;
 mod streaming_noloss;
 mod upgrade;
 mod util;
+mod viewer;
