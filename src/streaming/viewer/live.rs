@@ -96,6 +96,7 @@ fn comment(text: &str) -> Chunk {
 /// are new or changed.
 #[derive(serde::Serialize)]
 struct StreamsEvent<'a> {
+    project: &'a str,
     reset: bool,
     streams: Vec<&'a StreamDto>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -104,11 +105,13 @@ struct StreamsEvent<'a> {
 
 /// The stream list, kept current: `event: streams` with the whole list, then with changes.
 pub(crate) fn streams_events(
+    project: String,
     mut snapshots: watch::Receiver<Arc<Snapshot>>,
     stop: CancellationToken,
     permit: OwnedSemaphorePermit,
 ) -> impl Stream<Item = Chunk> + Send + 'static {
     struct St {
+        project: String,
         snapshots: watch::Receiver<Arc<Snapshot>>,
         stop: CancellationToken,
         /// id → (entries, bytes, open) as last sent.
@@ -116,7 +119,7 @@ pub(crate) fn streams_events(
         _permit: OwnedSemaphorePermit,
     }
     snapshots.mark_changed();
-    let st = St { snapshots, stop, sent: None, _permit: permit };
+    let st = St { project, snapshots, stop, sent: None, _permit: permit };
     futures_util::stream::unfold(st, |mut st| async move {
         loop {
             tokio::select! {
@@ -137,7 +140,12 @@ pub(crate) fn streams_events(
             }
             sent.clear();
             sent.extend(snap.streams.iter().map(|s| (s.id, (s.entries, s.bytes, s.open))));
-            let ev = StreamsEvent { reset, streams: changed, error: snap.error.as_deref() };
+            let ev = StreamsEvent {
+                project: &st.project,
+                reset,
+                streams: changed,
+                error: snap.error.as_deref(),
+            };
             let chunk = event("streams", None, &ev);
             return Some((chunk, st));
         }

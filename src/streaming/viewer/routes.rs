@@ -278,9 +278,12 @@ async fn entries(state: &Arc<State>, q: &Query) -> Response<Body> {
 
 fn streams_live(state: &Arc<State>) -> Response<Body> {
     match live_slot(state) {
-        Ok(permit) => {
-            event_stream(live::streams_events(state.snapshots.clone(), state.stop.clone(), permit))
-        }
+        Ok(permit) => event_stream(live::streams_events(
+            state.project.clone(),
+            state.snapshots.clone(),
+            state.stop.clone(),
+            permit,
+        )),
         Err(r) => r.response(),
     }
 }

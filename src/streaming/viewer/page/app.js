@@ -21,6 +21,11 @@ function fmtBytes(n) {
   return v.toFixed(v < 10 ? 1 : 0) + ' ' + units[u];
 }
 
+function fmtTime(rfc3339) {
+  const d = new Date(rfc3339);
+  return isNaN(d) ? rfc3339 : d.toLocaleString();
+}
+
 function plural(n, one, many) { return n + ' ' + (n === 1 ? one : many); }
 
 function setConn(text, ok) {
@@ -37,6 +42,7 @@ function connectList() {
   es.addEventListener('streams', (ev) => {
     const msg = JSON.parse(ev.data);
     if (msg.reset) list.streams.clear();
+    $('project').textContent = 'project ' + msg.project;
     for (const s of msg.streams) list.streams.set(s.path, s);
     renderList();
     setConn(msg.error ? 'store error: ' + msg.error : 'live', !msg.error);
@@ -51,6 +57,11 @@ function connectList() {
   es.onerror = () => setConn('reconnecting…', false);
 }
 
+// Rebuilds the list in place: existing elements are kept (and only moved when the order
+// changes), so a click in progress is never lost to a refresh.
+const groupEls = new Map();   // prefix -> group element
+const buttonEls = new Map();  // path -> {el, sig}
+
 function renderList() {
   const q = $('stream-filter').value.trim().toLowerCase();
   const groups = new Map();
@@ -62,31 +73,58 @@ function renderList() {
     g.newest = Math.max(g.newest, s.id);
   }
   const ordered = [...groups.values()].sort((a, b) => b.newest - a.newest);
-  const frag = document.createDocumentFragment();
-  for (const g of ordered) {
-    const box = document.createElement('div');
+  const box = $('streams');
+  const wanted = ordered.map((g) => groupEl(g));
+  for (const [prefix, el] of groupEls) {
+    if (!groups.has(prefix)) { el.remove(); groupEls.delete(prefix); }
+  }
+  placeInOrder(box, wanted);
+  for (const [path, b] of buttonEls) {
+    if (!list.streams.has(path) || (q && !path.toLowerCase().includes(q))) { b.el.remove(); buttonEls.delete(path); }
+  }
+  $('streams-empty').hidden = list.streams.size > 0;
+}
+
+// Makes `parent`'s children exactly `els`, in order, moving only what is out of place.
+function placeInOrder(parent, els) {
+  els.forEach((el, k) => {
+    if (parent.children[k] !== el) parent.insertBefore(el, parent.children[k] || null);
+  });
+  while (parent.children.length > els.length) parent.lastElementChild.remove();
+}
+
+function groupEl(g) {
+  let box = groupEls.get(g.prefix);
+  if (!box) {
+    box = document.createElement('div');
     box.className = 'group';
     const head = document.createElement('div');
     head.className = 'group-head';
     head.textContent = g.prefix;
     head.title = g.prefix;
-    box.append(head);
-    g.streams.sort((a, b) => b.id - a.id);
-    for (const s of g.streams) box.append(streamButton(s));
-    frag.append(box);
+    const items = document.createElement('div');
+    box.append(head, items);
+    groupEls.set(g.prefix, box);
   }
-  const box = $('streams');
-  box.replaceChildren(frag);
-  $('streams-empty').hidden = list.streams.size > 0;
+  g.streams.sort((a, b) => b.id - a.id);
+  placeInOrder(box.lastElementChild, g.streams.map(streamButton));
+  return box;
 }
 
 function streamButton(s) {
-  const b = document.createElement('button');
-  b.type = 'button';
-  b.className = 'stream';
-  b.setAttribute('role', 'listitem');
-  b.dataset.path = s.path;
-  b.setAttribute('aria-selected', String(s.path === list.selected));
+  const sig = [s.entries, s.bytes, s.open].join();
+  let known = buttonEls.get(s.path);
+  if (known && known.sig === sig) return known.el;
+  let b = known && known.el;
+  if (!b) {
+    b = document.createElement('button');
+    b.type = 'button';
+    b.className = 'stream';
+    b.setAttribute('role', 'listitem');
+    b.dataset.path = s.path;
+    b.setAttribute('aria-selected', String(s.path === list.selected));
+    b.addEventListener('click', () => select(s.path));
+  }
   const name = document.createElement('div');
   name.className = 'name';
   name.textContent = s.name;
@@ -102,8 +140,8 @@ function streamButton(s) {
   const entries = document.createElement('span');
   entries.textContent = plural(s.entries, 'entry', 'entries');
   info.append(state, kind, size, entries);
-  b.append(name, info);
-  b.addEventListener('click', () => select(s.path));
+  b.replaceChildren(name, info);
+  buttonEls.set(s.path, { el: b, sig });
   return b;
 }
 
@@ -150,7 +188,7 @@ class View {
   setStream(s) {
     this.stream = s;
     const parts = [s.type, s.open && !this.ended ? 'open, following live' : 'closed',
-      plural(s.entries, 'entry', 'entries'), fmtBytes(s.bytes), s.contentType, 'started ' + s.timestamp];
+      plural(s.entries, 'entry', 'entries'), fmtBytes(s.bytes), s.contentType, 'started ' + fmtTime(s.timestamp)];
     $('stream-meta').textContent = parts.join(' · ');
   }
 
