@@ -99,7 +99,13 @@ async fn run_async(
     let mut service = UpdateService::new(&settings, channel.clone(), history).map_err(|e| {
         let e = match e {
             SettingsError::Keys(k) => anyhow::anyhow!("--trusted-key / BUTLER_TRUSTED_KEYS: {k}"),
-            SettingsError::Updater(u) => u.into(),
+            // Only the URL is checked here: name where it came from.
+            SettingsError::Updater(u) => match u.kind {
+                butler_updater::ErrorKind::Network { url, why } if !url.is_empty() => {
+                    anyhow::anyhow!("--broth-url (or BUTLER_BROTH_URL) {url:?}: {why}")
+                }
+                kind => anyhow::Error::new(butler_updater::Error { step: u.step, kind }),
+            },
         };
         ExitError::new(ExitStatus::Usage, e)
     })?;
@@ -184,7 +190,38 @@ fn fail(reporter: &Reporter, e: UpdateError) -> anyhow::Error {
         Step::Rollback => "upgrade --rollback",
         _ => "upgrade",
     };
-    ExitError::new(ExitStatus::Update(class), anyhow::Error::new(e).context(context)).into()
+    let error = match hint(&e) {
+        Some(h) => anyhow::anyhow!("{context}: {e}\n  hint: {h}"),
+        None => anyhow::Error::new(e).context(context),
+    };
+    ExitError::new(ExitStatus::Update(class), error).into()
+}
+
+/// What the person can do about a failure, when the message itself does not say.
+fn hint(e: &UpdateError) -> Option<&'static str> {
+    use butler_updater::ErrorKind as K;
+    Some(match &e.kind {
+        K::Network { .. } | K::Busy { .. } | K::Http { .. } => {
+            "check the network connection, or point --broth-url (or BUTLER_BROTH_URL) at a server you can reach"
+        }
+        K::NotFound(_) if e.step == Step::Check => {
+            "is --broth-url (or BUTLER_BROTH_URL) right? It must serve butler/<channel>/LATEST"
+        }
+        K::NotFound(_) => "the server names a version it does not serve; try again later",
+        K::Stalled { .. } | K::Truncated { .. } => {
+            "the download was cut short; run the same command again to resume it"
+        }
+        K::BadLatest(_) | K::BadVersions(_) => {
+            "is --broth-url (or BUTLER_BROTH_URL) a broth server? Its answers are not what butler expects"
+        }
+        K::BadSignature(_) | K::UntrustedKey(_) | K::Mismatch(_) | K::Stale { .. } => {
+            "nothing was installed; do not update from this server until its files and signatures agree"
+        }
+        K::SmokeTest(_) | K::CandidateCheck { .. } | K::BadArchive(_) => {
+            "nothing was installed; this build is broken, so wait for the next one"
+        }
+        _ => return None,
+    })
 }
 
 fn merge(mut a: serde_json::Value, b: serde_json::Value) -> serde_json::Value {

@@ -189,10 +189,9 @@ fn live_latency(extra: &[&str], lines: usize) -> Vec<f64> {
     let mut out = std::io::BufReader::new(tail.stdout.take().unwrap());
     let mut line = String::new();
     while std::io::BufRead::read_line(&mut out, &mut line).unwrap() > 0 {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as f64;
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+                as f64;
         if let Ok(sent) = line.trim().parse::<f64>() {
             got.push((now - sent) / 1e6);
         }

@@ -1,6 +1,6 @@
 //! The command line itself: version reporting, flag spellings, exit codes for bad flags.
 
-use crate::util::{TestHome, stdout};
+use crate::util::{TestHome, stderr, stdout};
 
 #[test]
 fn version_subcommand_and_flag_agree() {
@@ -31,4 +31,43 @@ fn unknown_flag_exits_2() {
     let home = TestHome::new();
     let out = home.run(&["version", "--no-such-flag"]);
     assert_eq!(out.status.code(), Some(2));
+}
+
+/// A port nothing listens on (bound, then closed).
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[test]
+fn an_update_error_is_said_once_with_what_to_do() {
+    let home = TestHome::new();
+    let url = format!("http://127.0.0.1:{}", closed_port());
+    let run = |args: &[&str]| {
+        home.butler()
+            .args(args)
+            .env("BUTLER_UPGRADE_RETRIES", "1")
+            .env("BUTLER_UPGRADE_BACKOFF_MS", "1")
+            .output()
+            .unwrap()
+    };
+    let out = run(&["upgrade", "--check", "--broth-url", &url]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert_eq!(err.matches("Connection refused").count(), 1, "said once: {err}");
+    assert_eq!(err.matches("/LATEST").count(), 1, "{err}");
+    assert!(!err.contains("error sending request"), "no repetition of the URL: {err}");
+    assert!(err.contains("hint: check the network connection"), "{err}");
+    assert!(err.len() < 300, "{} characters: {err}", err.len());
+
+    let out = run(&["--json", "upgrade", "--check", "--broth-url", &url]);
+    let last = stdout(&out).lines().last().unwrap().to_owned();
+    let v: serde_json::Value = serde_json::from_str(&last).unwrap();
+    assert_eq!(v["type"], "error");
+    assert_eq!(v["message"].as_str().unwrap().matches("Connection refused").count(), 1, "{v}");
+
+    let out = run(&["upgrade", "--check", "--broth-url", "notaurl"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("--broth-url (or BUTLER_BROTH_URL) \"notaurl\": not a URL"), "{err}");
+    assert_eq!(err.matches("not a URL").count(), 1, "{err}");
 }

@@ -216,11 +216,13 @@ impl std::fmt::Display for ErrorClass {
 }
 
 /// An update failure: which step, and why.
+///
+/// The message already holds the kind, so the kind is not also its `source`: a report that
+/// prints the chain (anyhow's `{:#}`) would say everything twice.
 #[derive(Debug, thiserror::Error)]
 #[error("{step} failed: {kind}")]
 pub struct Error {
     pub step: Step,
-    #[source]
     pub kind: ErrorKind,
 }
 

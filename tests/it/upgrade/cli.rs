@@ -128,6 +128,7 @@ fn missing_latest_fails_cleanly() {
     let out = inst.run(&broth, &["-y"]);
     assert_failed_with(&out, 3, "check failed");
     assert!(stderr(&out).contains("404"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("hint: is --broth-url"), "{}", stderr(&out));
     inst.assert_untouched(&out);
     assert_eq!(inst.history().last().unwrap().1, "failed");
 }
