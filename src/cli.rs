@@ -4,7 +4,7 @@ use std::ffi::OsString;
 
 use std::time::Duration;
 
-use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use crate::daemon::{DaemonSettings, Transport};
 use crate::streaming;
@@ -49,6 +49,11 @@ pub struct GlobalArgs {
     /// Print the version and exit.
     #[arg(long, short = 'V', global = true)]
     pub version: bool,
+
+    /// Colour in diagnostics: auto (only when stderr is a terminal and NO_COLOR is not set),
+    /// always, or never.
+    #[arg(long, global = true, value_enum, value_name = "WHEN", default_value = "auto")]
+    pub color: ColorChoice,
 
     #[command(flatten)]
     pub logdog: LogdogArgs,
@@ -110,6 +115,29 @@ pub(crate) enum Command {
     /// Read the local log store.
     #[command(subcommand)]
     Logs(streaming::cli::LogsCommand),
+}
+
+/// `--color`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ColorChoice {
+    Auto,
+    Always,
+    Never,
+}
+
+impl ColorChoice {
+    /// Whether to colour what goes to stderr.
+    pub fn stderr(self) -> bool {
+        use std::io::IsTerminal;
+        match self {
+            ColorChoice::Always => true,
+            ColorChoice::Never => false,
+            ColorChoice::Auto => {
+                std::io::stderr().is_terminal()
+                    && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -290,8 +318,33 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString>,
 {
-    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
-    Cli::try_parse_from(normalize_single_dash(args))
+    let args = normalize_single_dash(args.into_iter().map(Into::into).collect());
+    // clap's own messages follow --color too (it already honours NO_COLOR and terminals).
+    let mut cmd = Cli::command();
+    cmd = match color_flag(&args) {
+        Some(ColorChoice::Always) => cmd.color(clap::ColorChoice::Always),
+        Some(ColorChoice::Never) => cmd.color(clap::ColorChoice::Never),
+        _ => cmd,
+    };
+    let mut matches = cmd.try_get_matches_from_mut(args)?;
+    Cli::from_arg_matches_mut(&mut matches).map_err(|e| e.format(&mut cmd))
+}
+
+/// `--color WHEN` / `--color=WHEN` before a bare `--`, read ahead of parsing.
+fn color_flag(args: &[OsString]) -> Option<ColorChoice> {
+    let mut it = args.iter().skip(1).map(|a| a.to_str().unwrap_or(""));
+    let mut found = None;
+    while let Some(a) = it.next() {
+        let value = match a {
+            "--" => break,
+            "--color" => it.next(),
+            _ => a.strip_prefix("--color="),
+        };
+        if let Some(v) = value {
+            found = ColorChoice::from_str(v, true).ok();
+        }
+    }
+    found
 }
 
 /// Rewrites `-project x` / `-output=log` to their double-dash forms, up to a bare `--`.

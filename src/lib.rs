@@ -54,6 +54,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
 }
 
 /// Diagnostics go to stderr through `tracing`; `BUTLER_LOG` (an `EnvFilter`) overrides the level.
+/// Colour only where `--color` allows it: by default only on a terminal, never into a pipe or a
+/// launcher's log (tracing-subscriber does not check by itself).
 fn init_tracing(global: &cli::GlobalArgs) {
     use tracing_subscriber::EnvFilter;
     let default = if global.verbose {
@@ -67,6 +69,7 @@ fn init_tracing(global: &cli::GlobalArgs) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(global.color.stderr())
         .with_target(false)
         .try_init();
 }

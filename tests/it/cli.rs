@@ -71,3 +71,33 @@ fn an_update_error_is_said_once_with_what_to_do() {
     assert!(err.contains("--broth-url (or BUTLER_BROTH_URL) \"notaurl\": not a URL"), "{err}");
     assert_eq!(err.matches("not a URL").count(), 1, "{err}");
 }
+
+#[test]
+fn no_colour_codes_reach_a_pipe_unless_asked_for() {
+    let home = TestHome::new();
+    let url = format!("http://127.0.0.1:{}", closed_port());
+    let run = |args: &[&str]| {
+        home.butler()
+            .args(args)
+            .env_remove("NO_COLOR")
+            .env("BUTLER_UPGRADE_RETRIES", "1")
+            .output()
+            .unwrap()
+    };
+    // Debug logging (tracing) and the error line, into a pipe.
+    let out = run(&["--verbose", "upgrade", "--check", "--broth-url", &url]);
+    let err = stderr(&out);
+    assert!(err.contains("DEBUG"), "{err}");
+    assert!(!err.contains('\x1b'), "escape codes in a pipe: {err:?}");
+    let out = run(&["--color", "always", "--verbose", "upgrade", "--check", "--broth-url", &url]);
+    assert!(stderr(&out).contains("\x1b["), "--color always colours: {:?}", stderr(&out));
+    // clap's own messages follow --color too.
+    let out = run(&["--color=always", "--bogus"]);
+    assert!(stderr(&out).contains("\x1b["), "{:?}", stderr(&out));
+    let out = run(&["--bogus"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(!stderr(&out).contains('\x1b'), "{:?}", stderr(&out));
+    let out = run(&["--color", "sometimes", "version"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("possible values: auto, always, never"), "{}", stderr(&out));
+}
