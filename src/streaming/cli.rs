@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -14,7 +15,8 @@ use clap::{Args, Subcommand};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::butler::{Butler, ButlerConfig};
+use super::butler::{Butler, ButlerConfig, StreamEvent, StreamObserver};
+use super::entry::StreamType;
 use super::handshake::StreamFlags;
 use super::output::{self, OutputContext, OutputError, OutputSpec};
 use super::process::{self, RunOptions};
@@ -55,13 +57,21 @@ pub(crate) struct RunArgs {
     #[arg(long, value_name = "URI")]
     pub streamserver_uri: Option<String>,
 
-    /// Capture the child's stdout as a stream: name=N[,type=T,content-type=C,tag=k=v].
+    /// Capture the child's stdout as this stream, not shown: N or name=N[,type=T,content-type=C,tag=k=v]
+    /// [default with the store output: captured as `stdout` and still shown].
     #[arg(long, value_name = "SPEC")]
     pub stdout: Option<String>,
 
-    /// Capture the child's stderr as a stream: name=N[,type=T,content-type=C,tag=k=v].
+    /// Capture the child's stderr as this stream, not shown: N or name=N[,...]
+    /// [default with the store output: captured as `stderr` and still shown].
     #[arg(long, value_name = "SPEC")]
     pub stderr: Option<String>,
+
+    /// Do not store the child's stdout and stderr unless --stdout / --stderr name them: let them
+    /// through as they are (upstream LogDog's behaviour, and the only one for other outputs).
+    /// For interactive programs, which need a terminal.
+    #[arg(long)]
+    pub no_capture: bool,
 
     /// Give the child butler's stdin (default: an empty stdin).
     #[arg(long)]
@@ -317,7 +327,8 @@ fn bind(uri: Option<&str>) -> anyhow::Result<StreamServer> {
 }
 
 pub(crate) fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
-    let (cfg, spec) = setup(global)?;
+    let (mut cfg, spec) = setup(global)?;
+    let prefix = cfg.prefix.clone();
     let (hs_timeout, kill_grace) = (args.handshake_timeout, args.kill_grace);
     let command = match (&args.json_args_path, args.command.is_empty()) {
         (Some(_), false) => {
@@ -336,18 +347,30 @@ pub(crate) fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<ExitStat
     if command.is_empty() {
         return Err(usage(anyhow::anyhow!("no command: butler run [flags] -- COMMAND ARGS...")));
     }
-    let stdout = args
-        .stdout
-        .as_deref()
-        .map(|s| StreamFlags::parse_spec(s, "stdout"))
-        .transpose()
-        .map_err(|e| usage(anyhow::Error::new(e).context("--stdout")))?;
-    let stderr = args
-        .stderr
-        .as_deref()
-        .map(|s| StreamFlags::parse_spec(s, "stderr"))
-        .transpose()
-        .map_err(|e| usage(anyhow::Error::new(e).context("--stderr")))?;
+    // Into the store, unnamed output is captured by default and still shown (not into stdout
+    // with --json: stdout is for JSON lines there).
+    let capture = !args.no_capture && spec == OutputSpec::Store;
+    let fd = |spec: Option<&str>, name: &str, flag: &str| {
+        let flags = spec
+            .map(|s| StreamFlags::parse_spec(s, name))
+            .transpose()
+            .map_err(|e| usage(anyhow::Error::new(e).context(flag.to_owned())))?;
+        Ok::<_, anyhow::Error>(match flags {
+            Some(f) => (Some(f), false),
+            None if capture => (Some(StreamFlags::new(name, StreamType::Text)), true),
+            None => (None, false),
+        })
+    };
+    let (stdout, tee_stdout) = fd(args.stdout.as_deref(), "stdout", "--stdout")?;
+    let (stderr, tee_stderr) = fd(args.stderr.as_deref(), "stderr", "--stderr")?;
+    let tee_stdout = tee_stdout && !global.json;
+    let opened = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = Arc::clone(&opened);
+    cfg.observer = Some(StreamObserver(Arc::new(move |event| {
+        if let StreamEvent::Opened(s) = event {
+            seen.lock().unwrap_or_else(|p| p.into_inner()).push(s.path());
+        }
+    })));
     let rt = tokio_runtime()?;
     rt.block_on(async {
         let signals = Signals::install().context("catching signals").map_err(runtime)?;
@@ -363,6 +386,8 @@ pub(crate) fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<ExitStat
             env: Vec::new(),
             stdout,
             stderr,
+            tee_stdout,
+            tee_stderr,
             forward_stdin: args.forward_stdin,
             kill_grace,
             coordinator_host,
@@ -390,8 +415,34 @@ pub(crate) fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<ExitStat
                 .map_err(runtime)?;
         }
         flushed?;
+        let streams = std::mem::take(&mut *opened.lock().unwrap_or_else(|p| p.into_inner()));
+        if global.json {
+            Reporter::new(true, false, false).result(serde_json::json!({
+                "exitCode": outcome.exit_code,
+                "prefix": prefix,
+                "streams": streams,
+            }));
+        } else if !global.quiet && spec == OutputSpec::Store {
+            say_where_it_went(&prefix, &streams);
+        }
         Ok(ExitStatus::Child(outcome.exit_code))
     })
+}
+
+/// After `butler run` into the store: where the output went and how to read it.
+fn say_where_it_went(prefix: &str, streams: &[String]) {
+    let Some(first) = streams.first() else {
+        eprintln!(
+            "butler: nothing was stored (--no-capture; name streams with --stdout / --stderr)"
+        );
+        return;
+    };
+    let names: Vec<&str> =
+        streams.iter().map(|p| names::split_path(p).map_or(p.as_str(), |(_, n)| n)).collect();
+    let what = if names.len() <= 3 { names.join(", ") } else { format!("{} streams", names.len()) };
+    eprintln!(
+        "butler: stored {what} in the log store under {prefix}\n  read with: butler logs cat {first}   (or: butler logs ls {prefix}/, butler logs web)"
+    );
 }
 
 async fn forward_signals(mut signals: Signals, tx: mpsc::Sender<Signal>) {

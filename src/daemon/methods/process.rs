@@ -104,6 +104,8 @@ async fn run(ctx: Ctx, p: RunParams) -> Result<RunResult, RpcError> {
         env: p.env.into_iter().collect(),
         stdout: Some(stdout),
         stderr: Some(stderr),
+        tee_stdout: false,
+        tee_stderr: false,
         forward_stdin: false,
         kill_grace: KILL_GRACE,
         coordinator_host: None,
