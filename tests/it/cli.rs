@@ -101,3 +101,27 @@ fn no_colour_codes_reach_a_pipe_unless_asked_for() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("possible values: auto, always, never"), "{}", stderr(&out));
 }
+
+#[test]
+fn database_errors_name_the_file_once_and_say_what_to_do() {
+    let home = TestHome::new();
+    let junk = home.path().join("junk.db");
+    std::fs::write(&junk, "this is not a database, just text. ".repeat(200)).unwrap();
+    let out = home.run(&["--dbpath", junk.to_str().unwrap(), "logs", "ls"]);
+    assert_eq!(out.status.code(), Some(250), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains(&format!("{} is not a SQLite database", junk.display())), "{err}");
+    assert!(err.contains("move it aside") && err.contains("--dbpath"), "{err}");
+    assert_eq!(err.matches("not a").count(), 1, "said once: {err}");
+
+    // A database folder that cannot be made (its parent is a file).
+    let file = home.path().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let db = file.join("sub/butler.db");
+    let out = home.run(&["--dbpath", db.to_str().unwrap(), "logs", "ls"]);
+    assert_eq!(out.status.code(), Some(250), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("cannot create the database folder"), "{err}");
+    assert!(err.contains("set BUTLER_HOME or pass --dbpath"), "{err}");
+    assert_eq!(err.matches("ot a directory").count(), 1, "said once: {err}");
+}
