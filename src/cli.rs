@@ -12,12 +12,49 @@ use crate::streaming::timefmt::parse_duration;
 use crate::update::UpdateSettings;
 use crate::upgrade;
 
+const EXAMPLES: &str = "\
+Examples:
+  butler run -- make test            run a command; its output is shown and stored
+  butler logs web --open             look at stored logs, live, in the browser
+  butler logs tail -f PATH           follow one stream in the terminal
+  butler upgrade --check             is there a newer butler?
+
+Use --help for environment variables and exit codes.";
+
+const ENVIRONMENT: &str = "\
+Examples:
+  butler run -- make test            run a command; its output is shown and stored
+  butler logs web --open             look at stored logs, live, in the browser
+  butler logs tail -f PATH           follow one stream in the terminal
+  butler upgrade --check             is there a newer butler?
+  butler --json daemon --transport tcp --keep-alive --dbpath DB   the daemon launchers start
+
+Environment:
+  BUTLER_HOME          butler's folder: the database (butler.db) and the update cache
+                       [default: the platform data folder, e.g. ~/.local/share/butler]
+  BUTLER_LOG           what goes to stderr, as a tracing filter (error, warn, info, debug, trace)
+                       [default: warn; --verbose: debug; --quiet: error]
+  BUTLER_BROTH_URL     the update server (--broth-url)
+  BUTLER_TRUSTED_KEYS  extra trusted minisign keys (--trusted-key)
+  NO_COLOR             no colour (as --color never)
+  BROWSER              what `butler logs web --open` starts
+
+Exit codes:
+  0 success   1 failure   2 bad flags or arguments   130 a second signal
+  250 a runtime error in stream/serve/run/logs (LogDog's), or a failed restart
+  run: the child's own code (128+N when signal N killed it)
+  upgrade: 3 network  4 download  5 bad server data  6 verification or bad key  7 stale
+           8 bad archive  9 smoke test  10 not writable  11 locked  12 nothing to roll back
+           13 cancelled or I/O";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "butler",
     about = "Desktop companion: butlerd-compatible daemon, self-updater and LogDog log streaming",
     disable_version_flag = true,
-    args_conflicts_with_subcommands = false
+    args_conflicts_with_subcommands = false,
+    after_help = EXAMPLES,
+    after_long_help = ENVIRONMENT
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -29,12 +66,14 @@ pub struct Cli {
 
 /// Flags accepted before or after any subcommand.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Global options")]
 pub struct GlobalArgs {
     /// Machine mode: every line on stdout is one JSON object.
     #[arg(long, short = 'j', global = true)]
     pub json: bool,
 
-    /// SQLite database (default: the embedded one in the platform data folder, or $BUTLER_HOME).
+    /// SQLite database [default: $BUTLER_HOME/butler.db, else butler.db in the platform data
+    /// folder, e.g. ~/.local/share/butler/butler.db].
     #[arg(long, global = true, value_name = "PATH")]
     pub dbpath: Option<String>,
 
@@ -61,6 +100,9 @@ pub struct GlobalArgs {
 
 /// LogDog Butler global flags (see the streaming contract); upstream spells them with one dash.
 #[derive(Debug, Clone, Args)]
+#[command(
+    next_help_heading = "LogDog options (stream, serve, run; --project and --prefix for logs too)"
+)]
 pub struct LogdogArgs {
     /// LogDog project name (required for the `logdog` output).
     #[arg(long, global = true)]
@@ -104,13 +146,29 @@ pub(crate) enum Command {
     /// Run the butlerd-compatible JSON-RPC daemon.
     Daemon(DaemonArgs),
     /// Update butler itself from a broth server.
-    #[command(alias = "update")]
+    #[command(
+        alias = "update",
+        after_help = "\
+Examples:
+  butler upgrade --check       is there a newer butler? (--json for scripts)
+  butler upgrade -y            install it without asking
+  butler upgrade --rollback    go back to the version before"
+    )]
     Upgrade(upgrade::UpgradeArgs),
     /// Upload one log stream from a file or stdin.
     Stream(streaming::cli::StreamArgs),
     /// Run a LogDog stream server until interrupted.
     Serve(streaming::cli::ServeArgs),
     /// Run a command with a stream server, capturing its output as log streams.
+    #[command(after_help = "\
+Examples:
+  butler run -- make test                      shown as usual, and stored as stdout/stderr
+  butler --prefix ci/42 run -- ./test.sh       under a prefix you choose
+  butler run --no-capture -- vim notes.txt     an interactive program: nothing stored
+  butler -output logdog -project p -coordinator-host HOST run --stdout name=out -- cmd
+
+The child gets LOGDOG_STREAM_SERVER_PATH, LOGDOG_STREAM_PREFIX and LOGDOG_STREAM_PROJECT, so
+LUCI stream clients can open more streams. butler exits with the child's code.")]
     Run(streaming::cli::RunArgs),
     /// Read the local log store.
     #[command(subcommand)]

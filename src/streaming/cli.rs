@@ -105,13 +105,23 @@ pub(crate) struct RunArgs {
 #[derive(Debug, Subcommand)]
 pub(crate) enum LogsCommand {
     /// List streams (optionally only those whose path starts with PREFIX).
-    Ls { prefix: Option<String> },
+    #[command(
+        after_help = "Examples:\n  butler logs ls\n  butler logs ls demo/   # or: butler logs ls --prefix demo/"
+    )]
+    Ls {
+        /// Only streams whose path starts with this (also taken from --prefix).
+        #[arg(id = "path_prefix", value_name = "PREFIX")]
+        prefix: Option<String>,
+    },
     /// Write a stream's exact bytes to stdout.
     Cat {
         /// <prefix>/+/<name>
         path: String,
     },
     /// The end of a stream; with -f, keep following it until it ends.
+    #[command(
+        after_help = "Examples:\n  butler logs tail -n 50 demo/run/+/stdout\n  butler logs tail -f demo/run/+/stdout   # waits for the stream if it is not there yet"
+    )]
     Tail {
         /// <prefix>/+/<name>
         path: String,
@@ -467,6 +477,7 @@ pub(crate) fn logs(cmd: LogsCommand, global: &GlobalArgs) -> anyhow::Result<Exit
     let reporter = Reporter::new(global.json, global.verbose, global.quiet);
     match cmd {
         LogsCommand::Ls { prefix } => {
+            let prefix = prefix.or_else(|| global.logdog.prefix.clone());
             let streams =
                 store::list_streams(&conn, &project, prefix.as_deref()).map_err(runtime)?;
             if global.json {

@@ -125,3 +125,43 @@ fn database_errors_name_the_file_once_and_say_what_to_do() {
     assert!(err.contains("set BUTLER_HOME or pass --dbpath"), "{err}");
     assert_eq!(err.matches("ot a directory").count(), 1, "said once: {err}");
 }
+
+#[test]
+fn help_is_grouped_with_examples_environment_and_exit_codes() {
+    let home = TestHome::new();
+    let long = stdout(&home.run(&["--help"]));
+    for needle in [
+        "Global options:",
+        "LogDog options",
+        "Examples:",
+        "Environment:",
+        "BUTLER_HOME",
+        "BUTLER_LOG",
+        "NO_COLOR",
+        "Exit codes:",
+        "250",
+        "logs web",
+    ] {
+        assert!(long.contains(needle), "--help lacks {needle:?}:\n{long}");
+    }
+    let short = stdout(&home.run(&["-h"]));
+    assert!(short.contains("Examples:") && !short.contains("Environment:"), "{short}");
+    for (cmd, needle) in [("run", "--no-capture"), ("upgrade", "--rollback"), ("logs", "web")] {
+        let help = stdout(&home.run(&[cmd, "--help"]));
+        assert!(help.contains(needle), "{cmd} --help lacks {needle:?}:\n{help}");
+    }
+}
+
+#[test]
+fn logs_ls_takes_its_prefix_as_an_argument_or_as_prefix() {
+    let home = TestHome::new();
+    for prefix in ["demo/a", "other/b"] {
+        let out = home.run(&["--prefix", prefix, "run", "--", "true"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let by_arg = stdout(&home.run(&["logs", "ls", "demo/"]));
+    let by_flag = home.run(&["logs", "ls", "--prefix", "demo/"]);
+    assert!(by_flag.status.success(), "{}", stderr(&by_flag));
+    assert_eq!(by_arg, stdout(&by_flag));
+    assert!(by_arg.contains("demo/a/+/stdout") && !by_arg.contains("other/"), "{by_arg}");
+}
