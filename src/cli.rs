@@ -45,7 +45,7 @@ Exit codes:
   run: the child's own code (128+N when signal N killed it)
   upgrade: 3 network  4 download  5 bad server data  6 verification or bad key  7 stale
            8 bad archive  9 smoke test  10 not writable  11 locked  12 nothing to roll back
-           13 cancelled or I/O";
+           13 cancelled or I/O;  upgrade --check: 100 when an update is available";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -150,7 +150,7 @@ pub(crate) enum Command {
         alias = "update",
         after_help = "\
 Examples:
-  butler upgrade --check       is there a newer butler? (--json for scripts)
+  butler upgrade --check       is there a newer butler? (exit 100 if so, 0 if not)
   butler upgrade -y            install it without asking
   butler upgrade --rollback    go back to the version before"
     )]

@@ -133,26 +133,26 @@ async fn run_async(
             format!("butler {current} is up to date ({} on {})", check.latest, check.channel)
         } else {
             let current = current.as_deref().unwrap_or("(none)");
-            format!("an update is available: {current} -> {} on {}", check.latest, check.channel)
+            format!(
+                "an update is available: {current} -> {} on {}; run `butler upgrade` to install it",
+                check.latest, check.channel
+            )
         };
         reporter.log(Level::Info, &msg);
         reporter.result(merge(
             result,
             json!({"installed": null, "verified": check.signed, "upToDate": up_to_date}),
         ));
-        return Ok(ExitStatus::Success);
+        return Ok(if up_to_date { ExitStatus::Success } else { ExitStatus::UpdateAvailable });
     }
     let interactive = !global.json
         && !args.yes
         && std::io::stdin().is_terminal()
         && std::io::stderr().is_terminal();
     if interactive && !confirm(current.as_deref(), &check.latest)? {
+        // A "no" is an answer, not a failure (as upstream's "Okay, not upgrading").
         reporter.log(Level::Info, "not updated");
-        return Err(ExitError::new(
-            ExitStatus::Failure,
-            anyhow::anyhow!("cancelled at the prompt"),
-        )
-        .into());
+        return Ok(ExitStatus::Success);
     }
     let mut ui = Ui::new(reporter, !global.json && std::io::stderr().is_terminal());
     let applied =

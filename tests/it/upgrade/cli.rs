@@ -70,7 +70,7 @@ fn unsigned_broth_works_and_says_so_until_the_channel_was_signed() {
     // Once a channel served signatures, an unsigned answer from it is refused.
     let signed = Broth::new(true);
     let out = inst.run(&signed, &["--check"]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(100), "an update is available: {}", stderr(&out));
     assert_eq!(result_of(&out)["signed"], true);
     // Same base URL, signatures gone.
     for sig in ["LATEST.minisig", &format!("{}/manifest.json.minisig", f.new_version)] {
@@ -87,7 +87,7 @@ fn check_reports_without_installing_and_never_downgrades() {
     let broth = Broth::new(false);
     let inst = Install::new();
     let out = inst.run(&broth, &["--check"]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(100), "an update is available: {}", stderr(&out));
     let res = result_of(&out);
     assert_eq!(res["updateAvailable"], true);
     assert_eq!(res["latest"], f.new_version.as_str());
@@ -236,7 +236,8 @@ fn a_terminal_gets_a_prompt_and_a_pipe_never_waits_for_one() {
         child.wait_with_output().unwrap()
     };
     let out = on_tty("n\n");
-    assert_eq!(out.status.code(), Some(1), "{}{}", stdout(&out), stderr(&out));
+    assert_eq!(out.status.code(), Some(0), "no is an answer: {}{}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).contains("not updated"), "{}", stdout(&out));
     assert!(stdout(&out).contains(&format!("to {}? [y/N]", f.new_version)), "{}", stdout(&out));
     assert_eq!(version_of(&inst.exe), f.old_version);
     let out = on_tty("y\n");
@@ -402,7 +403,7 @@ fn a_key_that_is_not_trusted_is_refused() {
     // Two keys (rotation): the old and the new one; either signing is accepted.
     let both = format!("{},{}", other.public_base64(), key().public_base64());
     let out = inst.cmd(&broth, &["--check"]).env("BUTLER_TRUSTED_KEYS", both).output().unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(100), "{}", stderr(&out));
 }
 
 #[test]
@@ -526,7 +527,7 @@ fn proxies_from_the_environment_are_used() {
         .env("HTTP_PROXY", broth.url())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(100), "{}", stderr(&out));
     assert_eq!(result_of(&out)["latest"], f.new_version.as_str());
     let seen = broth.server.seen();
     assert!(seen.iter().any(|s| s.target.starts_with("http://localhost:9/butler/")), "{seen:?}");
@@ -592,4 +593,16 @@ fn a_candidate_failing_the_daemon_check_is_never_chosen() {
     assert_eq!(std::fs::read_to_string(root.join(".chosen-version")).unwrap(), f.old_version);
     assert_eq!(listing(&root.join("versions")), vec![f.old_version.clone()]);
     assert_eq!(listing(&root), [".chosen-version", "versions"]);
+}
+
+#[test]
+fn check_exits_100_when_an_update_is_available_and_says_how_to_install_it() {
+    let broth = Broth::new(true);
+    let inst = Install::new();
+    let mut cmd = Command::new(&inst.exe);
+    inst.env(&mut cmd, &broth);
+    let out = cmd.args(["upgrade", "--check"]).stdin(Stdio::null()).output().unwrap();
+    assert_eq!(out.status.code(), Some(100), "{}", stderr(&out));
+    assert!(stderr(&out).contains("run `butler upgrade` to install it"), "{}", stderr(&out));
+    assert_eq!(inst.listing(), ["butler"], "nothing installed");
 }
