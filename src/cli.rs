@@ -173,6 +173,30 @@ LUCI stream clients can open more streams. butler exits with the child's code.")
     /// Read the local log store.
     #[command(subcommand)]
     Logs(streaming::cli::LogsCommand),
+    /// Print a shell completion script.
+    #[command(after_help = "\
+Examples:
+  butler completions bash > ~/.local/share/bash-completion/completions/butler
+  butler completions zsh > ~/.zfunc/_butler
+  butler completions fish > ~/.config/fish/completions/butler.fish")]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `butler man > butler.1`.
+    Man,
+}
+
+/// `butler completions` / `butler man`: written from the same definitions as the parser.
+pub(crate) fn print_completions(shell: clap_complete::Shell) {
+    clap_complete::generate(shell, &mut Cli::command(), "butler", &mut std::io::stdout());
+}
+
+pub(crate) fn print_man_page() -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    let cmd = Cli::command().version(crate::version::VERSION);
+    clap_mangen::Man::new(cmd).render(&mut out)?;
+    std::io::Write::flush(&mut out)
 }
 
 /// `--color`.

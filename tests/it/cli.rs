@@ -165,3 +165,31 @@ fn logs_ls_takes_its_prefix_as_an_argument_or_as_prefix() {
     assert_eq!(by_arg, stdout(&by_flag));
     assert!(by_arg.contains("demo/a/+/stdout") && !by_arg.contains("other/"), "{by_arg}");
 }
+
+#[test]
+fn completions_and_a_man_page_come_from_the_same_definitions() {
+    let home = TestHome::new();
+    let bash = home.run(&["completions", "bash"]);
+    assert!(bash.status.success(), "{}", stderr(&bash));
+    let script = stdout(&bash);
+    assert!(script.contains("_butler") && script.contains("logs__subcmd__web"), "{script}");
+    let file = home.path().join("butler.bash");
+    std::fs::write(&file, &script).unwrap();
+    let syntax = std::process::Command::new("bash").arg("-n").arg(&file).output().unwrap();
+    assert!(syntax.status.success(), "bash -n: {}", stderr(&syntax));
+    for shell in ["zsh", "fish", "powershell", "elvish"] {
+        let out = home.run(&["completions", shell]);
+        assert!(out.status.success() && !out.stdout.is_empty(), "{shell}: {}", stderr(&out));
+    }
+    assert_eq!(home.run(&["completions", "tcsh"]).status.code(), Some(2));
+
+    let man = home.run(&["man"]);
+    assert!(man.status.success(), "{}", stderr(&man));
+    let page = stdout(&man);
+    assert!(page.contains(".TH butler 1"), "{page}");
+    assert!(page.contains(env!("CARGO_PKG_VERSION")), "the version is on the page");
+    assert!(page.contains("Environment:") || page.contains("BUTLER_HOME"), "{page}");
+    let json = home.run(&["--json", "man"]);
+    assert_eq!(json.status.code(), Some(2), "refused clearly");
+    assert!(stderr(&json).contains("not JSON"), "{}", stderr(&json));
+}
