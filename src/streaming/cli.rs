@@ -289,13 +289,17 @@ pub(crate) fn stream(args: StreamArgs, global: &GlobalArgs) -> anyhow::Result<Ex
                     .map_err(runtime)?,
             )
         };
-        butler.handle().add_stream(flags, reader, Bytes::new()).map_err(runtime)?;
+        let info = butler.handle().add_stream(flags, reader, Bytes::new()).map_err(runtime)?;
         let handle = butler.handle();
         tokio::select! {
             () = handle.wait_idle() => {}
             _ = signals.recv() => tracing::info!("signalled; flushing"),
         }
         finish(butler).await?;
+        if global.json {
+            Reporter::new(true, false, false)
+                .result(serde_json::json!({ "path": info.path(), "project": info.project }));
+        }
         Ok(ExitStatus::Success)
     })
 }
@@ -471,6 +475,11 @@ pub(crate) fn logs(cmd: LogsCommand, global: &GlobalArgs) -> anyhow::Result<Exit
     let path = DbPath::resolve(global.dbpath.as_deref()).map_err(runtime)?;
     let cmd = match cmd {
         LogsCommand::Web(args) => return web(args, global, project, path),
+        LogsCommand::Cat { .. } | LogsCommand::Tail { .. } if global.json => {
+            return Err(usage(anyhow::anyhow!(
+                "--json: `logs cat` and `logs tail` write the stream's own bytes, not JSON; for JSON use `logs ls --json`, the daemon's Streams.Read, or `logs web`"
+            )));
+        }
         cmd => cmd,
     };
     let conn = db::open(&path).map_err(runtime)?;

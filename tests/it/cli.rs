@@ -193,3 +193,29 @@ fn completions_and_a_man_page_come_from_the_same_definitions() {
     assert_eq!(json.status.code(), Some(2), "refused clearly");
     assert!(stderr(&json).contains("not JSON"), "{}", stderr(&json));
 }
+
+#[test]
+fn json_is_kept_or_refused_clearly() {
+    let home = TestHome::new();
+    let file = home.path().join("in.txt");
+    std::fs::write(&file, "hello\n").unwrap();
+    let out = home.run(&[
+        "--json",
+        "--prefix",
+        "j",
+        "stream",
+        "--source",
+        file.to_str().unwrap(),
+        "--stream",
+        "name=s",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!((v["type"].as_str(), v["value"]["path"].as_str()), (Some("result"), Some("j/+/s")));
+    for cmd in ["cat", "tail"] {
+        let out = home.run(&["--json", "logs", cmd, "j/+/s"]);
+        assert_eq!(out.status.code(), Some(2), "{cmd}: {}", stderr(&out));
+        assert!(stderr(&out).contains("not JSON"), "{}", stderr(&out));
+        assert!(!stdout(&out).contains("hello"), "no raw bytes on a JSON stdout");
+    }
+}
