@@ -38,6 +38,7 @@ Environment:
   BUTLER_TRUSTED_KEYS  extra trusted minisign keys (--trusted-key)
   NO_COLOR             no colour (as --color never)
   BROWSER              what `butler logs web --open` starts
+  BUTLER_NO_PROGRESS   no progress bar in `butler upgrade` (--no-progress)
 
 Exit codes:
   0 success   1 failure   2 bad flags or arguments   130 a second signal

@@ -38,6 +38,9 @@ pub(crate) struct UpgradeArgs {
     /// Do not ask for confirmation.
     #[arg(long, short = 'y', alias = "assume-yes")]
     pub(crate) yes: bool,
+    /// No progress bar on the terminal (--json progress lines are unaffected).
+    #[arg(long, env = "BUTLER_NO_PROGRESS")]
+    pub(crate) no_progress: bool,
     /// Restore the version the last update replaced.
     #[arg(long, conflicts_with_all = ["check", "to", "force"])]
     pub(crate) rollback: bool,
@@ -154,7 +157,8 @@ async fn run_async(
         reporter.log(Level::Info, "not updated");
         return Ok(ExitStatus::Success);
     }
-    let mut ui = Ui::new(reporter, !global.json && std::io::stderr().is_terminal());
+    let mut ui =
+        Ui::new(reporter, !global.json && !args.no_progress && std::io::stderr().is_terminal());
     let applied =
         service.apply(&target, &check, CancellationToken::new(), &mut |ev| ui.event(ev)).await;
     ui.finish();
@@ -248,6 +252,30 @@ fn confirm(current: Option<&str>, latest: &str) -> anyhow::Result<bool> {
     Ok(matches!(line.trim().to_ascii_lowercase().as_str(), "y" | "yes"))
 }
 
+/// `1.9 MiB`: bytes in binary units, one decimal.
+fn human(bytes: f64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024.0 {
+        return format!("{bytes:.0} B");
+    }
+    let (mut v, mut unit) = (bytes / 1024.0, 0);
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
+/// `4s`, `2m05s`, `1h02m`.
+fn short_duration(secs: f64) -> String {
+    let s = secs.max(0.0).round() as u64;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
 /// Progress for people (a bar on a terminal) and machines (`progress` lines at most every 500 ms).
 struct Ui {
     reporter: Reporter,
@@ -284,14 +312,21 @@ impl Ui {
                 } else if self.bar {
                     let width = 30usize;
                     let filled = ((frac * width as f64) as usize).min(width);
+                    let size = match p.total {
+                        Some(t) => format!("{} / {}", human(p.done as f64), human(t as f64)),
+                        None => human(p.done as f64),
+                    };
+                    let eta =
+                        eta.map(|s| format!("  ETA {}", short_duration(s))).unwrap_or_default();
                     let mut err = std::io::stderr().lock();
+                    // Padded so a shorter line fully covers the previous one.
                     let _ = write!(
                         err,
-                        "\r[{}{}] {:>5.1}% {:>8.1} KiB/s",
+                        "\r[{}{}] {:>5.1}%  {size}  {}/s{eta}   ",
                         "#".repeat(filled),
                         " ".repeat(width - filled),
                         frac * 100.0,
-                        p.bps / 1024.0
+                        human(p.bps),
                     );
                     let _ = err.flush();
                     self.drawn = true;
@@ -309,5 +344,20 @@ impl Ui {
 
     fn finish(&mut self) {
         self.clear_bar();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_durations_read_as_people_write_them() {
+        assert_eq!(human(512.0), "512 B");
+        assert_eq!(human(1536.0), "1.5 KiB");
+        assert_eq!(human(15.5 * 1024.0 * 1024.0), "15.5 MiB");
+        assert_eq!(short_duration(4.4), "4s");
+        assert_eq!(short_duration(125.0), "2m05s");
+        assert_eq!(short_duration(3720.0), "1h02m");
     }
 }

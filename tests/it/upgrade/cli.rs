@@ -243,7 +243,22 @@ fn a_terminal_gets_a_prompt_and_a_pipe_never_waits_for_one() {
     let out = on_tty("y\n");
     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
     assert!(stdout(&out).contains("100.0%"), "no progress bar: {}", stdout(&out));
+    assert!(
+        stdout(&out).contains(" / ") && stdout(&out).contains("/s"),
+        "size and speed: {}",
+        stdout(&out)
+    );
     assert_eq!(version_of(&inst.exe), f.new_version);
+
+    // --no-progress: the same install at a terminal, without the bar.
+    let quiet = Install::new();
+    let mut cmd = Command::new("script");
+    quiet.env(&mut cmd, &broth);
+    cmd.args(["-qec", &format!("'{}' upgrade -y --no-progress", quiet.exe.display()), "/dev/null"]);
+    let out = cmd.stdin(Stdio::null()).output().unwrap();
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert!(!stdout(&out).contains('%'), "a bar despite --no-progress: {}", stdout(&out));
+    assert_eq!(version_of(&quiet.exe), f.new_version);
 
     // No terminal and no -y: no prompt, no wait.
     let inst = Install::new();
