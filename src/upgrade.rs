@@ -297,6 +297,8 @@ impl Ui {
             }
             Event::Warning(m) => {
                 self.clear_bar();
+                // JSON lines carry the level; a person needs the label.
+                let m = if self.reporter.json { m } else { format!("warning: {m}") };
                 self.reporter.log(Level::Warning, &m);
             }
             Event::Progress(p) => {

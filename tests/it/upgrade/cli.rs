@@ -58,8 +58,16 @@ fn unsigned_broth_works_and_says_so_until_the_channel_was_signed() {
     let out = inst.run(&unsigned, &["-y"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("not signature-verified"), "{}", stdout(&out));
+    assert!(!stdout(&out).contains("TLS"), "plain http has no TLS to rely on: {}", stdout(&out));
     assert_eq!(result_of(&out)["verified"], false);
     assert_eq!(version_of(&inst.exe), f.new_version);
+    // Without --json, a person sees it labelled as a warning.
+    let plain = Install::new();
+    let mut cmd = Command::new(&plain.exe);
+    plain.env(&mut cmd, &unsigned);
+    let out = cmd.args(["upgrade", "-y"]).stdin(Stdio::null()).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("warning: butler"), "{}", stderr(&out));
 
     // --require-signature refuses an unsigned server from the start.
     let inst = Install::new();
