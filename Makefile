@@ -2,7 +2,7 @@
 CARGO ?= cargo
 SHELL := /bin/bash
 
-.PHONY: help build run test test-node test-browser it-fixtures lint fmt fmt-check bench release clean
+.PHONY: help build run test test-node node-deps test-browser it-fixtures lint fmt fmt-check bench release clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -14,15 +14,17 @@ run: ## build and start the daemon on the embedded default database
 	$(CARGO) build --locked --bin butler
 	./target/debug/butler --json daemon --transport tcp --keep-alive
 
-test: it-fixtures ## every test, then fmt and clippy with warnings denied
+test: it-fixtures node-deps ## every test, then fmt and clippy with warnings denied
 	BUTLER_IT_FIXTURES=$(abspath $(IT_FIXTURES)) $(CARGO) test --workspace --locked
 	$(MAKE) test-node
 	$(MAKE) test-browser
 	$(MAKE) lint
 
-test-node: ## the @itchio/butlerd npm client's own test suite, run against our daemon
-	$(CARGO) build --locked --bin butler
+node-deps: ## the official @itchio/butlerd client, which integration tests and the bench drive
 	cd tests/node && npm ci --no-audit --no-fund --loglevel=error
+
+test-node: node-deps ## the @itchio/butlerd npm client's own test suite, run against our daemon
+	$(CARGO) build --locked --bin butler
 	@tmp=$$(mktemp -d) && cd $$tmp && \
 	  if PATH="$(abspath $(or $(CARGO_TARGET_DIR),target))/debug:$$PATH" node $(CURDIR)/tests/node/node_modules/@itchio/butlerd/lib/tests/index.js > node.log 2>&1; \
 	  then echo "node client suite (@itchio/butlerd 15.0.0): passed"; rm -rf $$tmp; \
@@ -62,6 +64,8 @@ fmt-check:
 	$(CARGO) fmt --all -- --check
 
 bench: ## release build, then the figures from ../shared/spec/quality.md with medians
+	@if command -v npm >/dev/null 2>&1; then $(MAKE) --no-print-directory node-deps; \
+	  else echo "npm missing: the official-client figure will be skipped"; fi
 	$(CARGO) bench --locked --bench bench
 
 release: ## release binary and the broth tree in dist/broth (signed when BUTLER_SIGNING_KEY_FILE names a key)

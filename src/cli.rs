@@ -354,6 +354,8 @@ pub(crate) struct TuningArgs {
     min_bps: Option<u64>,
     #[arg(long, hide = true, env = "BUTLER_UPGRADE_STALL_WINDOW_MS")]
     stall_window_ms: Option<u64>,
+    #[arg(long, hide = true, env = "BUTLER_UPGRADE_MAX_TIME_MS")]
+    max_time_ms: Option<u64>,
     #[arg(long, hide = true, env = "BUTLER_UPGRADE_MAX_ARCHIVE")]
     max_archive: Option<u64>,
     #[arg(long, hide = true, env = "BUTLER_UPGRADE_MAX_UNPACKED")]
@@ -383,6 +385,9 @@ impl TuningArgs {
         }
         if let Some(v) = self.stall_window_ms {
             t.net.stall_window = ms(v);
+        }
+        if let Some(v) = self.max_time_ms {
+            t.net.max_time = ms(v);
         }
         if let Some(v) = self.max_archive {
             t.net.max_archive = v;

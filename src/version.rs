@@ -45,8 +45,12 @@ pub(crate) struct VersionInfo {
 /// launcher's clients.
 pub(crate) const HAND_OVER: &str = "daemon-hand-over";
 
+/// The daemon also takes over the connections open at the hand-over (with their authentication
+/// and `Meta.Flow`), the daemon lock and the news to announce, so clients see no failed call.
+pub(crate) const HAND_OVER_CONNECTIONS: &str = "daemon-hand-over-connections";
+
 /// What `version --json` announces under `features`.
-pub(crate) const FEATURES: &[&str] = &[HAND_OVER];
+pub(crate) const FEATURES: &[&str] = &[HAND_OVER, HAND_OVER_CONNECTIONS];
 
 pub(crate) fn info() -> VersionInfo {
     VersionInfo {

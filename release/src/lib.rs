@@ -166,8 +166,9 @@ pub fn publish(p: &Publish, key: Option<&SigningKey>) -> Result<Published> {
     Ok(Published { channel_dir, archive, manifest, signed: key.is_some() })
 }
 
-/// Zips `inputs` (name in zip, source path) with their unix modes, masked to 0o777 (the main
-/// executable always executable), and returns the manifest entries.
+/// Zips `inputs` (name in zip, source path) with their unix modes, masked to 0o755 (so a build
+/// host's loose umask never ships group- or world-writable files; the main executable always
+/// executable), and returns the manifest entries.
 pub fn write_zip(
     dest: &Path,
     inputs: &[(String, PathBuf)],
@@ -178,7 +179,7 @@ pub fn write_zip(
     let mut entries = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     for (name, src) in inputs {
-        let mut mode = file_mode(src)? & 0o777;
+        let mut mode = file_mode(src)? & 0o755;
         if name == main_exe {
             mode |= 0o755;
         }

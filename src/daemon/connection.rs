@@ -1,12 +1,16 @@
 //! One connection: read lines, authenticate, run requests concurrently, write replies in order of
 //! completion through a single writer, and route the peer's replies to our own requests.
+//!
+//! For a restart in place a connection comes to rest instead of closing: it answers what it has
+//! read, finishes a half-read line, and once nothing is in flight and nothing is buffered, hands
+//! back its two halves with what it carries ([`Carried`]) for the next process to serve.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures_util::FutureExt;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -15,15 +19,30 @@ use tokio_util::sync::CancellationToken;
 
 use super::framing::{Frame, LineReader};
 use super::jsonrpc::{self, Incoming, Outgoing, Response, RpcError, code};
+use super::notifications::{MetaFlowEstablished, Notification};
 use super::router::Ctx;
 use super::state::Daemon;
 
 type PendingCalls = HashMap<i64, oneshot::Sender<Result<Value, RpcError>>>;
 
+/// Before authentication a peer is worth almost nothing: `Meta.Authenticate` is about 200 bytes,
+/// so longer lines are refused, and a peer that sends this many messages other than a valid
+/// `Meta.Authenticate` is dropped (its replies stay few, so a peer that never reads cannot make
+/// the writer block and the connection outlive its deadline).
+pub(super) const UNAUTHENTICATED_MAX_LINE: usize = 4 * 1024;
+const UNAUTHENTICATED_MAX_ERRORS: u32 = 8;
+/// The most requests one batch may hold.
+pub(super) const MAX_BATCH: usize = 1000;
+/// How long the authentication deadline's reply may take to go out before the connection is
+/// dropped whatever the writer is doing.
+const DEADLINE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The sending side of a connection, shared by its reader and every request running on it.
 pub(crate) struct Peer {
     pub id: u64,
     out: mpsc::Sender<Vec<u8>>,
+    /// Drops the connection at once, even mid-write: a peer past its authentication deadline.
+    kill: CancellationToken,
     pending: Mutex<PendingCalls>,
     next_call_id: AtomicI64,
     log_traffic: bool,
@@ -35,7 +54,10 @@ impl Peer {
         if self.log_traffic {
             traffic(self.id, "->", &line);
         }
-        let _ = self.out.send(line).await;
+        tokio::select! {
+            _ = self.out.send(line) => {}
+            _ = self.kill.cancelled() => {}
+        }
     }
 
     pub(crate) async fn notify(&self, method: &str, params: impl Serialize) {
@@ -78,35 +100,101 @@ impl Peer {
     }
 }
 
-/// Serves one connection until the peer closes it, it fails to authenticate in time, or the
-/// daemon shuts down. Requests still running when it ends are cancelled.
-pub(super) async fn serve<R, W>(daemon: Arc<Daemon>, conn_id: u64, reader: R, writer: W)
+/// What a connection carries across a restart in place, besides its socket.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub(super) struct Carried {
+    pub(super) authenticated: bool,
+    /// The id of its `Meta.Flow` request, which stays open: the connection is an event channel.
+    pub(super) flow: Option<Value>,
+}
+
+/// A connection that came to rest for a restart in place.
+pub(super) struct Rested<R, W> {
+    pub(super) reader: R,
+    pub(super) writer: W,
+    pub(super) carried: Carried,
+}
+
+/// Serves one connection until the peer closes it, it fails to authenticate in time, the daemon
+/// shuts down (requests still running are cancelled), or it comes to rest for a restart.
+///
+/// A `Meta.Flow` connection carried over is registered before this returns, so news broadcast
+/// right after a restart reaches it.
+pub(super) fn serve<R, W>(
+    daemon: Arc<Daemon>,
+    conn_id: u64,
+    reader: R,
+    writer: W,
+    carried: Carried,
+) -> impl std::future::Future<Output = Option<Rested<R, W>>> + Send
 where
-    R: AsyncRead + Unpin,
+    R: AsyncRead + Unpin + Send,
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let (tx, rx) = mpsc::channel(256);
-    let writer_task = daemon.tracker.spawn(write_loop(writer, rx));
+    let kill = CancellationToken::new();
     let peer = Arc::new(Peer {
         id: conn_id,
         out: tx,
+        kill: kill.clone(),
         pending: Mutex::default(),
         next_call_id: AtomicI64::new(0),
         log_traffic: daemon.config.log_traffic,
     });
+    if carried.flow.is_some() {
+        daemon.add_flow(&peer);
+    }
     let token = daemon.shutdown.child_token();
     let mut conn = Connection {
         daemon: Arc::clone(&daemon),
         peer,
         token: token.clone(),
-        authenticated: !daemon.config.require_auth,
+        authenticated: carried.authenticated || !daemon.config.require_auth,
+        flow: carried.flow,
         in_flight: Arc::new(Semaphore::new(daemon.config.max_in_flight)),
+        errors: 0,
     };
-    conn.read_loop(reader).await;
-    // Closing a connection cancels everything running on it (how butlerd clients cancel).
-    token.cancel();
-    drop(conn);
-    let _ = writer_task.await;
+    async move {
+        let writer_task = daemon.tracker.spawn(write_loop(writer, rx, kill.clone()));
+        match conn.read_loop(reader).await {
+            Ended::Rested(reader) => {
+                let carried = Carried { authenticated: conn.authenticated, flow: conn.flow.take() };
+                // The writer ends once every reply queued so far is written.
+                drop(conn);
+                let writer = writer_task.await.ok()?;
+                Some(Rested { reader, writer, carried })
+            }
+            Ended::Closed => {
+                conn.close_flow().await;
+                // Closing a connection cancels everything running on it (how butlerd clients
+                // cancel).
+                token.cancel();
+                let authenticated = conn.authenticated;
+                drop(conn);
+                if !authenticated {
+                    // Its last replies may go out, but a peer that never reads cannot hold the
+                    // connection (and its slot) open.
+                    let killer = kill.clone();
+                    daemon.tracker.spawn(async move {
+                        tokio::time::sleep(DEADLINE_GRACE).await;
+                        killer.cancel();
+                    });
+                }
+                if let Ok(mut writer) = writer_task.await {
+                    let _ = writer.shutdown().await;
+                }
+                kill.cancel();
+                None
+            }
+        }
+    }
+}
+
+/// How a connection's reading ended.
+enum Ended<R> {
+    Closed,
+    /// At rest for a restart: nothing buffered, nothing in flight.
+    Rested(R),
 }
 
 struct Connection {
@@ -114,44 +202,112 @@ struct Connection {
     peer: Arc<Peer>,
     token: CancellationToken,
     authenticated: bool,
+    /// The open `Meta.Flow` request's id.
+    flow: Option<Value>,
     in_flight: Arc<Semaphore>,
+    /// Messages refused before authentication.
+    errors: u32,
 }
 
 impl Connection {
-    async fn read_loop<R: AsyncRead + Unpin>(&mut self, reader: R) {
-        let config = &self.daemon.config;
-        let mut lines = LineReader::new(reader, config.max_line_bytes);
-        let auth_deadline = Instant::now() + config.auth_timeout;
+    async fn read_loop<R: AsyncRead + Unpin>(&mut self, reader: R) -> Ended<R> {
+        let max_line = self.daemon.config.max_line_bytes;
+        let limit = move |authenticated| match authenticated {
+            true => max_line,
+            false => max_line.min(UNAUTHENTICATED_MAX_LINE),
+        };
+        let mut lines = LineReader::new(reader, limit(self.authenticated));
+        let auth_deadline = Instant::now() + self.daemon.config.auth_timeout;
         loop {
+            lines.set_max(limit(self.authenticated));
+            if !self.authenticated && self.errors >= UNAUTHENTICATED_MAX_ERRORS {
+                let err = RpcError::invalid_request(
+                    "too many messages without authentication; closing the connection",
+                );
+                self.reply(&Value::Null, Err(err)).await;
+                return Ended::Closed;
+            }
+            let resting = self.daemon.resting.is_cancelled();
             let frame = tokio::select! {
                 biased;
-                _ = self.token.cancelled() => return,
+                _ = self.token.cancelled() => return Ended::Closed,
+                _ = self.peer.kill.cancelled() => return Ended::Closed,
+                _ = self.daemon.resting.cancelled(), if !resting => continue,
+                // At rest once every request read so far is answered and no line is half-read;
+                // what the peer sends next waits in the socket for the next process.
+                _ = self.requests_done(), if resting && lines.is_empty() => {
+                    if lines.is_empty() {
+                        return Ended::Rested(lines.into_inner());
+                    }
+                    // A line started while we waited (a read began in an earlier round):
+                    // finish it first.
+                    continue;
+                }
                 _ = tokio::time::sleep_until(auth_deadline), if !self.authenticated => {
                     let err = RpcError::new(
                         code::AUTHENTICATION_TIMEOUT,
                         "no Meta.Authenticate within the time allowed; closing the connection",
                     );
                     self.reply(&Value::Null, Err(err)).await;
-                    return;
+                    return Ended::Closed;
                 }
                 frame = lines.next() => frame,
             };
             match frame {
                 Ok(Frame::Line(line)) => self.on_line(&line).await,
                 Ok(Frame::TooLong(n)) => {
-                    let err = RpcError::invalid_request(format!(
-                        "message of {n}+ bytes exceeds the limit of {} bytes; skipped",
-                        self.daemon.config.max_line_bytes
-                    ))
-                    .with("limit", self.daemon.config.max_line_bytes);
+                    let max = limit(self.authenticated);
+                    let why = match self.authenticated {
+                        true => format!("message of {n}+ bytes exceeds the limit of {max} bytes"),
+                        false => format!(
+                            "message of {n}+ bytes exceeds the limit of {max} bytes before authentication"
+                        ),
+                    };
+                    let err =
+                        RpcError::invalid_request(format!("{why}; skipped")).with("limit", max);
+                    self.refused();
                     self.reply(&Value::Null, Err(err)).await;
                 }
-                Ok(Frame::Eof) => return,
+                Ok(Frame::Eof) => return Ended::Closed,
                 Err(e) => {
                     tracing::debug!(conn = self.peer.id, error = %e, "Connection read failed");
-                    return;
+                    return Ended::Closed;
                 }
             }
+        }
+    }
+
+    /// Resolves once no request of this connection is running (each holds an in-flight permit
+    /// until it has finished).
+    async fn requests_done(&self) {
+        let all = u32::try_from(self.daemon.config.max_in_flight).unwrap_or(u32::MAX);
+        let _all = self.in_flight.acquire_many(all).await;
+    }
+
+    /// `Meta.Flow` makes this connection the daemon's event channel until it closes; its request
+    /// stays open (upstream's contract for "switching daemons").
+    async fn open_flow(&mut self, id: Value) -> Option<Reply> {
+        if self.flow.is_some() {
+            let err = RpcError::invalid_request("Meta.Flow is already open on this connection");
+            return Some(Reply::Ready(id, Err(err)));
+        }
+        self.flow = Some(id);
+        self.daemon.add_flow(&self.peer);
+        self.peer
+            .notify(MetaFlowEstablished::METHOD, MetaFlowEstablished { pid: std::process::id() })
+            .await;
+        None
+    }
+
+    /// A closing `Meta.Flow` connection: at shutdown its request is answered as cancelled;
+    /// closed by the peer, it shuts the daemon down.
+    async fn close_flow(&mut self) {
+        let Some(id) = self.flow.take() else { return };
+        if self.daemon.shutdown.is_cancelled() {
+            self.reply(&id, Err(RpcError::cancelled())).await;
+        } else {
+            tracing::info!("Meta.Flow connection closed; shutting down");
+            self.daemon.shutdown.cancel();
         }
     }
 
@@ -167,6 +323,7 @@ impl Connection {
                     let note = format!("(unparseable message, {} bytes)", line.len());
                     traffic(self.peer.id, "<-", note.as_bytes());
                 }
+                self.refused();
                 return self.reply(&Value::Null, Err(RpcError::parse_error(e))).await;
             }
         };
@@ -174,8 +331,24 @@ impl Connection {
             traffic(self.peer.id, "<-", &jsonrpc::to_line(&redact(&value)));
         }
         match value {
+            Value::Array(_) if !self.authenticated => {
+                // A batch could make one line cost thousands of replies: none before the secret.
+                self.errors = UNAUTHENTICATED_MAX_ERRORS;
+                let err = RpcError::invalid_request(
+                    "not authenticated: batches are refused before Meta.Authenticate",
+                );
+                self.reply(&Value::Null, Err(err)).await;
+            }
             Value::Array(items) if items.is_empty() => {
                 let err = RpcError::invalid_request("invalid request: empty batch");
+                self.reply(&Value::Null, Err(err)).await;
+            }
+            Value::Array(items) if items.len() > MAX_BATCH => {
+                let err = RpcError::invalid_request(format!(
+                    "batch of {} requests exceeds the limit of {MAX_BATCH}; send fewer at once",
+                    items.len()
+                ))
+                .with("limit", MAX_BATCH);
                 self.reply(&Value::Null, Err(err)).await;
             }
             Value::Array(items) => self.on_batch(items).await,
@@ -247,10 +420,14 @@ impl Connection {
                     return Some(Reply::Ready(id, result));
                 }
                 if !self.authenticated {
+                    self.refused();
                     let err = RpcError::invalid_request(
                         "not authenticated: call Meta.Authenticate with the secret from the listen notification first",
                     );
                     return Some(Reply::Ready(id, Err(err)));
+                }
+                if method == "Meta.Flow" {
+                    return self.open_flow(id).await;
                 }
                 Some(self.start_request(id, method, params).await)
             }
@@ -267,7 +444,17 @@ impl Connection {
                 self.peer.resolve(&id, result);
                 None
             }
-            Incoming::Invalid { id, error } => Some(Reply::Ready(id, Err(error))),
+            Incoming::Invalid { id, error } => {
+                self.refused();
+                Some(Reply::Ready(id, Err(error)))
+            }
+        }
+    }
+
+    /// Counts a message refused before authentication (see [`UNAUTHENTICATED_MAX_ERRORS`]).
+    fn refused(&mut self) {
+        if !self.authenticated {
+            self.errors += 1;
         }
     }
 
@@ -278,12 +465,15 @@ impl Connection {
             ));
         }
         let Some(secret) = params.get("secret").and_then(Value::as_str) else {
+            self.refused();
             return Err(RpcError::invalid_params("Meta.Authenticate", "missing string \"secret\""));
         };
         if self.daemon.secret_matches(secret) {
             self.authenticated = true;
+            self.daemon.authenticated(self.peer.id);
             Ok(json!({ "ok": true }))
         } else {
+            self.refused();
             Err(RpcError::invalid_request(
                 "invalid secret: it does not match the listen notification's",
             ))
@@ -376,13 +566,18 @@ struct AfterReply {
 impl AfterReply {
     fn run(self) {
         if let (true, Some(daemon)) = (self.shutdown, self.daemon) {
-            daemon.shutdown.cancel();
+            daemon.stop();
         }
     }
 }
 
 /// The single writer: batches whatever is queued into one write, flushes when the queue is empty.
-async fn write_loop<W: AsyncWrite + Unpin>(mut writer: W, mut rx: mpsc::Receiver<Vec<u8>>) {
+/// Gives the writer back once every sender is gone and the queue is written (or writing failed).
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut writer: W,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    kill: CancellationToken,
+) -> W {
     const BATCH: usize = 64 * 1024;
     let mut buf = Vec::new();
     while let Some(first) = rx.recv().await {
@@ -393,26 +588,30 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut writer: W, mut rx: mpsc::Receiver
                 Err(_) => break,
             }
         }
-        if writer.write_all(&buf).await.is_err() || writer.flush().await.is_err() {
-            return;
+        let written = tokio::select! {
+            r = async { writer.write_all(&buf).await?; writer.flush().await } => r.is_ok(),
+            _ = kill.cancelled() => false,
+        };
+        if !written {
+            return writer;
         }
         buf.clear();
         if buf.capacity() > 4 * BATCH {
             buf = Vec::new();
         }
     }
-    let _ = writer.shutdown().await;
+    writer
 }
 
 /// `Meta.Authenticate`'s secret never reaches a log.
 fn redact(value: &Value) -> Value {
     let mut v = value.clone();
+    // Whatever shape its params take (object, array, a bare string), none of it is logged.
     let redact_one = |m: &mut Value| {
         if m.get("method").and_then(Value::as_str) == Some("Meta.Authenticate")
-            && let Some(p) = m.get_mut("params").and_then(Value::as_object_mut)
-            && p.contains_key("secret")
+            && let Some(p) = m.get_mut("params")
         {
-            p.insert("secret".into(), Value::String("[redacted]".into()));
+            *p = Value::String("[redacted]".into());
         }
     };
     match &mut v {

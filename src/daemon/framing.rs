@@ -26,6 +26,22 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
         LineReader { inner: BufReader::with_capacity(8 * 1024, inner), max, line: Vec::new() }
     }
 
+    /// Changes the longest line accepted from the next line on (larger once authenticated).
+    pub(super) fn set_max(&mut self, max: usize) {
+        self.max = max;
+    }
+
+    /// Nothing read and not yet framed: no partial line, no buffered bytes.
+    pub(super) fn is_empty(&self) -> bool {
+        self.line.is_empty() && self.inner.buffer().is_empty()
+    }
+
+    /// The reader, once [`is_empty`](Self::is_empty): nothing read from it is lost.
+    pub(super) fn into_inner(self) -> R {
+        debug_assert!(self.is_empty(), "buffered bytes would be lost");
+        self.inner.into_inner()
+    }
+
     pub(super) async fn next(&mut self) -> std::io::Result<Frame> {
         let mut skipped: Option<usize> = None;
         loop {

@@ -24,6 +24,9 @@ pub(crate) mod code {
     pub(crate) const AUTHENTICATION_TIMEOUT: i64 = -32003;
     /// The database could not be opened or migrated.
     pub(crate) const DATABASE_UNAVAILABLE: i64 = -32004;
+    /// A long request ended so a restart in place need not wait for it; send it again, on the
+    /// same connection (it stays open through the restart).
+    pub(crate) const RESTARTING: i64 = -32005;
     /// Upstream's `OperationCancelled`.
     pub(crate) const OPERATION_CANCELLED: i64 = 499;
     /// Upstream's `NetworkDisconnected`.

@@ -6,10 +6,11 @@
 
 mod connection;
 mod framing;
-mod hand_over;
+pub(crate) mod hand_over;
 pub(crate) mod jsonrpc;
 mod methods;
 mod notifications;
+mod quickack;
 pub(crate) mod router;
 pub(crate) mod state;
 #[cfg(test)]
@@ -28,6 +29,7 @@ use crate::db::{self, DaemonLock, Db, DbPath};
 use crate::exit::{ExitError, ExitStatus};
 use crate::report::{Level, Reporter};
 use crate::update::UpdateSettings;
+use connection::Carried;
 use state::{Config, Daemon, DbState};
 
 /// How clients reach the daemon.
@@ -85,9 +87,21 @@ async fn serve(
     // On stdio, stdout is the JSON-RPC channel: every message for people goes to stderr.
     let reporter = Reporter { json: reporter.json && !stdio, ..reporter };
 
+    // Tests stop a restarted daemon here, before it has done anything, to show what the
+    // previous process left held (the lock).
+    #[cfg(debug_assertions)]
+    if inherited.is_some() {
+        butler_updater::hook::point("daemon-resumed");
+    }
     let db_path = DbPath::resolve(args.dbpath.as_deref())?;
-    // Taken before listening, so a second daemon on the same database fails at once.
-    let _lock = DaemonLock::acquire(&db_path)?;
+    let mut inherited = inherited;
+    // Taken before listening, so a second daemon on the same database fails at once; after a
+    // restart in place, the previous process's lock is still held, and taken over.
+    let lock = match inherited.as_mut().and_then(|i| i.lock.take()) {
+        #[cfg(unix)]
+        Some(file) => DaemonLock::adopt(&db_path, file)?,
+        _ => DaemonLock::acquire(&db_path)?,
+    };
 
     let (db_tx, db_rx) = watch::channel(DbState::Opening);
     let daemon = Arc::new(Daemon::new(
@@ -111,10 +125,25 @@ async fn serve(
     ));
 
     let resumed = inherited.is_some();
+    let rested = RestedConnections::default();
+    let mut news = None;
     let listener = match (stdio, inherited) {
         (true, _) => None,
         (false, Some(i)) => {
-            Some(TcpListener::from_std(i.listener).context("taking over the listening socket")?)
+            let listener =
+                TcpListener::from_std(i.listener).context("taking over the listening socket")?;
+            let carried = i.connections.len();
+            for (stream, state) in i.connections {
+                match tokio::net::TcpStream::from_std(stream) {
+                    Ok(socket) => {
+                        spawn_connection(&daemon, socket, next_conn_id(), state, &rested);
+                    }
+                    Err(e) => tracing::warn!("an inherited connection is unusable: {e}"),
+                }
+            }
+            tracing::debug!("took over {carried} connection(s)");
+            news = i.news;
+            Some(listener)
         }
         (false, None) => Some(
             TcpListener::bind(("127.0.0.1", 0))
@@ -146,6 +175,9 @@ async fn serve(
         }
     }
 
+    if let Some(news) = news {
+        announce(&daemon, news).await;
+    }
     // The database opens in the background; requests that need it wait for it.
     tokio::task::spawn_blocking(move || {
         let state = match db::open(&db_path) {
@@ -168,14 +200,25 @@ async fn serve(
     // Kept open through the drain when a hand-over may follow: clients that connect meanwhile wait
     // in its backlog for the next process.
     let kept = match listener {
-        Some(listener) => accept_loop(&daemon, listener, &args).await,
+        Some(listener) => accept_loop(&daemon, listener, &args, &rested).await,
         None => {
-            connection::serve(Arc::clone(&daemon), 0, tokio::io::stdin(), tokio::io::stdout())
-                .await;
+            let stdio = (tokio::io::stdin(), tokio::io::stdout());
+            let carried = Carried::default();
+            connection::serve(Arc::clone(&daemon), 0, stdio.0, stdio.1, carried).await;
             None
         }
     };
 
+    if daemon.resting.is_cancelled() && !daemon.shutdown.is_cancelled() {
+        // A restart that takes connections along: each answers what it has read, then rests.
+        daemon.connections.close();
+        if tokio::time::timeout(args.drain_timeout, daemon.connections.wait()).await.is_err() {
+            reporter.log(
+                Level::Warning,
+                "some connections were still busy when the restart could wait no longer; they close",
+            );
+        }
+    }
     // Only a hand-over keeps the socket through the drain; otherwise new clients are refused
     // at once rather than left waiting in a backlog nobody will accept.
     let kept = kept.filter(|_| daemon.restart.target().is_some());
@@ -184,15 +227,24 @@ async fn serve(
     if tokio::time::timeout(args.drain_timeout, daemon.tracker.wait()).await.is_err() {
         reporter.log(Level::Warning, "In-flight work did not finish in time; exiting anyway");
     }
-    if let (Some(listener), Some(exe)) = (&kept, daemon.restart.target()) {
+    if let (Some(listener), Some(restart)) = (&kept, daemon.restart.target()) {
+        let exe = restart.exe.clone();
         reporter.log(Level::Info, &format!("restarting into {}", exe.display()));
-        let err = hand_over::exec(&exe, listener, daemon.secret_for_listen_notification());
+        let more = restart.carries_connections.then(|| hand_over::PassingMore {
+            lock: lock.file(),
+            connections: std::mem::take(&mut *lock_rested(&rested)),
+            news: restart.news,
+        });
+        let passing =
+            hand_over::Passing { listener, secret: daemon.secret_for_listen_notification(), more };
+        let err = hand_over::exec(&exe, passing);
         return Err(ExitError::new(
             ExitStatus::Runtime,
             anyhow::anyhow!("could not restart into {}: {err}", exe.display()),
         )
         .into());
     }
+    drop(lock);
     reporter.log(Level::Info, "butler daemon stopped");
     Ok(ExitStatus::Success)
 }
@@ -201,20 +253,91 @@ fn transport_name(stdio: bool) -> &'static str {
     if stdio { "stdio" } else { "tcp" }
 }
 
-/// Accepts until shutdown; gives the listener back in `--keep-alive` mode (for a hand-over).
+/// Connections that came to rest for a restart in place, ready to pass on.
+type RestedConnections = Arc<std::sync::Mutex<Vec<(std::net::TcpStream, Carried)>>>;
+
+fn lock_rested(
+    rested: &RestedConnections,
+) -> std::sync::MutexGuard<'_, Vec<(std::net::TcpStream, Carried)>> {
+    rested.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn next_conn_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Serves one TCP connection on a tracked task; if it comes to rest for a restart, its socket
+/// joins `rested`.
+fn spawn_connection(
+    daemon: &Arc<Daemon>,
+    socket: tokio::net::TcpStream,
+    conn_id: u64,
+    carried: Carried,
+    rested: &RestedConnections,
+) -> tokio::task::JoinHandle<()> {
+    let _ = socket.set_nodelay(true);
+    let (reader, writer) = socket.into_split();
+    let reader = quickack::QuickAck::new(reader);
+    let serving = connection::serve(Arc::clone(daemon), conn_id, reader, writer, carried);
+    let rested = Arc::clone(rested);
+    daemon.tracker.spawn(daemon.connections.track_future(async move {
+        let Some(r) = serving.await else { return };
+        let socket = r.reader.into_inner().reunite(r.writer).map_err(|e| e.to_string());
+        match socket.and_then(|s| s.into_std().map_err(|e| e.to_string())) {
+            Ok(socket) => lock_rested(&rested).push((socket, r.carried)),
+            Err(e) => tracing::warn!(conn = conn_id, "a resting connection is lost: {e}"),
+        }
+    }))
+}
+
+/// After a restart in place, tells `Meta.Flow` connections what the previous process did.
+async fn announce(daemon: &Daemon, news: hand_over::Announcement) {
+    use notifications::{UpdateApplied, UpdateRolledBack};
+    match news {
+        hand_over::Announcement::Applied { previous_version, installed_version, verified } => {
+            let applied = UpdateApplied {
+                previous_version,
+                installed_version,
+                verified,
+                restarting: false,
+                restarted: true,
+            };
+            daemon.broadcast(applied).await;
+        }
+        hand_over::Announcement::RolledBack { restored_version, .. } => {
+            let rolled = UpdateRolledBack { restored_version, restarting: false, restarted: true };
+            daemon.broadcast(rolled).await;
+        }
+    }
+}
+
+/// Accepts until shutdown, or until a restart that takes connections along begins; gives the
+/// listener back in `--keep-alive` mode (for a hand-over).
 async fn accept_loop(
     daemon: &Arc<Daemon>,
     listener: TcpListener,
     args: &DaemonSettings,
+    rested: &RestedConnections,
 ) -> Option<TcpListener> {
     let slots = Arc::new(Semaphore::new(args.max_connections));
-    let next_id = AtomicU64::new(1);
+    // One-connection mode (no --keep-alive) serves the first connection to authenticate, not the
+    // first to connect: a peer without the secret cannot lock the launcher out.
+    let mut single = std::collections::HashMap::new();
     loop {
         let socket = tokio::select! {
             // Shutdown first: a client that connects after it started must wait in the backlog
             // (for a hand-over) or be refused, never be accepted only to be closed at once.
             biased;
             _ = daemon.shutdown.cancelled() => return Some(listener),
+            _ = daemon.resting.cancelled() => return Some(listener),
+            chosen = daemon.first_authenticated(), if !args.keep_alive => {
+                drop(listener);
+                if let Some(conn) = single.remove(&chosen) {
+                    let _ = conn.await;
+                }
+                return None;
+            }
             accepted = listener.accept() => match accepted {
                 Ok((socket, _)) => socket,
                 Err(e) => {
@@ -225,26 +348,20 @@ async fn accept_loop(
                 }
             },
         };
-        let _ = socket.set_nodelay(true);
-        let conn_id = next_id.fetch_add(1, Ordering::Relaxed);
+        let conn_id = next_conn_id();
         let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
             daemon.tracker.spawn(refuse(socket, args.max_connections));
             continue;
         };
-        let (reader, writer) = socket.into_split();
-        let conn =
-            daemon.tracker.spawn(connection::serve(Arc::clone(daemon), conn_id, reader, writer));
-        if !args.keep_alive {
-            // Upstream's one-connection mode: no more accepts; exit when this one closes.
-            drop(listener);
-            let _ = conn.await;
-            drop(slot);
-            return None;
-        }
-        daemon.tracker.spawn(async move {
+        let conn = spawn_connection(daemon, socket, conn_id, Carried::default(), rested);
+        let conn = daemon.tracker.spawn(async move {
             let _ = conn.await;
             drop(slot);
         });
+        if !args.keep_alive {
+            single.retain(|_, c: &mut tokio::task::JoinHandle<()>| !c.is_finished());
+            single.insert(conn_id, conn);
+        }
     }
 }
 

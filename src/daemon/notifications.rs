@@ -50,8 +50,11 @@ pub(crate) struct UpdateApplied {
     pub(crate) previous_version: String,
     pub(crate) installed_version: String,
     pub(crate) verified: bool,
-    /// The daemon restarts into it once the reply is out.
+    /// The daemon restarts into it once the reply is out (a build that cannot take connections
+    /// along); otherwise the new process announces it, with `restarted`.
     pub(crate) restarting: bool,
+    /// Sent by the new process, after a restart in place that kept connections open.
+    pub(crate) restarted: bool,
 }
 notification!(UpdateApplied => "Update.Applied");
 
@@ -62,6 +65,8 @@ pub(crate) struct UpdateRolledBack {
     /// `None` when the restored build would not say.
     pub(crate) restored_version: Option<String>,
     pub(crate) restarting: bool,
+    /// Sent by the new process, after a restart in place that kept connections open.
+    pub(crate) restarted: bool,
 }
 notification!(UpdateRolledBack => "Update.RolledBack");
 

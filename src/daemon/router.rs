@@ -151,10 +151,6 @@ impl Ctx {
         self.cancel.clone()
     }
 
-    pub(crate) fn peer(&self) -> &Arc<Peer> {
-        &self.peer
-    }
-
     /// Starts the daemon's graceful shutdown once this request's reply has been queued.
     pub(crate) fn shutdown_after_reply(&self) {
         self.shutdown_after_reply.store(true, Ordering::Release);

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::connection::Peer;
+use super::hand_over::Announcement;
 use super::jsonrpc::{RpcError, code};
 use super::notifications::Notification;
 use super::router::Router;
@@ -33,7 +34,7 @@ pub(crate) struct Config {
     /// Where `Update.*` looks for new versions, whom it trusts, its limits and its cache.
     pub update: UpdateSettings,
     /// The executable this daemon was started from: what `Update.*` updates.
-    pub exe: PathBuf,
+    pub(crate) exe: PathBuf,
     /// A listening socket to pass on exists (TCP with `--keep-alive`), so `restart` is possible.
     pub can_hand_over: bool,
 }
@@ -52,13 +53,20 @@ pub(crate) struct Daemon {
     secret: String,
     /// Cancelled to start the graceful shutdown; every connection token is its child.
     pub shutdown: CancellationToken,
+    /// Cancelled when a restart in place takes connections along: stop accepting, and let every
+    /// connection come to rest (see `connection.rs`) instead of closing.
+    pub(crate) resting: CancellationToken,
     pub tracker: TaskTracker,
+    /// The TCP connections alone (also in `tracker`), so a restart can wait for them to rest.
+    pub(crate) connections: TaskTracker,
     /// Cancellable operations by client-chosen id, each with the ticket of its registration.
     operations: Mutex<HashMap<String, (u64, CancellationToken)>>,
     next_ticket: AtomicU64,
     flows: Mutex<Vec<Weak<Peer>>>,
     db: watch::Receiver<DbState>,
     pub restart: Arc<RestartGate>,
+    /// The first connection to authenticate: in one-connection mode, the one that is served.
+    first_authenticated: watch::Sender<Option<u64>>,
     /// The version installed over this still-running one (by `Update.Apply`/`Rollback` without a
     /// restart): what is on disk, so checks compare against it and launchers learn that only a
     /// restart is missing.
@@ -80,8 +88,18 @@ pub(crate) struct RestartGate {
 #[derive(Debug, Default)]
 struct GateState {
     processes: usize,
-    /// The executable to restart into after the drain.
-    hand_over: Option<PathBuf>,
+    hand_over: Option<Restart>,
+}
+
+/// A restart in place that was asked for: what to run after the drain, and what goes along.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Restart {
+    pub(crate) exe: PathBuf,
+    /// The new build takes open connections, the daemon lock and news along
+    /// (`daemon-hand-over-connections`); otherwise only the listening socket and the secret.
+    pub(crate) carries_connections: bool,
+    /// Told to `Meta.Flow` connections by the new process once it serves.
+    pub(crate) news: Option<Announcement>,
 }
 
 /// Why a restart was refused.
@@ -115,19 +133,19 @@ impl RestartGate {
         Ok(ProcessSlot(Arc::clone(self)))
     }
 
-    /// Restart into `exe` after the drain, unless children are running. A later claim replaces
-    /// an earlier one: the newest install is what is on disk.
-    pub(crate) fn try_claim(&self, exe: PathBuf) -> Result<(), ProcessesRunning> {
+    /// Restart after the drain, unless children are running. A later claim replaces an earlier
+    /// one: the newest install is what is on disk.
+    pub(crate) fn try_claim(&self, restart: Restart) -> Result<(), ProcessesRunning> {
         let mut state = lock(&self.state);
         if state.processes > 0 {
             return Err(ProcessesRunning(state.processes));
         }
-        state.hand_over = Some(exe);
+        state.hand_over = Some(restart);
         Ok(())
     }
 
-    /// The executable a claimed restart goes into.
-    pub(crate) fn target(&self) -> Option<PathBuf> {
+    /// The restart claimed, if any.
+    pub(crate) fn target(&self) -> Option<Restart> {
         lock(&self.state).hand_over.clone()
     }
 }
@@ -144,14 +162,45 @@ impl Daemon {
             router,
             secret,
             shutdown: CancellationToken::new(),
+            resting: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            connections: TaskTracker::new(),
             operations: Mutex::default(),
             next_ticket: AtomicU64::new(0),
             flows: Mutex::default(),
             db,
             restart: Arc::default(),
+            first_authenticated: watch::Sender::new(None),
             awaiting_restart: Mutex::new(None),
             announced: Mutex::default(),
+        }
+    }
+
+    /// Connection `conn` authenticated.
+    pub(crate) fn authenticated(&self, conn: u64) {
+        self.first_authenticated.send_if_modified(|first| {
+            let unset = first.is_none();
+            first.get_or_insert(conn);
+            unset
+        });
+    }
+
+    /// Resolves with the first connection to authenticate.
+    pub(crate) async fn first_authenticated(&self) -> u64 {
+        let mut rx = self.first_authenticated.subscribe();
+        match rx.wait_for(Option::is_some).await {
+            Ok(first) => first.unwrap_or_default(),
+            // The sender lives as long as `self`.
+            Err(_) => std::future::pending().await,
+        }
+    }
+
+    /// Ends serving once the current reply is queued: a restart that takes connections along
+    /// lets them come to rest; anything else is the graceful shutdown.
+    pub(crate) fn stop(&self) {
+        match self.restart.target() {
+            Some(r) if r.carries_connections => self.resting.cancel(),
+            _ => self.shutdown.cancel(),
         }
     }
 
@@ -271,15 +320,17 @@ mod tests {
 
     #[test]
     fn running_processes_refuse_a_restart_and_a_claimed_restart_refuses_processes() {
+        let restart =
+            |exe: &str| Restart { exe: PathBuf::from(exe), carries_connections: true, news: None };
         let gate = Arc::new(RestartGate::default());
         let slot = gate.try_start_process().expect("no restart claimed yet");
-        let refused = gate.try_claim(PathBuf::from("new")).unwrap_err();
+        let refused = gate.try_claim(restart("new")).unwrap_err();
         assert_eq!(refused.0, 1);
         assert_eq!(gate.target(), None, "a refused claim leaves nothing behind");
         drop(slot);
-        gate.try_claim(PathBuf::from("new")).expect("no process left");
+        gate.try_claim(restart("new")).expect("no process left");
         assert!(gate.try_start_process().is_err(), "the restart was claimed first");
-        gate.try_claim(PathBuf::from("newer")).expect("a later install replaces the target");
-        assert_eq!(gate.target(), Some(PathBuf::from("newer")));
+        gate.try_claim(restart("newer")).expect("a later install replaces the target");
+        assert_eq!(gate.target(), Some(restart("newer")));
     }
 }

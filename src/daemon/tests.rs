@@ -53,7 +53,7 @@ impl Client {
     fn connect(daemon: &Arc<Daemon>) -> Client {
         let (ours, theirs) = tokio::io::duplex(64 * 1024);
         let (r, w) = tokio::io::split(theirs);
-        tokio::spawn(connection::serve(Arc::clone(daemon), 1, r, w));
+        tokio::spawn(connection::serve(Arc::clone(daemon), 1, r, w, Default::default()));
         let (r, writer) = tokio::io::split(ours);
         Client { lines: BufReader::new(r).lines(), writer }
     }

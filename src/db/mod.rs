@@ -101,6 +101,45 @@ pub fn home_dir() -> Result<PathBuf, DbError> {
         .ok_or(DbError::NoHome)
 }
 
+/// Creates `dir` and any missing parents owner-only (0700): butler's folders hold logs, state
+/// and credentials. Folders that exist already are left as they are.
+pub(crate) fn create_private_dir_all(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
+}
+
+/// Options that create a file owner-only (0600).
+pub(crate) fn private_file() -> std::fs::OpenOptions {
+    let mut opts = std::fs::OpenOptions::new();
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    opts
+}
+
+/// The database file exists and only its owner can read it; SQLite gives its WAL and shared
+/// memory files the same mode.
+fn make_private_file(path: &Path) -> std::io::Result<()> {
+    match private_file().write(true).create_new(true).open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = std::fs::metadata(path)?.permissions().mode();
+                if mode & 0o077 != 0 {
+                    let narrowed = std::fs::Permissions::from_mode(mode & 0o700);
+                    std::fs::set_permissions(path, narrowed)?;
+                }
+            }
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Opens (creating if needed) and migrates the database.
 pub fn open(path: &DbPath) -> Result<Connection, DbError> {
     let name = path.display();
@@ -111,8 +150,11 @@ pub fn open(path: &DbPath) -> Result<Connection, DbError> {
     let conn = match path {
         DbPath::File(p) => {
             if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir)
+                create_private_dir_all(dir)
                     .map_err(|error| DbError::CreateDir { path: dir.to_owned(), error })?;
+            }
+            if let Err(e) = make_private_file(p) {
+                tracing::warn!("could not make {} owner-only: {e}", p.display());
             }
             Connection::open_with_flags(p, flags)
         }
@@ -220,22 +262,22 @@ impl Db {
 /// however it dies, so a crash never leaves a stale lock. CLI commands do not take it.
 #[derive(Debug)]
 pub struct DaemonLock {
-    _file: Option<std::fs::File>,
+    file: Option<std::fs::File>,
 }
 
 impl DaemonLock {
     pub fn acquire(path: &DbPath) -> Result<DaemonLock, DbError> {
         let DbPath::File(db) = path else {
             // In-memory databases belong to this process alone.
-            return Ok(DaemonLock { _file: None });
+            return Ok(DaemonLock { file: None });
         };
         let lock_path = lock_path(db);
         let name = db.display().to_string();
         if let Some(dir) = lock_path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
+            create_private_dir_all(dir)
                 .map_err(|error| DbError::CreateDir { path: dir.to_owned(), error })?;
         }
-        let mut file = std::fs::OpenOptions::new()
+        let mut file = private_file()
             .read(true)
             .write(true)
             .create(true)
@@ -259,7 +301,33 @@ impl DaemonLock {
         let _ = file.seek(std::io::SeekFrom::Start(0));
         let _ = write!(file, "{}", std::process::id());
         let _ = file.flush();
-        Ok(DaemonLock { _file: Some(file) })
+        Ok(DaemonLock { file: Some(file) })
+    }
+}
+
+impl DaemonLock {
+    /// The lock's open file, to pass on to the process a restart in place execs: the lock stays
+    /// held through the `exec`, with no moment in which another daemon could take it.
+    pub fn file(&self) -> Option<&std::fs::File> {
+        self.file.as_ref()
+    }
+
+    /// Takes over a lock a previous process of this daemon held and passed on, after checking
+    /// that `file` is the lock file of `path` (else the lock is acquired as usual).
+    #[cfg(unix)]
+    pub fn adopt(path: &DbPath, file: std::fs::File) -> Result<DaemonLock, DbError> {
+        use std::os::unix::fs::MetadataExt;
+        let DbPath::File(db) = path else { return DaemonLock::acquire(path) };
+        let same = match (file.metadata(), std::fs::metadata(lock_path(db))) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        };
+        if !same {
+            tracing::warn!("the inherited daemon lock is not {}'s; locking anew", db.display());
+            drop(file);
+            return DaemonLock::acquire(path);
+        }
+        Ok(DaemonLock { file: Some(file) })
     }
 }
 

@@ -156,12 +156,28 @@ mod unix_listener {
                 }
             }
             let socket = tokio::net::UnixListener::bind(path)?;
+            // Owner-only whatever the umask; the peer check below covers the instant before.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
             Ok(Listener { socket, path: path.clone() })
         }
 
-        /// Cancel-safe.
+        /// The next client of our own user; others are dropped (they could only inject log
+        /// streams under our name). Cancel-safe.
         pub(super) async fn accept(&mut self) -> io::Result<tokio::net::UnixStream> {
-            self.socket.accept().await.map(|(c, _)| c)
+            loop {
+                let (conn, _) = self.socket.accept().await?;
+                // SAFETY: geteuid has no preconditions and cannot fail.
+                let me = unsafe { libc::geteuid() };
+                match conn.peer_cred() {
+                    Ok(cred) if cred.uid() == me => return Ok(conn),
+                    Ok(cred) => tracing::warn!(
+                        "refusing a stream client of uid {} (this server is uid {me}'s)",
+                        cred.uid()
+                    ),
+                    Err(e) => tracing::warn!("refusing a stream client of unknown uid: {e}"),
+                }
+            }
         }
     }
 

@@ -41,13 +41,16 @@ pub(crate) struct UpdateSettings {
 
 impl UpdateSettings {
     /// The butler package on `channel` of this server, with the keys loaded.
+    /// Once any key is trusted (compiled in or given), nothing unsigned is installed: a key
+    /// means its owner signs every release, so an unsigned answer can only be an attack.
     fn source(&self, channel: Channel) -> Result<Source, ErrorKind> {
+        let keys = TrustedKeys::load(&self.trusted_keys)?;
         Ok(Source {
             base_url: self.broth_url.clone(),
             package: "butler".into(),
             channel,
-            keys: TrustedKeys::load(&self.trusted_keys)?,
-            require_signature: self.require_signature,
+            require_signature: self.require_signature || !keys.is_empty(),
+            keys,
         })
     }
 }

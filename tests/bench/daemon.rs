@@ -96,6 +96,7 @@ pub(crate) fn run() {
     round_trips(&d);
     pipelined(&d);
     connect_per_call(&d);
+    official_client(&d);
     memory();
 }
 
@@ -220,6 +221,50 @@ fn connect_per_call(d: &Daemon) {
     );
 }
 
+/// The `@itchio/butlerd` client writes each message and then its newline: with Nagle on its side
+/// and delayed ACKs on ours, every call used to wait ~40 ms. Held against a raw node client that
+/// writes whole lines, in the same run (`tests/node/bench.js`).
+fn official_client(d: &Daemon) {
+    let what = "official @itchio/butlerd client: connect, auth, call, close";
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/node");
+    if !dir.join("node_modules/@itchio/butlerd").is_dir() {
+        println!("{what:<58} skipped: no node_modules in tests/node (Node.js or npm missing?)");
+        return;
+    }
+    let out = Command::new("node")
+        .arg(dir.join("bench.js"))
+        .current_dir(&dir)
+        .env("BUTLERD_ADDRESS", &d.address)
+        .env("BUTLERD_SECRET", &d.secret)
+        .env("BENCH_CALLS", "300")
+        .stderr(Stdio::inherit())
+        .output();
+    let figures = match out {
+        Ok(o) if o.status.success() => serde_json::from_slice::<serde_json::Value>(&o.stdout).ok(),
+        Ok(o) => {
+            println!("{what:<58} failed: node exited with {}", o.status);
+            return;
+        }
+        Err(e) => {
+            println!("{what:<58} skipped: cannot run node ({e})");
+            return;
+        }
+    };
+    let Some(f) = figures else {
+        println!("{what:<58} failed: bench.js printed no figures");
+        return;
+    };
+    let (official, raw) = (f["official_ms"].as_f64().unwrap(), f["raw_ms"].as_f64().unwrap());
+    let ratio = official / raw;
+    report(
+        what,
+        format!("{official:.2} ms"),
+        "<= 5 x the whole-line client",
+        ratio <= 5.0,
+        Some(format!("raw whole-line node client {raw:.2} ms, ratio {ratio:.1} x")),
+    );
+}
+
 fn memory() {
     let (d, _) = spawn();
     std::thread::sleep(Duration::from_millis(200));
@@ -236,4 +281,28 @@ fn memory() {
         None,
     );
     drop(conns);
+
+    // Peers without the secret: as many as the daemon admits, each with a line as long as it
+    // takes before authentication, never finished and never read.
+    let (d, _) = spawn();
+    std::thread::sleep(Duration::from_millis(200));
+    let idle = rss_mib(d.child.id());
+    let garbage = vec![b'x'; 4095];
+    let hostile: Vec<TcpStream> = (0..4000)
+        .filter_map(|_| {
+            let mut s = TcpStream::connect(&d.address).ok()?;
+            s.write_all(&garbage).ok()?;
+            Some(s)
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let held = rss_mib(d.child.id()) - idle;
+    report(
+        "daemon RSS added by 4,000 unauthenticated peers",
+        format!("{held:.1} MiB"),
+        "<= 64 MiB",
+        held <= 64.0,
+        Some(format!("{} connections held, 4 KiB unfinished line each", hostile.len())),
+    );
+    drop(hostile);
 }

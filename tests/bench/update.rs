@@ -103,6 +103,7 @@ pub(crate) fn run() {
     } else {
         println!("update: curl + unzip baseline skipped (curl or unzip is not installed)");
     }
+    restart_in_place(&bin, &srv.url(), &key, work.path());
     // The same at four times the size: memory must not grow with the archive.
     let big_tree = work.path().join("broth-big");
     let big_archive =
@@ -239,4 +240,155 @@ fn measured(cmd: &mut Command) -> (Duration, bool, Option<u64>) {
         .ok()
         .and_then(|s| s.trim().lines().last()?.trim().parse().ok());
     (elapsed, status.success(), rss)
+}
+
+/// A restart in place under load: a daemon of this build, a per-call client (connect,
+/// authenticate, `Version.Get`, close, in a loop) and `Update.Rollback {restart: true}` onto a
+/// copy of the same build that `butler upgrade --force` left as `butler.old`. Measures the reply
+/// → the first `Version.Get` the restarted process answers, and the longest call the per-call
+/// client saw (and whether any failed).
+fn restart_in_place(bin: &Path, url: &str, key: &SigningKey, work: &Path) {
+    use std::io::{BufRead, BufReader, Write};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    let dir = work.join("restart");
+    let upgrade = || {
+        let (_, ok, _) = measured(&mut upgrade_cmd_in(&dir, url, key));
+        assert!(ok, "butler upgrade --force failed in the restart bench");
+    };
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(bin, dir.join("butler")).unwrap();
+    let mut daemon = Command::new(dir.join("butler"));
+    daemon
+        .args(["--json", "daemon", "--transport", "tcp", "--keep-alive", "--no-auto-update"])
+        .env("BUTLER_HOME", dir.join("home"))
+        .env("BUTLER_BROTH_URL", url)
+        .env("BUTLER_TRUSTED_KEYS", key.public_base64())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = daemon.spawn().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let (address, secret) = loop {
+        let mut line = String::new();
+        assert!(out.read_line(&mut line).unwrap() > 0, "the daemon exited before listening");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if v["type"] == "butlerd/listen-notification" {
+            let a = v["tcp"]["address"].as_str().unwrap().to_owned();
+            break (a, v["secret"].as_str().unwrap().to_owned());
+        }
+    };
+    let auth = format!(
+        "{{\"jsonrpc\":\"2.0\",\"id\":0,\"method\":\"Meta.Authenticate\",\"params\":{{\"secret\":\"{secret}\"}}}}\n"
+    );
+    let connect = move |address: &str| {
+        let s = std::net::TcpStream::connect(address)?;
+        s.set_nodelay(true)?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut r = BufReader::new(s.try_clone()?);
+        let mut w = s;
+        w.write_all(auth.as_bytes())?;
+        let mut line = String::new();
+        r.read_line(&mut line)?;
+        if !line.contains("\"ok\":true") {
+            return Err(std::io::Error::other(format!("not authenticated: {line}")));
+        }
+        Ok::<_, std::io::Error>((r, w))
+    };
+    let call = |r: &mut BufReader<std::net::TcpStream>, w: &mut std::net::TcpStream, msg: &str| {
+        w.write_all(msg.as_bytes())?;
+        loop {
+            let mut line = String::new();
+            if r.read_line(&mut line)? == 0 {
+                return Err(std::io::Error::other("closed"));
+            }
+            let v: serde_json::Value =
+                serde_json::from_str(&line).map_err(std::io::Error::other)?;
+            if v.get("method").is_none() {
+                return Ok::<_, std::io::Error>(v);
+            }
+        }
+    };
+    let version_get = "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"Version.Get\",\"params\":{}}\n";
+
+    // The per-call client, for the whole run.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (longest_us, failures, calls) =
+        (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let looping = {
+        let (stop, longest_us, failures, calls) =
+            (stop.clone(), longest_us.clone(), failures.clone(), calls.clone());
+        let (address, connect, call) = (address.clone(), connect.clone(), call);
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                let ok = connect(&address)
+                    .and_then(|(mut r, mut w)| call(&mut r, &mut w, version_get))
+                    .is_ok_and(|v| v.get("result").is_some());
+                if !ok {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                }
+                calls.fetch_add(1, Ordering::Relaxed);
+                longest_us.fetch_max(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+            }
+        })
+    };
+    let (mut fr, mut fw) = connect(&address).unwrap();
+    fw.write_all(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"Meta.Flow\",\"params\":{}}\n")
+        .unwrap();
+    let (mut cr, mut cw) = connect(&address).unwrap();
+    let mut to_first_call = Vec::new();
+    for _ in 0..RUNS {
+        upgrade();
+        let rollback = "{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"Update.Rollback\",\"params\":{\"restart\":true}}\n";
+        let reply = call(&mut cr, &mut cw, rollback).unwrap();
+        let replied = Instant::now();
+        assert!(reply.get("result").is_some(), "Update.Rollback failed: {reply}");
+        // The restarted process announces itself on the carried Meta.Flow connection.
+        loop {
+            let mut line = String::new();
+            assert!(fr.read_line(&mut line).unwrap() > 0, "the Meta.Flow connection closed");
+            if line.contains("\"restarted\":true") {
+                break;
+            }
+        }
+        let v = call(&mut cr, &mut cw, version_get).unwrap();
+        assert!(v.get("result").is_some(), "{v}");
+        to_first_call.push(replied.elapsed().as_secs_f64() * 1e3);
+    }
+    stop.store(true, Ordering::Relaxed);
+    looping.join().unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let m = median(to_first_call);
+    let longest = longest_us.load(Ordering::Relaxed) as f64 / 1e3;
+    let failed = failures.load(Ordering::Relaxed);
+    let calls = calls.load(Ordering::Relaxed);
+    crate::report(
+        "restart in place: reply -> first call the new process answers",
+        format!("{m:.1} ms"),
+        "<= 150 ms",
+        m <= 150.0,
+        None,
+    );
+    crate::report(
+        "restart in place: longest per-call client call; failed calls",
+        format!("{longest:.1} ms; {failed}"),
+        "<= 100 ms; 0",
+        longest <= 100.0 && failed == 0,
+        Some(format!("{calls} calls over {RUNS} restarts")),
+    );
+}
+
+/// `butler upgrade -y --force` of the butler already installed in `dir`, from `url`.
+fn upgrade_cmd_in(dir: &Path, url: &str, key: &SigningKey) -> Command {
+    let mut cmd = Command::new(dir.join("butler"));
+    cmd.args(["--json", "upgrade", "-y", "--force"])
+        .env("BUTLER_HOME", dir.join("home"))
+        .env("BUTLER_BROTH_URL", url)
+        .env("BUTLER_TRUSTED_KEYS", key.public_base64())
+        .env_remove("http_proxy")
+        .env_remove("HTTP_PROXY");
+    cmd
 }

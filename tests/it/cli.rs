@@ -219,3 +219,38 @@ fn json_is_kept_or_refused_clearly() {
         assert!(!stdout(&out).contains("hello"), "no raw bytes on a JSON stdout");
     }
 }
+
+/// What butler writes holds log text, state and secrets: the owner's alone, whatever the umask.
+#[test]
+fn butlers_files_and_folders_are_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let home = TestHome::new();
+    let state = home.path().join("nested/home");
+    let out = home
+        .butler()
+        .env("BUTLER_HOME", &state)
+        .args(["--prefix", "modes", "run", "--stdout", "name=out", "--", "sh", "-c", "echo s3cret"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", crate::util::stderr(&out));
+    assert_eq!(mode(&home.path().join("nested")), 0o700);
+    assert_eq!(mode(&state), 0o700);
+    for f in ["butler.db", "butler.db-wal"] {
+        let p = state.join(f);
+        if p.exists() {
+            assert_eq!(mode(&p), 0o600, "{f}");
+        }
+    }
+    let mut cmd = home.butler();
+    cmd.env("BUTLER_HOME", &state).args(["--json", "daemon", "--transport", "tcp"]);
+    let d = crate::util::DaemonProc::start_cmd(cmd);
+    assert_eq!(mode(&state.join("butler.db.daemon-lock")), 0o600);
+    drop(d);
+    // A database an older butler left readable is narrowed when opened.
+    std::fs::set_permissions(state.join("butler.db"), std::fs::Permissions::from_mode(0o644))
+        .unwrap();
+    let out = home.butler().env("BUTLER_HOME", &state).args(["logs", "ls"]).output().unwrap();
+    assert!(out.status.success(), "{}", crate::util::stderr(&out));
+    assert_eq!(mode(&state.join("butler.db")), 0o600);
+}

@@ -685,3 +685,142 @@ fn streams_follow_sends_entries_as_they_arrive_until_the_stream_ends() {
     let r = c.request(json!(2), "Streams.Follow", json!({"path": "live/run/+/nope"}));
     assert_eq!(error_code(&r), -32602);
 }
+
+#[test]
+fn no_batch_is_processed_before_authentication() {
+    let home = TestHome::new();
+    let d = keep_alive(&home, &[]);
+    let mut c = d.connect();
+    // A batch of cheap items used to make one line cost ~2.5 KiB of heap per item.
+    let items = vec![json!(1); 1000];
+    c.send(&Value::Array(items));
+    let r = c.recv();
+    assert_eq!(error_code(&r), -32600, "{r}");
+    assert!(r["error"]["message"].as_str().unwrap().contains("batches"), "{r}");
+    let closing = c.recv();
+    assert!(closing["error"]["message"].as_str().unwrap().contains("closing"), "{closing}");
+    assert!(c.try_recv().is_none(), "the connection is closed");
+}
+
+#[test]
+fn batches_are_capped_once_authenticated() {
+    let home = TestHome::new();
+    let d = keep_alive(&home, &[]);
+    let mut c = d.client();
+    let item = json!({"jsonrpc": "2.0", "id": 1, "method": "Test.Double", "params": {"number": 1}});
+    c.send(&Value::Array(vec![item.clone(); 1001]));
+    let r = c.recv();
+    assert_eq!(error_code(&r), -32600, "{r}");
+    assert_eq!(r["error"]["data"]["limit"], 1000, "{r}");
+    c.send(&Value::Array(vec![item; 1000]));
+    assert_eq!(c.recv().as_array().map(Vec::len), Some(1000));
+}
+
+#[test]
+fn before_authentication_lines_are_small_and_errors_few() {
+    let home = TestHome::new();
+    let d = keep_alive(&home, &[]);
+    let mut c = d.connect();
+    let mut big =
+        b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"Meta.Authenticate\",\"params\":{\"pad\":\""
+            .to_vec();
+    big.extend(std::iter::repeat_n(b'x', 5000));
+    big.extend_from_slice(b"\"}}\n");
+    c.send_raw(&big);
+    let r = c.recv();
+    assert_eq!(error_code(&r), -32600, "{r}");
+    assert_eq!(r["error"]["data"]["limit"], 4096, "{r}");
+    // The same line is fine once authenticated.
+    let mut ok = d.client();
+    let mut long = b"{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"Test.Double\",\"params\":{\"number\":2,\"pad\":\"".to_vec();
+    long.extend(std::iter::repeat_n(b'x', 5000));
+    long.extend_from_slice(b"\"}}\n");
+    ok.send_raw(&long);
+    assert_eq!(ok.recv()["result"]["number"], 4);
+    // A handful of refused messages, then the connection is dropped.
+    for id in 0..20 {
+        c.send(&json!({"jsonrpc": "2.0", "id": id, "method": "Version.Get"}));
+    }
+    let mut replies = 0;
+    while c.try_recv().is_some() {
+        replies += 1;
+    }
+    assert!(replies <= 9, "{replies} replies before the connection closed");
+}
+
+#[test]
+fn peers_that_never_read_cannot_hold_slots_past_the_deadline() {
+    let home = TestHome::new();
+    let d = keep_alive(&home, &["--max-connections", "2", "--auth-timeout", "300ms"]);
+    // Two peers fill the slots, write garbage and never read.
+    let spam = |address: &str| {
+        // Enough refused lines that, unread, their replies fill every socket buffer (a small
+        // receive buffer on our side keeps that within reach).
+        let mut s = std::net::TcpStream::connect(address).unwrap();
+        let small: libc::c_int = 4096;
+        // SAFETY: setsockopt on our own open socket with a c_int option value.
+        unsafe {
+            use std::os::fd::AsRawFd;
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&raw const small).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+        s.set_write_timeout(Some(Duration::from_millis(500))).unwrap();
+        let garbage = b"x\n".repeat(1024);
+        for _ in 0..1000 {
+            if s.write_all(&garbage).is_err() {
+                break;
+            }
+        }
+        s
+    };
+    let _a = spam(&d.address);
+    let _b = spam(&d.address);
+    // Once their deadline (and the reply's grace) passed, a real client gets a slot.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut c = d.connect();
+        let r = c.request(json!("auth"), "Meta.Authenticate", json!({"secret": d.secret}));
+        if r["result"]["ok"] == true {
+            break;
+        }
+        assert_eq!(error_code(&r), -32001, "{r}");
+        assert!(Instant::now() < deadline, "the slots are still held");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn in_one_connection_mode_the_first_to_authenticate_is_served() {
+    let home = TestHome::new();
+    let d = DaemonProc::start(&home, &["--dbpath", ":memory:"]);
+    // Someone without the secret connects first and says nothing.
+    let _squatter = d.connect();
+    let mut c = d.client();
+    assert!(c.request(json!(1), "Version.Get", json!({}))["result"].is_object());
+    drop(c);
+    let (code, _, _) = d.wait_exit(5);
+    assert_eq!(code, Some(0));
+}
+
+#[test]
+fn log_flag_never_prints_the_secret_whatever_the_params_shape() {
+    let home = TestHome::new();
+    let d = keep_alive(&home, &["--log"]);
+    let mut c = d.connect();
+    let secret = d.secret.clone();
+    let r = c.request(json!(1), "Meta.Authenticate", json!([secret]));
+    assert_eq!(error_code(&r), -32602, "{r}");
+    c.send(&json!({"jsonrpc": "2.0", "id": 2, "method": "Meta.Authenticate", "params": secret}));
+    c.recv();
+    let mut ok = d.client();
+    ok.request(json!(3), "Meta.Shutdown", json!({}));
+    let (code, _, stderr) = d.wait_exit(5);
+    assert_eq!(code, Some(0));
+    assert!(stderr.contains("Meta.Authenticate"), "{stderr}");
+    assert!(!stderr.contains(&secret), "secret leaked to stderr: {stderr}");
+}

@@ -715,3 +715,66 @@ fn run_stores_stdout_and_stderr_by_default_still_shows_them_and_says_where() {
     assert_eq!(stdout(&out), "to out\n");
     assert!(!stderr(&out).contains("butler:"), "{}", stderr(&out));
 }
+
+/// A stream server's socket is its owner's whatever the umask, and a client of another user is
+/// refused even if it reaches the socket (S12).
+#[test]
+fn stream_sockets_are_owner_only_and_other_users_are_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let home = TestHome::new();
+    let sock = home.path().join("s.sock");
+    let mut cmd = home.butler();
+    cmd.args(["--prefix", "uid", "serve", "--streamserver-uri"])
+        .arg(format!("unix:{}", sock.display()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    // SAFETY: umask is async-signal-safe; it only sets the child's file mode mask.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::umask(0);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "a umask of 000 left the socket {mode:o}");
+
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        // As if another user got in before the mode was set: open the file, connect as nobody.
+        std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o777)).unwrap();
+        std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = std::ffi::CString::new(sock.as_os_str().as_encoded_bytes()).unwrap();
+        let hello = handshake(r#"{"name": "injected"}"#);
+        // SAFETY: the child only makes async-signal-safe calls on memory prepared before fork.
+        let status = unsafe {
+            let pid = libc::fork();
+            if pid == 0 {
+                let mut addr: libc::sockaddr_un = std::mem::zeroed();
+                addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+                for (i, b) in path.as_bytes().iter().enumerate() {
+                    addr.sun_path[i] = *b as libc::c_char;
+                }
+                let ok = libc::setgid(65534) == 0 && libc::setuid(65534) == 0;
+                let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+                let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+                let connected = libc::connect(fd, (&raw const addr).cast(), len) == 0;
+                if ok && connected {
+                    libc::write(fd, hello.as_ptr().cast(), hello.len());
+                    libc::write(fd, b"evil\n".as_ptr().cast(), 5);
+                }
+                libc::_exit(if ok && connected { 0 } else { 1 });
+            }
+            let mut status = 0;
+            libc::waitpid(pid, &mut status, 0);
+            status
+        };
+        assert_eq!(status, 0, "the other user could not even reach the socket");
+    }
+    signal(&child, "TERM");
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(10)).code(), Some(0));
+    assert!(ls(&home, "local").is_empty(), "another user's stream was stored");
+}

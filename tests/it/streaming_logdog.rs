@@ -45,6 +45,8 @@ struct State {
     /// When set: the service account's public key; every call must carry the issued token.
     service_account: Option<(String, Vec<u8>)>,
     tokens_issued: u32,
+    /// The token's `expires_in`; 3600 when unset.
+    expires_in: Option<u64>,
 }
 
 const ISSUED_TOKEN: &str = "ya29.stand-in-token";
@@ -270,7 +272,8 @@ fn serve_conn(stream: TcpStream, state: Arc<Mutex<State>>) {
             match check_jwt(&st, assertion, &uri) {
                 Ok(()) if grant => {
                     st.tokens_issued += 1;
-                    let body = serde_json::json!({ "access_token": ISSUED_TOKEN, "expires_in": 3600, "token_type": "Bearer" });
+                    let life = st.expires_in.unwrap_or(3600);
+                    let body = serde_json::json!({ "access_token": ISSUED_TOKEN, "expires_in": life, "token_type": "Bearer" });
                     respond(
                         &mut w,
                         "200 OK",
@@ -489,6 +492,22 @@ fn bundles_left_spooled_by_a_run_are_delivered_by_the_next_one() {
     let spool = home.path().join("spool/logdog");
     assert!(std::fs::read_dir(&spool).unwrap().count() > 0, "bundles kept on disk");
     assert!(state.lock().unwrap().streams.is_empty());
+    // Log text and the prefix secret: the owner's alone. A spooled bundle names its topic, never
+    // a URL to send a token to.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&spool), 0o700);
+    for f in std::fs::read_dir(&spool).unwrap() {
+        let f = f.unwrap().path();
+        assert_eq!(mode(&f), 0o600, "{}", f.display());
+        let content = std::fs::read(&f).unwrap();
+        assert!(content.starts_with(b"projects/"), "{}", f.display());
+    }
+    // A planted file naming a URL sends nothing there.
+    let trap = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    trap.set_nonblocking(true).unwrap();
+    let planted = format!("http://{}/steal\nplanted", trap.local_addr().unwrap());
+    std::fs::write(spool.join("00000000000000000000-0000000000.msg"), planted).unwrap();
 
     state.lock().unwrap().publish_failures = 0;
     let out = logdog_run(&home, port, "second/run", "retry-attempts=2,drain=5s", "echo second");
@@ -504,11 +523,24 @@ fn bundles_left_spooled_by_a_run_are_delivered_by_the_next_one() {
     assert_eq!(first.terminal_index, Some(first.entries.len() as u64 - 1));
     let second = st.streams.get(&("second/run".to_owned(), "out".to_owned())).unwrap();
     assert_eq!(text_of(second), b"second\n");
-    assert_eq!(std::fs::read_dir(&spool).unwrap().count(), 0, "the spool drained");
+    let left: Vec<_> = std::fs::read_dir(&spool).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left, ["00000000000000000000-0000000000.msg"], "only the planted file is left");
+    assert!(trap.accept().is_err(), "the planted URL was called");
 }
 
 #[test]
 fn logdog_output_authenticates_with_a_service_account_key() {
+    service_account_run(None);
+}
+
+#[test]
+fn a_hostile_token_lifetime_is_clamped_not_a_crash() {
+    service_account_run(Some(u64::MAX));
+}
+
+/// A run through the `logdog` output with a service-account key, the stand-in issuing tokens
+/// that live `expires_in` seconds.
+fn service_account_run(expires_in: Option<u64>) {
     use aws_lc_rs::encoding::AsDer;
     use aws_lc_rs::signature::KeyPair;
     use base64::Engine;
@@ -517,6 +549,7 @@ fn logdog_output_authenticates_with_a_service_account_key() {
     let email = "butler@proj.iam.gserviceaccount.com";
     let state = Arc::new(Mutex::new(State {
         service_account: Some((email.to_owned(), key.public_key().as_ref().to_vec())),
+        expires_in,
         ..State::default()
     }));
     let port = stand_in(Arc::clone(&state));

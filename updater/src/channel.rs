@@ -64,6 +64,14 @@ impl Channel {
             });
         }
         if self.head {
+            // A version names a folder (`versions/<v>/`) and a URL segment: `.` and `..` are not
+            // versions, whatever characters they are made of.
+            if v.chars().all(|c| c == '.') {
+                return Err(ErrorKind::BadVersion {
+                    version: v.escape_debug().to_string(),
+                    why: "it is not a single path component".into(),
+                });
+            }
             if !v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')) {
                 return Err(ErrorKind::BadVersion {
                     version: v.escape_debug().to_string(),
@@ -150,6 +158,15 @@ mod tests {
         assert_eq!(Channel::for_platform("macos", "aarch64", true).name(), "darwin-arm64-head");
         assert_eq!(Channel::for_platform("windows", "x86", false).name(), "windows-386");
         assert_eq!(Channel::for_platform("windows", "x86", false).executable_name(), "butler.exe");
+    }
+
+    #[test]
+    fn head_versions_are_single_path_components() {
+        let head = Channel::for_platform("linux", "x86_64", true);
+        for bad in [".", "..", "...", "a/b", ""] {
+            assert!(head.parse_version(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(head.parse_version("1a2b.3-c_d").unwrap(), "1a2b.3-c_d");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! stderr the n-th time (default 1st) it reaches that point and then sleeps until killed.
 
 #[cfg(debug_assertions)]
-pub(crate) fn point(name: &str) {
+pub fn point(name: &str) {
     use std::sync::atomic::{AtomicU64, Ordering};
     tracing::trace!("reached {name}");
     static HITS: AtomicU64 = AtomicU64::new(0);

@@ -19,6 +19,9 @@ pub struct NetConfig {
     /// The watchdog: at least `min_bps` averaged over each `stall_window`, or the attempt fails.
     pub min_bps: u64,
     pub stall_window: Duration,
+    /// However steady, a download (all its attempts) ends after this long; what it fetched is
+    /// kept for the next run to resume.
+    pub max_time: Duration,
     /// Attempts per request that made no progress before giving up.
     pub retries: u32,
     /// First backoff delay; doubled per failed attempt, capped at `max_backoff`.
@@ -37,6 +40,7 @@ impl Default for NetConfig {
             read_timeout: Duration::from_secs(30),
             min_bps: 1024,
             stall_window: Duration::from_secs(30),
+            max_time: Duration::from_secs(60 * 60),
             retries: 4,
             backoff: Duration::from_millis(300),
             max_backoff: Duration::from_secs(5),
@@ -209,29 +213,33 @@ impl Http {
         let mut failures = 0u32;
         let mut attempts = 0u32;
         let started = Instant::now();
+        let deadline = tokio::time::Instant::from_std(started + self.cfg.max_time);
         let mut last_report = Instant::now() - self.cfg.progress_interval;
         loop {
             attempts += 1;
             let before = done;
-            let result = self
-                .download_attempt(
-                    url,
-                    cap,
-                    &mut file,
-                    &mut hasher,
-                    &mut done,
-                    &mut validator,
-                    &sidecar,
-                    &mut total,
-                    &mut |d, t| {
-                        if last_report.elapsed() >= self.cfg.progress_interval {
-                            last_report = Instant::now();
-                            let secs = started.elapsed().as_secs_f64().max(1e-3);
-                            on_progress(Progress { done: d, total: t, bps: d as f64 / secs });
-                        }
-                    },
-                )
-                .await;
+            let mut report = |d, t| {
+                if last_report.elapsed() >= self.cfg.progress_interval {
+                    last_report = Instant::now();
+                    let secs = started.elapsed().as_secs_f64().max(1e-3);
+                    on_progress(Progress { done: d, total: t, bps: d as f64 / secs });
+                }
+            };
+            let attempt = self.download_attempt(
+                url,
+                cap,
+                &mut file,
+                &mut hasher,
+                &mut done,
+                &mut validator,
+                &sidecar,
+                &mut total,
+                &mut report,
+            );
+            let Ok(result) = tokio::time::timeout_at(deadline, attempt).await else {
+                // The sidecar stays: the next run resumes where this one stopped.
+                return Err(ErrorKind::TooSlow { url: url.to_owned(), limit: self.cfg.max_time });
+            };
             match result {
                 Ok(()) => {
                     let _ = std::fs::remove_file(&sidecar);

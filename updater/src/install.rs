@@ -90,6 +90,16 @@ pub fn sync_dir(dir: &Path) -> Result<(), ErrorKind> {
     Ok(())
 }
 
+/// Creates `dir` and missing parents owner-only (0700): the update cache holds what butler will
+/// run. Folders that exist already keep their mode.
+pub fn create_private_dir_all(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
+}
+
 /// A candidate butler run in isolation: its own home in `scratch`, no test pause points, stdout
 /// piped for the caller to read, nothing else inherited. Killed and reaped when dropped.
 #[derive(Debug)]

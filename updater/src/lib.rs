@@ -6,7 +6,7 @@
 
 pub mod channel;
 mod hasher;
-mod hook;
+pub mod hook;
 pub mod http;
 pub mod install;
 pub mod manifest;
@@ -70,6 +70,8 @@ pub enum ErrorKind {
     Network { url: String, why: String },
     #[error("GET {url}: stalled: {why}")]
     Stalled { url: String, why: String },
+    #[error("GET {url}: the download did not finish within {limit:?}; the next try resumes it")]
+    TooSlow { url: String, limit: Duration },
     #[error("GET {url}: the body is larger than the limit of {limit} bytes")]
     TooLarge { url: String, limit: u64 },
     #[error("GET {url}: the body ended after {got} of {expected} bytes")]
@@ -145,6 +147,7 @@ impl ErrorKind {
             | ErrorKind::Network { .. }
             | ErrorKind::NotFound(_) => ErrorClass::Network,
             ErrorKind::Stalled { .. }
+            | ErrorKind::TooSlow { .. }
             | ErrorKind::TooLarge { .. }
             | ErrorKind::Truncated { .. } => ErrorClass::Download,
             ErrorKind::BadLatest(_)
@@ -766,7 +769,8 @@ impl Updater {
     /// `None` sends downloads to the staging folder instead.
     fn lock_cache(&self) -> Option<(PathBuf, install::InstallLock)> {
         let dir = self.cache_dir.as_ref()?;
-        let usable = fs_err::create_dir_all(dir).is_ok() && install::check_writable(dir).is_ok();
+        let usable =
+            install::create_private_dir_all(dir).is_ok() && install::check_writable(dir).is_ok();
         let lock = install::InstallLock::acquire(dir).ok().filter(|_| usable)?;
         Some((dir.clone(), lock))
     }

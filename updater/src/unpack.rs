@@ -22,7 +22,7 @@ impl Default for Limits {
 
 /// Unpacks `archive` into `dest` (which must exist and be empty) and returns every regular file
 /// with its size, SHA-256 and the mode its entry stored (masked to 0o777, before the main
-/// executable's execute bits are forced on).
+/// executable's execute bits are forced on and group/other write bits are taken off).
 pub fn unpack(
     archive: &Path,
     dest: &Path,
@@ -32,6 +32,10 @@ pub fn unpack(
     let file = fs_err::File::open(archive)?;
     let mut zip = zip::ZipArchive::new(std::io::BufReader::with_capacity(256 * 1024, file))
         .map_err(|e| unsafe_zip(format!("not a readable zip: {e}")))?;
+    // The crate keeps one entry per name; two readers of such a zip would disagree on its content.
+    if zip.has_duplicate_names() {
+        return Err(unsafe_zip("a file name appears twice in its directory".into()));
+    }
     if zip.len() > limits.max_entries {
         return Err(unsafe_zip(format!(
             "{} entries, more than the limit of {}",
@@ -105,7 +109,8 @@ pub fn unpack(
         if path == main_exe {
             final_mode |= 0o111 | 0o400;
         }
-        set_mode(&f, final_mode)?;
+        // Whatever the zip says, nobody but the owner may change what butler will run.
+        set_mode(&f, final_mode & !0o022)?;
         to_sync.push(f);
         hasher.cut();
         out.push(FileEntry { path, size, sha256: String::new(), mode });

@@ -1,5 +1,6 @@
-//! The method table: butlerd's core (`Meta.*`, `Version.Get`, `Test.*`, `Operation.Cancel`) here,
-//! and one module per further family, each with a `register` function.
+//! The method table: butlerd's core (`Meta.Shutdown`, `Version.Get`, `Test.*`, `Operation.Cancel`)
+//! here, and one module per further family, each with a `register` function. `Meta.Authenticate`
+//! and `Meta.Flow` change the connection itself, so `connection.rs` answers them.
 
 mod process;
 mod streams;
@@ -8,7 +9,6 @@ mod update;
 use serde::{Deserialize, Serialize};
 
 use super::jsonrpc::RpcError;
-use super::notifications::MetaFlowEstablished;
 use super::router::{Ctx, Router};
 use crate::report::Level;
 use crate::version;
@@ -19,7 +19,6 @@ pub(super) use update::spawn_background_checks;
 pub(super) fn router() -> Router {
     let mut r = Router::default();
     r.method("Meta.Shutdown", meta_shutdown);
-    r.method("Meta.Flow", meta_flow);
     r.method("Version.Get", version_get);
     r.method("Test.Double", test_double);
     r.method("Test.DoubleTwice", test_double_twice);
@@ -37,19 +36,6 @@ pub(super) struct Empty {}
 async fn meta_shutdown(ctx: Ctx, _: Empty) -> Result<Empty, RpcError> {
     ctx.shutdown_after_reply();
     Ok(Empty {})
-}
-
-/// Never returns: the connection becomes the daemon's event channel, and closing it shuts the
-/// daemon down (upstream's contract for "switching daemons").
-async fn meta_flow(ctx: Ctx, _: Empty) -> Result<Empty, RpcError> {
-    ctx.daemon().add_flow(ctx.peer());
-    ctx.notify(MetaFlowEstablished { pid: std::process::id() }).await;
-    ctx.cancelled().await;
-    if !ctx.daemon().shutdown.is_cancelled() {
-        tracing::info!("Meta.Flow connection closed; shutting down");
-        ctx.daemon().shutdown.cancel();
-    }
-    Err(RpcError::cancelled())
 }
 
 #[derive(Debug, Serialize)]

@@ -3,9 +3,10 @@
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
-use crate::daemon::jsonrpc::RpcError;
+use crate::daemon::jsonrpc::{RpcError, code};
 use crate::daemon::notifications::Notification;
 use crate::daemon::router::{Ctx, Router};
+use crate::report::Level;
 use crate::streaming::names::DEFAULT_PROJECT;
 use crate::streaming::store::{self, StoredEntry, StoredStream};
 
@@ -196,7 +197,21 @@ async fn follow(ctx: Ctx, p: FollowParams) -> Result<FollowResult, RpcError> {
             return Ok(FollowResult { next_index: next, terminal: true });
         }
         if caught_up {
-            tokio::time::sleep(FOLLOW_POLL).await;
+            tokio::select! {
+                () = tokio::time::sleep(FOLLOW_POLL) => {}
+                // A follow could last forever; a restart in place does not wait for it.
+                () = ctx.daemon().resting.cancelled() => return Err(restarting(&ctx, next).await),
+            }
         }
     }
+}
+
+/// Ends a follow for a restart in place: a `Log` and an error both say to follow again from
+/// `next` on this connection, which stays open.
+async fn restarting(ctx: &Ctx, next: u64) -> RpcError {
+    let message = format!(
+        "the daemon is restarting into an update; call Streams.Follow again with fromIndex {next} (this connection stays open)"
+    );
+    ctx.log(Level::Warning, &message).await;
+    RpcError::new(code::RESTARTING, message).with("nextIndex", next)
 }

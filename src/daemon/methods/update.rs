@@ -8,10 +8,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use butler_updater::{Channel, ErrorClass, ErrorKind, Event, Step, Target, Want};
 use serde::{Deserialize, Serialize};
 
+use crate::daemon::hand_over::Announcement;
 use crate::daemon::jsonrpc::{RpcError, code};
 use crate::daemon::notifications::{UpdateApplied, UpdateAvailable, UpdateReady, UpdateRolledBack};
 use crate::daemon::router::{Ctx, Router};
-use crate::daemon::state::Daemon;
+use crate::daemon::state::{Daemon, Restart};
 use crate::report::Level;
 use crate::update::history::{self, Action, HistoryEntry, Outcome};
 use crate::update::{self, History, ProgressThrottle, SettingsError, UpdateService};
@@ -221,20 +222,31 @@ async fn apply(ctx: Ctx, p: ApplyParams) -> Result<ApplyResult, RpcError> {
         ErrorKind::Cancelled => RpcError::cancelled(),
         _ => update_error(e),
     })?;
-    let restarting =
-        p.restart && restart_after_reply(&ctx, &installed.exe, &installed.features).await;
+    let news = Announcement::Applied {
+        previous_version: VERSION.to_owned(),
+        installed_version: installed.version.clone(),
+        verified: installed.verified,
+    };
+    let restart = match p.restart {
+        true => restart_after_reply(&ctx, &installed.exe, &installed.features, news).await,
+        false => Restarting::No,
+    };
     // Back to this very build (a downgrade undoing an install) waits for nothing.
-    let awaiting = Some(installed.version.clone()).filter(|v| !restarting && v != VERSION);
+    let awaiting =
+        Some(installed.version.clone()).filter(|v| restart == Restarting::No && v != VERSION);
     let restart_required = awaiting.is_some();
     daemon.installed_without_restart(awaiting);
-    daemon
-        .broadcast(UpdateApplied {
-            previous_version: VERSION.to_owned(),
-            installed_version: installed.version.clone(),
-            verified: installed.verified,
-            restarting,
-        })
-        .await;
+    if restart != Restarting::KeepingConnections {
+        daemon
+            .broadcast(UpdateApplied {
+                previous_version: VERSION.to_owned(),
+                installed_version: installed.version.clone(),
+                verified: installed.verified,
+                restarting: restart != Restarting::No,
+                restarted: false,
+            })
+            .await;
+    }
     Ok(ApplyResult {
         previous_version: VERSION.to_owned(),
         installed_version: Some(installed.version),
@@ -243,25 +255,46 @@ async fn apply(ctx: Ctx, p: ApplyParams) -> Result<ApplyResult, RpcError> {
     })
 }
 
+/// Whether, and how, the daemon restarts once a reply is out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Restarting {
+    No,
+    /// Into a build that takes only the listening socket: open connections close.
+    ClosingConnections,
+    /// Into a build that takes connections along; it announces `news` itself.
+    KeepingConnections,
+}
+
 /// Schedules the hand-over to `exe` after this reply, or says (in a `Log`) why not, leaving the
 /// restart to the launcher: stdio and one-connection mode have no socket to pass on, a build
 /// without the `daemon-hand-over` feature would not take it, and a restart now would end the
 /// games `Process.Run` is running.
-async fn restart_after_reply(ctx: &Ctx, exe: &std::path::Path, features: &[String]) -> bool {
+async fn restart_after_reply(
+    ctx: &Ctx,
+    exe: &std::path::Path,
+    features: &[String],
+    news: Announcement,
+) -> Restarting {
     let daemon = ctx.daemon();
+    let has = |feature: &str| features.iter().any(|f| f == feature);
+    let carries_connections = has(crate::version::HAND_OVER_CONNECTIONS);
     let refusal = if !daemon.config.can_hand_over {
         Some("only a TCP daemon with --keep-alive can restart in place".to_owned())
-    } else if !features.iter().any(|f| f == crate::version::HAND_OVER) {
+    } else if !carries_connections && !has(crate::version::HAND_OVER) {
         Some(format!("{} cannot take over a running daemon", exe.display()))
     } else {
-        daemon.restart.try_claim(exe.to_owned()).err().map(|e| e.to_string())
+        let restart = Restart { exe: exe.to_owned(), carries_connections, news: Some(news) };
+        daemon.restart.try_claim(restart).err().map(|e| e.to_string())
     };
     if let Some(why) = refusal {
         ctx.log(Level::Warning, &format!("not restarting: {why}; restart butler to finish")).await;
-        return false;
+        return Restarting::No;
     }
     ctx.shutdown_after_reply();
-    true
+    match carries_connections {
+        true => Restarting::KeepingConnections,
+        false => Restarting::ClosingConnections,
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -287,12 +320,23 @@ async fn rollback(ctx: Ctx, p: RollbackParams) -> Result<RollbackResult, RpcErro
         .await
         .map_err(update_error)?;
     let version = restored.version.clone();
-    let restarting =
-        p.restart && restart_after_reply(&ctx, &restored.exe, &restored.features).await;
+    let news = Announcement::RolledBack {
+        previous_version: VERSION.to_owned(),
+        restored_version: version.clone(),
+    };
+    let restart = match p.restart {
+        true => restart_after_reply(&ctx, &restored.exe, &restored.features, news).await,
+        false => Restarting::No,
+    };
+    let restarting = restart != Restarting::No;
     // Back to this very build: nothing is waiting for a restart any more.
     let awaiting = version.clone().filter(|v| !restarting && v != VERSION);
     daemon.installed_without_restart(awaiting);
-    daemon.broadcast(UpdateRolledBack { restored_version: version.clone(), restarting }).await;
+    if restart != Restarting::KeepingConnections {
+        let rolled =
+            UpdateRolledBack { restored_version: version.clone(), restarting, restarted: false };
+        daemon.broadcast(rolled).await;
+    }
     Ok(RollbackResult { restored_version: version, restart_required: !restarting })
 }
 

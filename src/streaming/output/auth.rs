@@ -129,7 +129,8 @@ impl TokenSource {
             .as_str()
             .ok_or_else(|| err("no access_token in the reply".into()))?
             .to_owned();
-        let life = v["expires_in"].as_u64().unwrap_or(3600);
+        // A hostile or broken server's lifetime is clamped to something sane (Google's is 3600).
+        let life = v["expires_in"].as_u64().unwrap_or(3600).clamp(60, 24 * 3600);
         // Refresh five minutes early (or halfway, for short-lived tokens).
         let margin = (life / 2).min(300);
         let until = Instant::now() + Duration::from_secs(life - margin);

@@ -31,7 +31,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> OutputError + '_ {
 
 impl DirectoryOutput {
     pub fn new(root: PathBuf) -> Result<Self, OutputError> {
-        std::fs::create_dir_all(&root).map_err(io(&root))?;
+        crate::db::create_private_dir_all(&root).map_err(io(&root))?;
         Ok(DirectoryOutput { root, streams: HashMap::new() })
     }
 
@@ -68,7 +68,12 @@ impl DirectoryOutput {
         });
         let path = self.sibling(s, format!(".meta.{}", Self::base(s)));
         let tmp = self.sibling(s, format!(".meta.{}.tmp", Self::base(s)));
-        std::fs::write(&tmp, serde_json::to_vec_pretty(&meta).unwrap_or_default())
+        crate::db::private_file()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .and_then(|mut f| f.write_all(&serde_json::to_vec_pretty(&meta).unwrap_or_default()))
             .map_err(io(&tmp))?;
         std::fs::rename(&tmp, &path).map_err(io(&path))
     }
@@ -94,11 +99,14 @@ impl Output for DirectoryOutput {
             if !self.streams.contains_key(&s.id) {
                 let data = self.data_path(s);
                 if let Some(dir) = data.parent() {
-                    std::fs::create_dir_all(dir).map_err(io(dir))?;
+                    crate::db::create_private_dir_all(dir).map_err(io(dir))?;
                 }
+                let create = |p: &Path| {
+                    crate::db::private_file().write(true).create(true).truncate(true).open(p)
+                };
                 let file = match s.stream_type {
                     crate::streaming::StreamType::Datagram => None,
-                    _ => Some(std::fs::File::create(&data).map_err(io(&data))?),
+                    _ => Some(create(&data).map_err(io(&data))?),
                 };
                 let st = DirStream { file, entries: 0, bytes: 0 };
                 self.write_meta(s, &st, false)?;
@@ -127,7 +135,12 @@ impl Output for DirectoryOutput {
                                 .open(&path)
                                 .map_err(io(&path))?
                         } else {
-                            std::fs::File::create(&path).map_err(io(&path))?
+                            crate::db::private_file()
+                                .write(true)
+                                .create(true)
+                                .truncate(true)
+                                .open(&path)
+                                .map_err(io(&path))?
                         };
                         f.write_all(data).map_err(io(&path))?;
                     }

@@ -67,6 +67,8 @@ pub struct LogdogOutput {
     client: reqwest::Client,
     secret: Vec<u8>,
     publish_url: String,
+    /// `projects/<p>/topics/<t>`, as RegisterPrefix named it.
+    topic: String,
     rt: tokio::runtime::Handle,
     tokens: Option<super::auth::TokenSource>,
     /// Spooled files are named by this counter so they are re-sent in order.
@@ -74,12 +76,25 @@ pub struct LogdogOutput {
     host_url: String,
 }
 
+/// `https://host`, except plain http for a loopback host (a local Coordinator or stand-in).
 fn url_base(host: &str) -> String {
-    if host.starts_with("localhost") || host.starts_with("127.0.0.1") {
-        format!("http://{host}")
-    } else {
-        format!("https://{host}")
-    }
+    if is_loopback_host(host) { format!("http://{host}") } else { format!("https://{host}") }
+}
+
+/// Whether `host` (with or without a port) names this machine exactly: `localhost`, or a
+/// loopback address; `localhost.example.com` and `127.0.0.1.nip.io` are not.
+fn is_loopback_host(host: &str) -> bool {
+    let Ok(url) = reqwest::Url::parse(&format!("http://{host}")) else { return false };
+    let Some(name) = url.host_str() else { return false };
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    name.eq_ignore_ascii_case("localhost")
+        || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// A bearer token goes over TLS, or to this very machine; never in clear text elsewhere.
+fn may_carry_token(url: &str) -> bool {
+    reqwest::Url::parse(url)
+        .is_ok_and(|u| u.scheme() == "https" || u.host_str().is_some_and(is_loopback_host))
 }
 
 impl LogdogOutput {
@@ -143,7 +158,7 @@ impl LogdogOutput {
             )));
         }
         let publish_url = publish_url(&topic)?;
-        std::fs::create_dir_all(&cfg.spool_dir).map_err(|source| OutputError::Io {
+        crate::db::create_private_dir_all(&cfg.spool_dir).map_err(|source| OutputError::Io {
             path: cfg.spool_dir.display().to_string(),
             source,
         })?;
@@ -151,6 +166,7 @@ impl LogdogOutput {
             client,
             secret,
             publish_url,
+            topic,
             rt: tokio::runtime::Handle::current(),
             tokens,
             seq: 0,
@@ -170,7 +186,7 @@ impl LogdogOutput {
                 .post(url)
                 .header("content-type", "application/json")
                 .body(body.to_string());
-            if let Some(t) = &self.tokens {
+            if let Some(t) = self.tokens.as_ref().filter(|_| may_carry_token(url)) {
                 let token =
                     t.token(&self.client).await.map_err(|e| Failure::Transient(e.to_string()))?;
                 req = req.bearer_auth(token);
@@ -220,12 +236,19 @@ impl LogdogOutput {
             let p = p.display().to_string();
             move |source| OutputError::Io { path: p, source }
         };
-        // The URL travels with the message so a later run can deliver it.
+        // The topic travels with the message so a later run can deliver it; never a URL: where a
+        // token goes is decided by this run's configuration, not by a file anyone could plant.
         let tmp = dir.join(format!("{name}.tmp"));
-        let mut content = self.publish_url.clone().into_bytes();
+        let mut content = self.topic.clone().into_bytes();
         content.push(b'\n');
         content.extend_from_slice(msg);
-        std::fs::write(&tmp, &content).map_err(io(&tmp))?;
+        let written = crate::db::private_file()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, &content));
+        written.map_err(io(&tmp))?;
         let dst = dir.join(format!("{name}.msg"));
         std::fs::rename(&tmp, &dst).map_err(io(&dst))?;
         tracing::warn!("bundle spooled to {} for a later retry", dst.display());
@@ -254,7 +277,14 @@ impl LogdogOutput {
                 tracing::error!("{} is not a spooled bundle; leaving it", f.display());
                 continue;
             };
-            let url = String::from_utf8_lossy(&content[..nl]).into_owned();
+            let topic = String::from_utf8_lossy(&content[..nl]).into_owned();
+            let url = match publish_url(&topic) {
+                Ok(url) => url,
+                Err(e) => {
+                    tracing::error!("{} names no topic ({e}); leaving it", f.display());
+                    continue;
+                }
+            };
             match self.publish(&url, &content[nl + 1..], 1) {
                 Ok(()) => {
                     let _ = std::fs::remove_file(f);
@@ -270,11 +300,19 @@ impl LogdogOutput {
     }
 }
 
+/// The Pub/Sub publish URL for `projects/<p>/topics/<t>`, on the endpoint this run is
+/// configured for (`PUBSUB_EMULATOR_HOST`, or Google's).
 fn publish_url(topic: &str) -> Result<String, OutputError> {
     let parts: Vec<&str> = topic.split('/').collect();
+    let name_ok = |s: &str| {
+        !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.~+%".contains(&b))
+    };
     let ["projects", p, "topics", t] = parts[..] else {
         return Err(OutputError::Other(format!("RegisterPrefix returned a bad topic {topic:?}")));
     };
+    if !name_ok(p) || !name_ok(t) {
+        return Err(OutputError::Other(format!("RegisterPrefix returned a bad topic {topic:?}")));
+    }
     let base = match std::env::var("PUBSUB_EMULATOR_HOST").ok().filter(|h| !h.is_empty()) {
         Some(h) => format!("http://{h}"),
         None => "https://pubsub.googleapis.com".to_owned(),
@@ -293,7 +331,7 @@ async fn prpc_call(
         .header("content-type", "application/prpc; encoding=binary")
         .header("accept", "application/prpc; encoding=binary")
         .body(body);
-    if let Some(t) = token {
+    if let Some(t) = token.filter(|_| may_carry_token(url)) {
         req = req.bearer_auth(t);
     }
     let resp = req.send().await.map_err(|e| Failure::Transient(format!("{url}: {e}")))?;
@@ -367,6 +405,35 @@ impl Output for LogdogOutput {
             }
             std::thread::sleep(delay);
             delay = (delay * 2).min(self.cfg.backoff.max);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_this_machine_gets_plain_http_and_a_token_in_clear() {
+        for host in ["localhost", "localhost:8080", "127.0.0.1:9", "[::1]:80", "127.1.2.3"] {
+            assert!(is_loopback_host(host), "{host}");
+            assert!(url_base(host).starts_with("http://"), "{host}");
+        }
+        for host in ["localhost.example.com", "127.0.0.1.nip.io", "example.com", "10.0.0.1"] {
+            assert!(!is_loopback_host(host), "{host}");
+            assert!(url_base(host).starts_with("https://"), "{host}");
+        }
+        assert!(may_carry_token("https://pubsub.googleapis.com/v1/x"));
+        assert!(may_carry_token("http://127.0.0.1:8085/v1/x"));
+        assert!(!may_carry_token("http://localhost.example.com/v1/x"));
+        assert!(!may_carry_token("http://10.0.0.1:8085/v1/x"));
+    }
+
+    #[test]
+    fn spooled_topics_must_be_topics() {
+        assert!(publish_url("projects/p-1/topics/t_2").is_ok());
+        for bad in ["http://evil/x", "projects/p/topics/t/../../x", "projects//topics/t", "a"] {
+            assert!(publish_url(bad).is_err(), "{bad}");
         }
     }
 }

@@ -85,7 +85,28 @@ fn unsigned_broth_works_and_says_so_until_the_channel_was_signed() {
         std::fs::remove_file(signed.file(sig)).unwrap();
     }
     let out = inst.run(&signed, &["-y"]);
-    assert_failed_with(&out, 6, "served signatures before");
+    assert_failed_with(&out, 6, "signed");
+    inst.assert_untouched(&out);
+}
+
+#[test]
+fn with_a_trusted_key_nothing_unsigned_is_installed_even_on_a_fresh_database() {
+    let f = fixtures();
+    // LATEST signed but the manifest's signature missing, then nothing signed at all.
+    let half = Broth::new(true);
+    std::fs::remove_file(half.file(&format!("{}/manifest.json.minisig", f.new_version))).unwrap();
+    let inst = Install::new();
+    let out = inst.run(&half, &["-y"]);
+    assert_failed_with(&out, 6, "signed");
+    inst.assert_untouched(&out);
+
+    let none = Broth::new(true);
+    for sig in ["LATEST.minisig", &format!("{}/manifest.json.minisig", f.new_version)] {
+        std::fs::remove_file(none.file(sig)).unwrap();
+    }
+    let inst = Install::new();
+    let out = inst.run(&none, &["-y"]);
+    assert_failed_with(&out, 6, "signed");
     inst.assert_untouched(&out);
 }
 
@@ -201,6 +222,22 @@ fn a_trickling_server_trips_the_throughput_watchdog() {
 }
 
 #[test]
+fn a_download_steady_above_the_floor_still_has_a_deadline() {
+    let f = fixtures();
+    let broth = Broth::new(false);
+    broth.server.fault(&broth.archive_path(&f.new_version), Fault::Trickle);
+    let inst = Install::new();
+    let out = inst
+        .cmd(&broth, &["-y"])
+        .env("BUTLER_UPGRADE_MIN_BPS", "1")
+        .env("BUTLER_UPGRADE_MAX_TIME_MS", "700")
+        .output()
+        .unwrap();
+    assert_failed_with(&out, 4, "did not finish within");
+    inst.assert_untouched(&out);
+}
+
+#[test]
 fn head_channel_updates_when_the_version_differs() {
     let f = fixtures();
     let dir = tempfile::tempdir().unwrap();
@@ -216,7 +253,7 @@ fn head_channel_updates_when_the_version_differs() {
         set_latest: true,
     };
     butler_release::publish(&p, Some(key())).unwrap();
-    let broth = Broth { server: Server::start(dir.path().to_owned()), _dir: dir };
+    let broth = Broth { server: Server::start(dir.path().to_owned()), _dir: dir, signed: true };
     let inst = Install::new();
     let out = inst.run(&broth, &["--head", "-y"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -434,7 +471,7 @@ fn an_expired_latest_is_stale_not_up_to_date() {
     let f = fixtures();
     let dir = tempfile::tempdir().unwrap();
     publish(dir.path(), &f.new, &f.new_version, true, Some(key()), 0);
-    let broth = Broth { server: Server::start(dir.path().to_owned()), _dir: dir };
+    let broth = Broth { server: Server::start(dir.path().to_owned()), _dir: dir, signed: true };
     let inst = Install::new();
     for args in [&["--check"][..], &["-y"][..]] {
         let out = inst.run(&broth, args);
@@ -449,7 +486,7 @@ fn a_binary_reporting_another_version_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     // The new build published under a version it does not report: mix-and-match.
     publish(dir.path(), &f.new, "7.7.7", true, Some(key()), 3600);
-    let broth = Broth { server: Server::start(dir.path().to_owned()), _dir: dir };
+    let broth = Broth { server: Server::start(dir.path().to_owned()), _dir: dir, signed: true };
     let inst = Install::new();
     let out = inst.run(&broth, &["-y"]);
     assert_failed_with(&out, 6, "reports version");
@@ -459,20 +496,70 @@ fn a_binary_reporting_another_version_is_refused() {
 
 /// Publishes a hand-made zip as the newest version of an unsigned tree.
 fn broth_with_zip(entries: &[(&str, Vec<u8>)]) -> Broth {
+    let entries: Vec<_> = entries.iter().map(|(n, d)| (*n, d.clone(), 0o755)).collect();
+    broth_with_entries("9.9.9", &entries)
+}
+
+/// Publishes a hand-made zip of `(name, data, mode)` entries as `version` of an unsigned tree;
+/// returns the tree and the archive's path.
+fn broth_with_entries(version: &str, entries: &[(&str, Vec<u8>, u32)]) -> Broth {
     use std::io::Write;
     let broth = Broth::new(false);
-    let v = "9.9.9";
-    let p = broth.file(&format!("{v}/archive/default"));
+    let p = broth.file(&format!("{version}/archive/default"));
     std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    // Another version's manifest must not vouch for this archive.
+    let _ = std::fs::remove_file(broth.file(&format!("{version}/manifest.json")));
     let mut w = zip::ZipWriter::new(std::fs::File::create(&p).unwrap());
-    for (name, data) in entries {
-        let opts = zip::write::SimpleFileOptions::default().unix_permissions(0o755);
+    for (name, data, mode) in entries {
+        let opts = zip::write::SimpleFileOptions::default().unix_permissions(*mode);
         w.start_file(*name, opts).unwrap();
         w.write_all(data).unwrap();
     }
     w.finish().unwrap();
-    broth.replace("LATEST", format!("{v}\n").as_bytes());
+    broth.replace("LATEST", format!("{version}\n").as_bytes());
     broth
+}
+
+#[test]
+fn installed_files_are_never_group_or_world_writable() {
+    let f = fixtures();
+    let exe = std::fs::read(&f.new).unwrap();
+    let broth = broth_with_entries(
+        &f.new_version,
+        &[("butler", exe, 0o777), ("lib/helper.so", b"lib".to_vec(), 0o666)],
+    );
+    let inst = Install::new();
+    let out = inst.run(&broth, &["-y"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(mode(&inst.exe), 0o755);
+    assert_eq!(mode(&inst.bin.join("lib/helper.so")), 0o644);
+}
+
+#[test]
+fn a_zip_with_a_name_twice_is_refused() {
+    let f = fixtures();
+    let exe = std::fs::read(&f.new).unwrap();
+    let broth = broth_with_entries(
+        &f.new_version,
+        &[("butler", exe, 0o755), ("butlex", b"#!/bin/sh\necho evil\n".to_vec(), 0o755)],
+    );
+    // Rename the second entry to the first one's name, in its local and central headers.
+    let archive = broth.file(&format!("{}/archive/default", f.new_version));
+    let mut bytes = std::fs::read(&archive).unwrap();
+    let mut renamed = 0;
+    for i in 0..bytes.len().saturating_sub(6) {
+        if &bytes[i..i + 6] == b"butlex" {
+            bytes[i + 5] = b'r';
+            renamed += 1;
+        }
+    }
+    assert_eq!(renamed, 2, "the name is in a local and a central header");
+    std::fs::remove_file(&archive).unwrap();
+    std::fs::write(&archive, bytes).unwrap();
+    let inst = Install::new();
+    let out = inst.run(&broth, &["-y"]);
+    assert_failed_with(&out, 8, "appears twice");
+    inst.assert_untouched(&out);
 }
 
 #[test]
@@ -603,7 +690,7 @@ fn a_candidate_failing_the_daemon_check_is_never_chosen() {
     let tree = tempfile::tempdir().unwrap();
     publish(tree.path(), &f.old, &f.old_version, false, Some(key()), 3600);
     publish(tree.path(), &script, &f.new_version, true, Some(key()), 3600);
-    let broth = Broth { server: Server::start(tree.path().to_owned()), _dir: tree };
+    let broth = Broth { server: Server::start(tree.path().to_owned()), _dir: tree, signed: true };
     let inst = Install::new();
     let root = inst.home.path().join("app");
     std::fs::create_dir_all(root.join("versions")).unwrap();

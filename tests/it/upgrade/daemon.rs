@@ -48,7 +48,7 @@ fn the_daemon_reports_a_stale_latest_and_a_missing_server() {
     let f = fixtures();
     let dir = tempfile::tempdir().unwrap();
     publish(dir.path(), &f.new, &f.new_version, true, Some(key()), 0);
-    let broth = Broth { server: Server::start(dir.path().to_owned()), _dir: dir };
+    let broth = Broth { server: Server::start(dir.path().to_owned()), _dir: dir, signed: true };
     let home = TestHome::new();
     let start = |url: String| {
         let mut cmd = home.butler();
@@ -103,10 +103,18 @@ fn call(
     params: serde_json::Value,
 ) -> (serde_json::Value, Vec<serde_json::Value>) {
     c.send(&serde_json::json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}));
+    reply_to(c, id)
+}
+
+/// Reads until the reply to request `id`; returns it and the notifications before it.
+fn reply_to(
+    c: &mut crate::util::RpcClient,
+    id: i64,
+) -> (serde_json::Value, Vec<serde_json::Value>) {
     let mut notes = Vec::new();
     loop {
         let msg = c.recv();
-        if msg["id"] == id {
+        if msg["id"] == id && msg.get("method").is_none() {
             return (msg, notes);
         }
         notes.push(msg);
@@ -213,17 +221,73 @@ fn the_daemon_restarts_into_the_update_on_the_same_socket_and_secret() {
     let pid = d.child.id();
     let mut news = flow(&d);
     let mut c = d.client();
+    // A follower in the middle of a long request: an open stream written by `butler serve`.
+    let serve =
+        crate::streaming::Serve::start(&inst.home, &["--output-no-buffer", "--prefix", "ho"]);
+    let mut writer = serve.connect();
+    std::io::Write::write_all(&mut writer, &crate::streaming::handshake(r#"{"name": "game"}"#))
+        .unwrap();
+    std::io::Write::write_all(&mut writer, b"one\n").unwrap();
+    let mut follower = d.client();
+    let follow = |c: &mut crate::util::RpcClient, id: i64, from: u64| {
+        let params = json!({"path": "ho/+/game", "fromIndex": from});
+        c.send(&json!({"jsonrpc": "2.0", "id": id, "method": "Streams.Follow", "params": params}));
+    };
+    for _ in 0..500 {
+        let (r, _) = call(&mut follower, 8, "Streams.List", json!({"prefix": "ho/"}));
+        if r["result"]["streams"] != json!([]) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    follow(&mut follower, 9, 0);
+    let entries = follower.recv();
+    assert_eq!(entries["method"], "Streams.Entries", "{entries}");
+
     let (r, _) = call(&mut c, 1, "Update.Apply", json!({"restart": true}));
     assert_eq!(r["result"]["installedVersion"], f.new_version.as_str(), "{r}");
     assert_eq!(r["result"]["restartRequired"], false);
-    let applied = news.recv();
-    assert_eq!(applied["params"]["restarting"], true, "{applied}");
-    // Connections open at the hand-over are closed (Meta.Flow perhaps answered 499 first, as at
-    // any shutdown).
-    while let Some(m) = news.try_recv() {
-        assert_eq!((m["id"].as_i64(), m["error"]["code"].as_i64()), (Some(1), Some(499)), "{m}");
+    // The follow ends with an error and a Log that both say to follow again, here.
+    let (ended, notes) = reply_to(&mut follower, 9);
+    assert_eq!(ended["error"]["code"], -32005, "{ended}");
+    assert_eq!(ended["error"]["data"]["nextIndex"], 1, "{ended}");
+    assert!(
+        notes.iter().any(|n| n["method"] == "Log"
+            && n["params"]["message"].as_str().unwrap().contains("Streams.Follow again")),
+        "{notes:?}"
+    );
+    // The same connection goes on working through the restart: every call is answered, by the
+    // old build until the hand-over and by the new one after it.
+    let mut id = 100;
+    loop {
+        id += 1;
+        let (v, notes) = call(&mut c, id, "Version.Get", json!({}));
+        assert!(notes.is_empty(), "{notes:?}");
+        let version = v["result"]["version"].as_str().unwrap_or_else(|| panic!("{v}")).to_owned();
+        if version == format!("v{}", f.new_version) {
+            break;
+        }
+        assert_eq!(version, format!("v{}", f.old_version));
+        assert!(id < 10_000, "the new build never answered on this connection");
+        std::thread::sleep(std::time::Duration::from_millis(5));
     }
-    assert!(c.try_recv().is_none());
+    // The Meta.Flow connection, carried over as well, hears of the install from the new build.
+    let applied = news.recv();
+    assert_eq!(applied["method"], "Update.Applied", "{applied}");
+    assert_eq!(applied["params"]["installedVersion"], f.new_version.as_str(), "{applied}");
+    assert_eq!(applied["params"]["restarted"], true, "{applied}");
+    let (v, _) = call(&mut news, 7, "Version.Get", json!({}));
+    assert_eq!(v["result"]["version"], format!("v{}", f.new_version), "{v}");
+    // The follower follows on, on the same connection, from where it was.
+    until_version(&mut follower, &f.new_version);
+    follow(&mut follower, 10, 1);
+    std::io::Write::write_all(&mut writer, b"two\n").unwrap();
+    let more = follower.recv();
+    assert_eq!(more["params"]["entries"][0]["text"], "two\n", "{more}");
+    drop(writer);
+    let (done, _) = reply_to(&mut follower, 10);
+    assert_eq!(done["result"]["terminal"], true, "{done}");
+    serve.stop();
 
     // Same process, same address, same secret: the new build answers.
     let mut c = d.client();
@@ -377,7 +441,8 @@ fn the_daemon_does_not_restart_into_a_build_that_cannot_take_over_or_while_games
     );
     let tree = tempfile::tempdir().unwrap();
     publish(tree.path(), &script, "9.9.9", true, Some(key()), 3600);
-    let old_style = Broth { server: Server::start(tree.path().to_owned()), _dir: tree };
+    let old_style =
+        Broth { server: Server::start(tree.path().to_owned()), _dir: tree, signed: true };
     let inst = Install::new();
     let d = daemon_from(&inst, &old_style);
     let mut c = d.client();
@@ -446,4 +511,126 @@ fn a_daemon_run_from_a_versioned_root_installs_a_new_version_and_restarts_into_i
     assert_eq!(version_of(&running.join("butler")), f.old_version);
     let (v, _) = call(&mut d.client(), 2, "Version.Get", json!({}));
     assert_eq!(v["result"]["version"], format!("v{}", f.new_version), "restarted into it: {v}");
+}
+
+/// The official `@itchio/butlerd` client calling `Version.Get` in a loop, one connection per
+/// call (`tests/node/call_loop.js`), for as long as the returned guard lives.
+struct OfficialClientLoop {
+    child: std::process::Child,
+}
+
+impl OfficialClientLoop {
+    fn start(d: &crate::util::DaemonProc) -> Self {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/node");
+        assert!(
+            dir.join("node_modules/@itchio/butlerd").is_dir(),
+            "tests/node has no node_modules: run `make test` (it runs npm ci there first)"
+        );
+        let mut child = Command::new("node")
+            .arg(dir.join("call_loop.js"))
+            .current_dir(&dir)
+            .env("BUTLERD_ADDRESS", &d.address)
+            .env("BUTLERD_SECRET", &d.secret)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("Node.js runs the official client");
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ready", "the official client's first call failed");
+        child.stdout = Some(out.into_inner());
+        OfficialClientLoop { child }
+    }
+
+    /// Stops the loop and returns what it saw.
+    fn finish(mut self) -> serde_json::Value {
+        drop(self.child.stdin.take());
+        let mut out = String::new();
+        std::io::Read::read_to_string(self.child.stdout.as_mut().unwrap(), &mut out).unwrap();
+        assert!(self.child.wait().unwrap().success());
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
+    }
+}
+
+impl Drop for OfficialClientLoop {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Calls `Version.Get` on `c` until `version` answers (the restart is done).
+fn until_version(c: &mut crate::util::RpcClient, version: &str) {
+    use serde_json::json;
+    for id in 1000.. {
+        let (v, _) = call(c, id, "Version.Get", json!({}));
+        let got = v["result"]["version"].as_str().unwrap_or_else(|| panic!("{v}")).to_owned();
+        if got == format!("v{version}") {
+            return;
+        }
+        assert!(id < 20_000, "{version} never answered; last {got}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn the_official_client_sees_no_failed_call_through_ten_restarts() {
+    use serde_json::json;
+    let f = fixtures();
+    let broth = Broth::new(true);
+    let inst = Install::new();
+    let d = daemon_from(&inst, &broth);
+    let pid = d.child.id();
+    let mut news = flow(&d);
+    let mut c = d.client();
+    let calls = OfficialClientLoop::start(&d);
+    for round in 0..10 {
+        let to = if round % 2 == 0 { &f.new_version } else { &f.old_version };
+        let (r, _) = call(&mut c, round, "Update.Apply", json!({"version": to, "restart": true}));
+        assert_eq!(r["result"]["installedVersion"], to.as_str(), "round {round}: {r}");
+        until_version(&mut c, to);
+        let applied = news.recv();
+        assert_eq!(applied["method"], "Update.Applied", "round {round}: {applied}");
+        assert_eq!(applied["params"]["installedVersion"], to.as_str(), "{applied}");
+        assert_eq!(applied["params"]["restarted"], true, "{applied}");
+    }
+    let seen = calls.finish();
+    assert_eq!(seen["failures"], 0, "{seen}");
+    let versions = seen["versions"].as_object().unwrap();
+    assert!(versions.contains_key(&format!("v{}", f.new_version)), "{seen}");
+    assert!(versions.contains_key(&format!("v{}", f.old_version)), "{seen}");
+    assert_eq!(d.child.id(), pid, "one process all along");
+}
+
+#[test]
+fn a_second_daemon_is_refused_while_a_restart_hands_over() {
+    use serde_json::json;
+    let f = fixtures();
+    let broth = Broth::new(true);
+    let inst = Install::new();
+    let mut cmd = Command::new(&inst.exe);
+    inst.env(&mut cmd, &broth);
+    // The restarted process stops before it does anything, the lock only inherited.
+    cmd.env("BUTLER_TEST_PAUSE_AT", "daemon-resumed");
+    cmd.args(["--json", "daemon", "--transport", "tcp", "--keep-alive"]);
+    let mut d = crate::util::DaemonProc::start_cmd(cmd);
+    let mut c = d.client();
+    let (r, _) = call(&mut c, 1, "Update.Apply", json!({"restart": true}));
+    assert_eq!(r["result"]["installedVersion"], f.new_version.as_str(), "{r}");
+    let mut err = BufReader::new(d.child.stderr.take().unwrap());
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(err.read_line(&mut line).unwrap() > 0, "the daemon ended: {seen}");
+        if line.starts_with("butler-test-paused-at daemon-resumed") {
+            break;
+        }
+        seen.push_str(&line);
+    }
+    let mut second = Command::new(&inst.exe);
+    inst.env(&mut second, &broth);
+    let out = second.args(["--json", "daemon", "--transport", "tcp"]).output().unwrap();
+    assert!(!out.status.success(), "a second daemon started: {}", stdout(&out));
+    assert!(stderr(&out).contains("in use by another butler daemon"), "{}", stderr(&out));
 }

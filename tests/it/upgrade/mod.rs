@@ -115,6 +115,8 @@ fn publish(
 struct Broth {
     _dir: tempfile::TempDir,
     server: Server,
+    /// Signed with `key()`, which installs then trust; unsigned trees are used without a key.
+    signed: bool,
 }
 
 impl Broth {
@@ -122,7 +124,7 @@ impl Broth {
         let dir = tempfile::Builder::new().prefix("butler-broth-").tempdir().unwrap();
         link_tree(template(signed), dir.path());
         let server = Server::start(dir.path().to_owned());
-        Broth { _dir: dir, server }
+        Broth { _dir: dir, server, signed }
     }
 
     fn url(&self) -> String {
@@ -194,7 +196,8 @@ impl Install {
         cmd
     }
 
-    /// A clean environment: this install's home, the test server, the test key, short timings.
+    /// A clean environment: this install's home, the test server, short timings, and the test
+    /// key when the tree is signed (with a trusted key, unsigned updates are refused).
     fn env(&self, cmd: &mut Command, broth: &Broth) {
         for (k, _) in std::env::vars_os() {
             let k = k.to_string_lossy().into_owned();
@@ -204,10 +207,12 @@ impl Install {
         }
         cmd.env("BUTLER_HOME", self.home.path())
             .env("BUTLER_BROTH_URL", broth.url())
-            .env("BUTLER_TRUSTED_KEYS", key().public_base64())
             .env("BUTLER_UPGRADE_BACKOFF_MS", "10")
             .env("BUTLER_UPGRADE_READ_TIMEOUT_MS", "3000")
             .env("BUTLER_UPGRADE_RETRIES", "3");
+        if broth.signed {
+            cmd.env("BUTLER_TRUSTED_KEYS", key().public_base64());
+        }
     }
 
     fn run(&self, broth: &Broth, args: &[&str]) -> Output {
