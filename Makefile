@@ -2,7 +2,7 @@
 CARGO ?= cargo
 SHELL := /bin/bash
 
-.PHONY: help build run test test-node node-deps it-fixtures lint fmt fmt-check bench release clean
+.PHONY: help build run test test-node node-deps test-browser it-fixtures lint fmt fmt-check bench release clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -17,6 +17,7 @@ run: ## build and start the daemon on the embedded default database
 test: it-fixtures node-deps ## every test, then fmt and clippy with warnings denied
 	BUTLER_IT_FIXTURES=$(abspath $(IT_FIXTURES)) $(CARGO) test --workspace --locked
 	$(MAKE) test-node
+	$(MAKE) test-browser
 	$(MAKE) lint
 
 node-deps: ## the official @itchio/butlerd client, which integration tests and the bench drive
@@ -28,6 +29,18 @@ test-node: node-deps ## the @itchio/butlerd npm client's own test suite, run aga
 	  if PATH="$(abspath $(or $(CARGO_TARGET_DIR),target))/debug:$$PATH" node $(CURDIR)/tests/node/node_modules/@itchio/butlerd/lib/tests/index.js > node.log 2>&1; \
 	  then echo "node client suite (@itchio/butlerd 15.0.0): passed"; rm -rf $$tmp; \
 	  else cat node.log; echo "node client suite: FAILED"; exit 1; fi
+
+# The log viewer (`butler logs web`) in Debian's headless chromium through puppeteer-core, which
+# downloads no browser (.ci/run installs chromium). It writes a screenshot of the page following
+# a live stream.
+TARGET := $(or $(CARGO_TARGET_DIR),target)
+test-browser: ## the log viewer driven in a real headless browser; screenshot in target/browser/
+	$(CARGO) build --locked --bin butler
+	cd tests/browser && npm ci --no-audit --no-fund --loglevel=error
+	mkdir -p $(TARGET)/browser
+	cd tests/browser && BUTLER_BIN="$(abspath $(TARGET))/debug/butler" \
+	  SCREENSHOT="$(abspath $(TARGET))/browser/viewer.png" CHROMIUM="$$(command -v chromium || echo /usr/bin/chromium)" \
+	  node --test viewer.test.mjs
 
 # Two real butler builds for the updater's tests: the same source built as a newer version
 # (BUTLER_BUILD_VERSION; only the butler crate recompiles) and as itself, stripped so the tests

@@ -4,7 +4,7 @@ use std::ffi::OsString;
 
 use std::time::Duration;
 
-use clap::{Args, CommandFactory, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use crate::daemon::{DaemonSettings, Transport};
 use crate::streaming;
@@ -12,12 +12,50 @@ use crate::streaming::timefmt::parse_duration;
 use crate::update::UpdateSettings;
 use crate::upgrade;
 
+const EXAMPLES: &str = "\
+Examples:
+  butler run -- make test            run a command; its output is shown and stored
+  butler logs web --open             look at stored logs, live, in the browser
+  butler logs tail -f PATH           follow one stream in the terminal
+  butler upgrade --check             is there a newer butler?
+
+Use --help for environment variables and exit codes.";
+
+const ENVIRONMENT: &str = "\
+Examples:
+  butler run -- make test            run a command; its output is shown and stored
+  butler logs web --open             look at stored logs, live, in the browser
+  butler logs tail -f PATH           follow one stream in the terminal
+  butler upgrade --check             is there a newer butler?
+  butler --json daemon --transport tcp --keep-alive --dbpath DB   the daemon launchers start
+
+Environment:
+  BUTLER_HOME          butler's folder: the database (butler.db) and the update cache
+                       [default: the platform data folder, e.g. ~/.local/share/butler]
+  BUTLER_LOG           what goes to stderr, as a tracing filter (error, warn, info, debug, trace)
+                       [default: warn; --verbose: debug; --quiet: error]
+  BUTLER_BROTH_URL     the update server (--broth-url)
+  BUTLER_TRUSTED_KEYS  extra trusted minisign keys (--trusted-key)
+  NO_COLOR             no colour (as --color never)
+  BROWSER              what `butler logs web --open` starts
+  BUTLER_NO_PROGRESS   no progress bar in `butler upgrade` (--no-progress)
+
+Exit codes:
+  0 success   1 failure   2 bad flags or arguments   130 a second signal
+  250 a runtime error in stream/serve/run/logs (LogDog's), or a failed restart
+  run: the child's own code (128+N when signal N killed it)
+  upgrade: 3 network  4 download  5 bad server data  6 verification or bad key  7 stale
+           8 bad archive  9 smoke test  10 not writable  11 locked  12 nothing to roll back
+           13 cancelled or I/O;  upgrade --check: 100 when an update is available";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "butler",
     about = "Desktop companion: butlerd-compatible daemon, self-updater and LogDog log streaming",
     disable_version_flag = true,
-    args_conflicts_with_subcommands = false
+    args_conflicts_with_subcommands = false,
+    after_help = EXAMPLES,
+    after_long_help = ENVIRONMENT
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -29,12 +67,14 @@ pub struct Cli {
 
 /// Flags accepted before or after any subcommand.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Global options")]
 pub struct GlobalArgs {
     /// Machine mode: every line on stdout is one JSON object.
     #[arg(long, short = 'j', global = true)]
     pub json: bool,
 
-    /// SQLite database (default: the embedded one in the platform data folder, or $BUTLER_HOME).
+    /// SQLite database [default: $BUTLER_HOME/butler.db, else butler.db in the platform data
+    /// folder, e.g. ~/.local/share/butler/butler.db].
     #[arg(long, global = true, value_name = "PATH")]
     pub dbpath: Option<String>,
 
@@ -50,12 +90,20 @@ pub struct GlobalArgs {
     #[arg(long, short = 'V', global = true)]
     pub version: bool,
 
+    /// Colour in diagnostics: auto (only when stderr is a terminal and NO_COLOR is not set),
+    /// always, or never.
+    #[arg(long, global = true, value_enum, value_name = "WHEN", default_value = "auto")]
+    pub color: ColorChoice,
+
     #[command(flatten)]
     pub logdog: LogdogArgs,
 }
 
 /// LogDog Butler global flags (see the streaming contract); upstream spells them with one dash.
 #[derive(Debug, Clone, Args)]
+#[command(
+    next_help_heading = "LogDog options (stream, serve, run; --project and --prefix for logs too)"
+)]
 pub struct LogdogArgs {
     /// LogDog project name (required for the `logdog` output).
     #[arg(long, global = true)]
@@ -73,11 +121,13 @@ pub struct LogdogArgs {
     #[arg(long = "tag", global = true, value_name = "K[=V]")]
     pub tags: Vec<String>,
 
-    /// Longest time log data waits before its bundle is sent (e.g. 5s, 250ms).
+    /// Longest time log data waits before its bundle is sent (e.g. 5s, 250ms)
+    /// [default: 5s for the logdog output, as LogDog's; 250ms for the local outputs, so that
+    /// followers see lines live].
     #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration)]
     pub output_max_buffer_age: Option<std::time::Duration>,
 
-    /// Send every bundle as soon as it has data.
+    /// Send every bundle as soon as it has data (--output-max-buffer-age 0).
     #[arg(long, global = true)]
     pub output_no_buffer: bool,
 
@@ -97,13 +147,29 @@ pub(crate) enum Command {
     /// Run the butlerd-compatible JSON-RPC daemon.
     Daemon(DaemonArgs),
     /// Update butler itself from a broth server.
-    #[command(alias = "update")]
+    #[command(
+        alias = "update",
+        after_help = "\
+Examples:
+  butler upgrade --check       is there a newer butler? (exit 100 if so, 0 if not)
+  butler upgrade -y            install it without asking
+  butler upgrade --rollback    go back to the version before"
+    )]
     Upgrade(upgrade::UpgradeArgs),
     /// Upload one log stream from a file or stdin.
     Stream(streaming::cli::StreamArgs),
     /// Run a LogDog stream server until interrupted.
     Serve(streaming::cli::ServeArgs),
     /// Run a command with a stream server, capturing its output as log streams.
+    #[command(after_help = "\
+Examples:
+  butler run -- make test                      shown as usual, and stored as stdout/stderr
+  butler --prefix ci/42 run -- ./test.sh       under a prefix you choose
+  butler run --no-capture -- vim notes.txt     an interactive program: nothing stored
+  butler -output logdog -project p -coordinator-host HOST run --stdout name=out -- cmd
+
+The child gets LOGDOG_STREAM_SERVER_PATH, LOGDOG_STREAM_PREFIX and LOGDOG_STREAM_PROJECT, so
+LUCI stream clients can open more streams. butler exits with the child's code.")]
     Run(streaming::cli::RunArgs),
     /// Read the local log store.
     #[command(subcommand)]
@@ -111,6 +177,53 @@ pub(crate) enum Command {
     /// Internal: watches a build the daemon restarted into (started by the daemon itself).
     #[command(hide = true)]
     DaemonProbation(ProbationArgs),
+    /// Print a shell completion script.
+    #[command(after_help = "\
+Examples:
+  butler completions bash > ~/.local/share/bash-completion/completions/butler
+  butler completions zsh > ~/.zfunc/_butler
+  butler completions fish > ~/.config/fish/completions/butler.fish")]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `butler man > butler.1`.
+    Man,
+}
+
+/// `butler completions` / `butler man`: written from the same definitions as the parser.
+pub(crate) fn print_completions(shell: clap_complete::Shell) {
+    clap_complete::generate(shell, &mut Cli::command(), "butler", &mut std::io::stdout());
+}
+
+pub(crate) fn print_man_page() -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    let cmd = Cli::command().version(crate::version::VERSION);
+    clap_mangen::Man::new(cmd).render(&mut out)?;
+    std::io::Write::flush(&mut out)
+}
+
+/// `--color`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ColorChoice {
+    Auto,
+    Always,
+    Never,
+}
+
+impl ColorChoice {
+    /// Whether to colour what goes to stderr.
+    pub fn stderr(self) -> bool {
+        use std::io::IsTerminal;
+        match self {
+            ColorChoice::Always => true,
+            ColorChoice::Never => false,
+            ColorChoice::Auto => {
+                std::io::stderr().is_terminal()
+                    && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+            }
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -350,8 +463,33 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString>,
 {
-    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
-    Cli::try_parse_from(normalize_single_dash(args))
+    let args = normalize_single_dash(args.into_iter().map(Into::into).collect());
+    // clap's own messages follow --color too (it already honours NO_COLOR and terminals).
+    let mut cmd = Cli::command();
+    cmd = match color_flag(&args) {
+        Some(ColorChoice::Always) => cmd.color(clap::ColorChoice::Always),
+        Some(ColorChoice::Never) => cmd.color(clap::ColorChoice::Never),
+        _ => cmd,
+    };
+    let mut matches = cmd.try_get_matches_from_mut(args)?;
+    Cli::from_arg_matches_mut(&mut matches).map_err(|e| e.format(&mut cmd))
+}
+
+/// `--color WHEN` / `--color=WHEN` before a bare `--`, read ahead of parsing.
+fn color_flag(args: &[OsString]) -> Option<ColorChoice> {
+    let mut it = args.iter().skip(1).map(|a| a.to_str().unwrap_or(""));
+    let mut found = None;
+    while let Some(a) = it.next() {
+        let value = match a {
+            "--" => break,
+            "--color" => it.next(),
+            _ => a.strip_prefix("--color="),
+        };
+        if let Some(v) = value {
+            found = ColorChoice::from_str(v, true).ok();
+        }
+    }
+    found
 }
 
 /// Rewrites `-project x` / `-output=log` to their double-dash forms, up to a bare `--`.

@@ -12,6 +12,9 @@ pub enum ExitStatus {
     Usage,
     /// An update failed; one code per class, so scripts can tell them apart.
     Update(ErrorClass),
+    /// `upgrade --check` found a newer version (DNF's and rustup's convention), so scripts can
+    /// tell it from "up to date" (0).
+    UpdateAvailable,
     /// A second signal while shutting down: the daemon exits at once.
     Interrupted,
     /// A runtime failure in the streaming commands (upstream's 250), or a failed restart.
@@ -39,6 +42,7 @@ impl ExitStatus {
                 ErrorClass::NoRollback => 12,
                 ErrorClass::Cancelled | ErrorClass::Io => 13,
             },
+            ExitStatus::UpdateAvailable => 100,
             ExitStatus::Interrupted => 130,
             ExitStatus::Runtime => 250,
             ExitStatus::Child(code) => u8::try_from(code.clamp(0, 255)).unwrap_or(u8::MAX),

@@ -51,10 +51,25 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Run(args) => streaming::cli::run(args, &global),
         Command::Logs(cmd) => streaming::cli::logs(cmd, &global),
         Command::DaemonProbation(args) => daemon::probation::run(args.watch()),
+        Command::Completions { .. } | Command::Man if global.json => Err(ExitError::new(
+            ExitStatus::Usage,
+            anyhow::anyhow!("--json: `completions` and `man` write a script or a page, not JSON"),
+        )
+        .into()),
+        Command::Completions { shell } => {
+            cli::print_completions(shell);
+            Ok(ExitStatus::Success)
+        }
+        Command::Man => {
+            cli::print_man_page()?;
+            Ok(ExitStatus::Success)
+        }
     }
 }
 
 /// Diagnostics go to stderr through `tracing`; `BUTLER_LOG` (an `EnvFilter`) overrides the level.
+/// Colour only where `--color` allows it: by default only on a terminal, never into a pipe or a
+/// launcher's log (tracing-subscriber does not check by itself).
 fn init_tracing(global: &cli::GlobalArgs) {
     use tracing_subscriber::EnvFilter;
     let default = if global.verbose {
@@ -68,6 +83,7 @@ fn init_tracing(global: &cli::GlobalArgs) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(global.color.stderr())
         .with_target(false)
         .try_init();
 }

@@ -38,6 +38,9 @@ pub(crate) struct UpgradeArgs {
     /// Do not ask for confirmation.
     #[arg(long, short = 'y', alias = "assume-yes")]
     pub(crate) yes: bool,
+    /// No progress bar on the terminal (--json progress lines are unaffected).
+    #[arg(long, env = "BUTLER_NO_PROGRESS")]
+    pub(crate) no_progress: bool,
     /// Restore the version the last update replaced.
     #[arg(long, conflicts_with_all = ["check", "to", "force"])]
     pub(crate) rollback: bool,
@@ -106,7 +109,13 @@ async fn run_async(
     let mut service = UpdateService::new(&settings, channel.clone(), history).map_err(|e| {
         let e = match e {
             SettingsError::Keys(k) => anyhow::anyhow!("--trusted-key / BUTLER_TRUSTED_KEYS: {k}"),
-            SettingsError::Updater(u) => u.into(),
+            // Only the URL is checked here: name where it came from.
+            SettingsError::Updater(u) => match u.kind {
+                butler_updater::ErrorKind::Network { url, why } if !url.is_empty() => {
+                    anyhow::anyhow!("--broth-url (or BUTLER_BROTH_URL) {url:?}: {why}")
+                }
+                kind => anyhow::Error::new(butler_updater::Error { step: u.step, kind }),
+            },
         };
         ExitError::new(ExitStatus::Usage, e)
     })?;
@@ -134,28 +143,29 @@ async fn run_async(
             format!("butler {current} is up to date ({} on {})", check.latest, check.channel)
         } else {
             let current = current.as_deref().unwrap_or("(none)");
-            format!("an update is available: {current} -> {} on {}", check.latest, check.channel)
+            format!(
+                "an update is available: {current} -> {} on {}; run `butler upgrade` to install it",
+                check.latest, check.channel
+            )
         };
         reporter.log(Level::Info, &msg);
         reporter.result(merge(
             result,
             json!({"installed": null, "verified": check.signed, "upToDate": up_to_date}),
         ));
-        return Ok(ExitStatus::Success);
+        return Ok(if up_to_date { ExitStatus::Success } else { ExitStatus::UpdateAvailable });
     }
     let interactive = !global.json
         && !args.yes
         && std::io::stdin().is_terminal()
         && std::io::stderr().is_terminal();
     if interactive && !confirm(current.as_deref(), &check.latest)? {
+        // A "no" is an answer, not a failure (as upstream's "Okay, not upgrading").
         reporter.log(Level::Info, "not updated");
-        return Err(ExitError::new(
-            ExitStatus::Failure,
-            anyhow::anyhow!("cancelled at the prompt"),
-        )
-        .into());
+        return Ok(ExitStatus::Success);
     }
-    let mut ui = Ui::new(reporter, !global.json && std::io::stderr().is_terminal());
+    let mut ui =
+        Ui::new(reporter, !global.json && !args.no_progress && std::io::stderr().is_terminal());
     let applied =
         service.apply(&target, &check, CancellationToken::new(), &mut |ev| ui.event(ev)).await;
     ui.finish();
@@ -191,7 +201,38 @@ fn fail(reporter: &Reporter, e: UpdateError) -> anyhow::Error {
         Step::Rollback => "upgrade --rollback",
         _ => "upgrade",
     };
-    ExitError::new(ExitStatus::Update(class), anyhow::Error::new(e).context(context)).into()
+    let error = match hint(&e) {
+        Some(h) => anyhow::anyhow!("{context}: {e}\n  hint: {h}"),
+        None => anyhow::Error::new(e).context(context),
+    };
+    ExitError::new(ExitStatus::Update(class), error).into()
+}
+
+/// What the person can do about a failure, when the message itself does not say.
+fn hint(e: &UpdateError) -> Option<&'static str> {
+    use butler_updater::ErrorKind as K;
+    Some(match &e.kind {
+        K::Network { .. } | K::Busy { .. } | K::Http { .. } => {
+            "check the network connection, or point --broth-url (or BUTLER_BROTH_URL) at a server you can reach"
+        }
+        K::NotFound(_) if e.step == Step::Check => {
+            "is --broth-url (or BUTLER_BROTH_URL) right? It must serve butler/<channel>/LATEST"
+        }
+        K::NotFound(_) => "the server names a version it does not serve; try again later",
+        K::Stalled { .. } | K::Truncated { .. } => {
+            "the download was cut short; run the same command again to resume it"
+        }
+        K::BadLatest(_) | K::BadVersions(_) => {
+            "is --broth-url (or BUTLER_BROTH_URL) a broth server? Its answers are not what butler expects"
+        }
+        K::BadSignature(_) | K::UntrustedKey(_) | K::Mismatch(_) | K::Stale { .. } => {
+            "nothing was installed; do not update from this server until its files and signatures agree"
+        }
+        K::SmokeTest(_) | K::CandidateCheck { .. } | K::BadArchive(_) => {
+            "nothing was installed; this build is broken, so wait for the next one"
+        }
+        _ => return None,
+    })
 }
 
 /// `butler upgrade --status`: the newest update outcomes and the versions known to be bad.
@@ -259,6 +300,30 @@ fn confirm(current: Option<&str>, latest: &str) -> anyhow::Result<bool> {
     Ok(matches!(line.trim().to_ascii_lowercase().as_str(), "y" | "yes"))
 }
 
+/// `1.9 MiB`: bytes in binary units, one decimal.
+fn human(bytes: f64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024.0 {
+        return format!("{bytes:.0} B");
+    }
+    let (mut v, mut unit) = (bytes / 1024.0, 0);
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
+/// `4s`, `2m05s`, `1h02m`.
+fn short_duration(secs: f64) -> String {
+    let s = secs.max(0.0).round() as u64;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
 /// Progress for people (a bar on a terminal) and machines (`progress` lines at most every 500 ms).
 struct Ui {
     reporter: Reporter,
@@ -280,6 +345,8 @@ impl Ui {
             }
             Event::Warning(m) => {
                 self.clear_bar();
+                // JSON lines carry the level; a person needs the label.
+                let m = if self.reporter.json { m } else { format!("warning: {m}") };
                 self.reporter.log(Level::Warning, &m);
             }
             Event::Progress(p) => {
@@ -295,14 +362,21 @@ impl Ui {
                 } else if self.bar {
                     let width = 30usize;
                     let filled = ((frac * width as f64) as usize).min(width);
+                    let size = match p.total {
+                        Some(t) => format!("{} / {}", human(p.done as f64), human(t as f64)),
+                        None => human(p.done as f64),
+                    };
+                    let eta =
+                        eta.map(|s| format!("  ETA {}", short_duration(s))).unwrap_or_default();
                     let mut err = std::io::stderr().lock();
+                    // Padded so a shorter line fully covers the previous one.
                     let _ = write!(
                         err,
-                        "\r[{}{}] {:>5.1}% {:>8.1} KiB/s",
+                        "\r[{}{}] {:>5.1}%  {size}  {}/s{eta}   ",
                         "#".repeat(filled),
                         " ".repeat(width - filled),
                         frac * 100.0,
-                        p.bps / 1024.0
+                        human(p.bps),
                     );
                     let _ = err.flush();
                     self.drawn = true;
@@ -320,5 +394,20 @@ impl Ui {
 
     fn finish(&mut self) {
         self.clear_bar();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_durations_read_as_people_write_them() {
+        assert_eq!(human(512.0), "512 B");
+        assert_eq!(human(1536.0), "1.5 KiB");
+        assert_eq!(human(15.5 * 1024.0 * 1024.0), "15.5 MiB");
+        assert_eq!(short_duration(4.4), "4s");
+        assert_eq!(short_duration(125.0), "2m05s");
+        assert_eq!(short_duration(3720.0), "1h02m");
     }
 }

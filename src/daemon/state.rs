@@ -71,6 +71,10 @@ pub(crate) struct Daemon {
     /// restart): what is on disk, so checks compare against it and launchers learn that only a
     /// restart is missing.
     awaiting_restart: Mutex<Option<String>>,
+    /// Paths of the streams `Process.Run` children opened (announced by `Streams.Opened`), held
+    /// until their run has flushed: `Streams.Follow` waits for these instead of failing while
+    /// the store has not registered them yet.
+    announced: Mutex<HashMap<String, usize>>,
 }
 
 /// Restarting in place versus `Process.Run` children: a restart would end them, so the two
@@ -168,6 +172,7 @@ impl Daemon {
             restart: Arc::default(),
             first_authenticated: watch::Sender::new(None),
             awaiting_restart: Mutex::new(None),
+            announced: Mutex::default(),
         }
     }
 
@@ -256,6 +261,26 @@ impl Daemon {
             }
             None => false,
         }
+    }
+
+    /// A stream a `Process.Run` child opened: followers may wait for it.
+    pub(crate) fn announce_stream(&self, path: String) {
+        *lock(&self.announced).entry(path).or_default() += 1;
+    }
+
+    /// The run that opened `path` has flushed it to the store.
+    pub(crate) fn forget_stream(&self, path: &str) {
+        let mut announced = lock(&self.announced);
+        if let Some(n) = announced.get_mut(path) {
+            *n -= 1;
+            if *n == 0 {
+                announced.remove(path);
+            }
+        }
+    }
+
+    pub(crate) fn is_announced(&self, path: &str) -> bool {
+        lock(&self.announced).contains_key(path)
     }
 
     pub(crate) fn awaiting_restart(&self) -> Option<String> {

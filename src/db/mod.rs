@@ -20,24 +20,37 @@ const MIGRATIONS: &[&str] = &[
 /// How long a statement waits for another writer (CLI commands and the daemon share the file).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// What can go wrong with the database. Each message names the file and says what to do; the
+/// underlying error is part of the message, not a `source`, so a report prints it once.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
-    #[error("cannot create the database folder {path}: {source}")]
-    CreateDir { path: PathBuf, source: std::io::Error },
-    #[error("cannot open the database {path}: {source}")]
-    Open { path: String, source: rusqlite::Error },
+    #[error(
+        "cannot create the database folder {}: {error}; set BUTLER_HOME or pass --dbpath to put the database elsewhere",
+        path.display()
+    )]
+    CreateDir { path: PathBuf, error: std::io::Error },
+    #[error(
+        "cannot open the database {path}: {error}; check that its folder is writable, or pass --dbpath"
+    )]
+    Open { path: String, error: rusqlite::Error },
+    #[error(
+        "{path} is not a SQLite database (or it is damaged); move it aside to start afresh, or pass --dbpath"
+    )]
+    NotADatabase { path: String },
     #[error(
         "the database {path} has schema version {found}, newer than this butler knows ({known}); upgrade butler"
     )]
     TooNew { path: String, found: i64, known: i64 },
-    #[error("migrating the database {path} to version {version}: {source}")]
-    Migrate { path: String, version: usize, source: rusqlite::Error },
+    #[error("migrating the database {path} to version {version}: {error}")]
+    Migrate { path: String, version: usize, error: rusqlite::Error },
     #[error(
         "database {path} is in use by another butler daemon (pid {pid}); stop it or use another --dbpath"
     )]
     Locked { path: String, pid: String },
-    #[error("cannot lock the database {path}: {source}")]
-    Lock { path: String, source: std::io::Error },
+    #[error(
+        "cannot lock the database {path}: {error}; check that its folder is writable, or pass --dbpath"
+    )]
+    Lock { path: String, error: std::io::Error },
     #[error("the database folder cannot be found: set BUTLER_HOME or pass --dbpath")]
     NoHome,
     #[error("database query failed: {0}")]
@@ -139,7 +152,7 @@ pub fn open(path: &DbPath) -> Result<Connection, DbError> {
         DbPath::File(p) => {
             if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
                 create_private_dir_all(dir)
-                    .map_err(|source| DbError::CreateDir { path: dir.to_owned(), source })?;
+                    .map_err(|error| DbError::CreateDir { path: dir.to_owned(), error })?;
             }
             if let Err(e) = make_private_file(p) {
                 tracing::warn!("could not make {} owner-only: {e}", p.display());
@@ -148,15 +161,27 @@ pub fn open(path: &DbPath) -> Result<Connection, DbError> {
         }
         DbPath::Special(s) => Connection::open_with_flags(s, flags),
     }
-    .map_err(|source| DbError::Open { path: name.clone(), source })?;
-    conn.busy_timeout(BUSY_TIMEOUT)?;
-    // Big pages make the log store's bulk inserts much cheaper; only a new database takes it.
-    conn.pragma_update(None, "page_size", 65536)?;
-    // In-memory databases answer "memory" here; that is fine.
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
-    conn.pragma_update(None, "foreign_keys", "ON")?;
-    migrate(&conn, &name)?;
+    .map_err(|error| DbError::Open { path: name.clone(), error })?;
+    // SQLite opens lazily: a file that is not a database, or cannot be read, shows here.
+    let setup = || -> Result<(), DbError> {
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        // Big pages make the log store's bulk inserts much cheaper; only a new database takes it.
+        conn.pragma_update(None, "page_size", 65536)?;
+        // In-memory databases answer "memory" here; that is fine.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        migrate(&conn, &name)
+    };
+    setup().map_err(|e| match e {
+        DbError::Sqlite(e) | DbError::Migrate { error: e, .. }
+            if e.sqlite_error_code() == Some(rusqlite::ErrorCode::NotADatabase) =>
+        {
+            DbError::NotADatabase { path: name.clone() }
+        }
+        DbError::Sqlite(error) => DbError::Open { path: name.clone(), error },
+        e => e,
+    })?;
     Ok(conn)
 }
 
@@ -185,7 +210,7 @@ fn apply_pending(conn: &Connection, name: &str, target: usize) -> Result<(), DbE
     let current = user_version(conn)? as usize;
     for (i, sql) in MIGRATIONS.iter().enumerate().take(target).skip(current) {
         let version = i + 1;
-        let err = |source| DbError::Migrate { path: name.to_owned(), version, source };
+        let err = |error| DbError::Migrate { path: name.to_owned(), version, error };
         conn.execute_batch(sql).map_err(err)?;
         conn.pragma_update(None, "user_version", version as i64).map_err(err)?;
     }
@@ -251,7 +276,7 @@ impl DaemonLock {
         let name = db.display().to_string();
         if let Some(dir) = lock_path.parent().filter(|d| !d.as_os_str().is_empty()) {
             create_private_dir_all(dir)
-                .map_err(|source| DbError::CreateDir { path: dir.to_owned(), source })?;
+                .map_err(|error| DbError::CreateDir { path: dir.to_owned(), error })?;
         }
         let mut file = private_file()
             .read(true)
@@ -259,7 +284,7 @@ impl DaemonLock {
             .create(true)
             .truncate(false)
             .open(&lock_path)
-            .map_err(|source| DbError::Lock { path: name.clone(), source })?;
+            .map_err(|error| DbError::Lock { path: name.clone(), error })?;
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
@@ -268,8 +293,8 @@ impl DaemonLock {
                 let pid = if pid.is_empty() { "unknown" } else { pid };
                 return Err(DbError::Locked { path: name, pid: pid.to_owned() });
             }
-            Err(std::fs::TryLockError::Error(source)) => {
-                return Err(DbError::Lock { path: name, source });
+            Err(std::fs::TryLockError::Error(error)) => {
+                return Err(DbError::Lock { path: name, error });
             }
         }
         use std::io::{Seek, Write};

@@ -27,8 +27,21 @@ use super::output::{Output, OutputError};
 const READ_SIZE: usize = 64 * 1024;
 /// Messages (each at most about one read's worth of entries) queued for the bundler.
 const ENTRY_QUEUE: usize = 16;
-/// Finished bundles queued for the output.
+/// Finished bundles (and stream openings) queued for the output.
 const BUNDLE_QUEUE: usize = 2;
+
+/// LogDog's buffering default for `--output-max-buffer-age`: the `logdog` output keeps it, since
+/// every bundle there is a Pub/Sub message.
+pub const LOGDOG_BUFFER_AGE: Duration = Duration::from_secs(5);
+/// The default for local outputs (`store`, `directory`, `log`, `null`): short enough that a line
+/// a child writes is readable by `logs tail -f`, `Streams.Follow` and the viewer within a second.
+pub const LOCAL_BUFFER_AGE: Duration = Duration::from_millis(250);
+
+/// What the output worker is given, in order.
+enum Job {
+    Open(Arc<StreamInfo>),
+    Bundle(Bundle),
+}
 
 /// Everything a butler needs besides its output.
 #[derive(Debug, Clone)]
@@ -72,7 +85,7 @@ impl ButlerConfig {
             project: project.into(),
             prefix: prefix.into(),
             tags: BTreeMap::new(),
-            max_buffer_age: Duration::from_secs(5),
+            max_buffer_age: LOGDOG_BUFFER_AGE,
             drain_idle: Duration::from_millis(100),
             observer: None,
         }
@@ -99,6 +112,9 @@ pub struct Stats {
 }
 
 enum Msg {
+    /// A stream's task has started: outputs that keep an index (the store) register it now,
+    /// before it has data, so followers find it at once.
+    Open(Arc<StreamInfo>),
     Entries {
         stream: Arc<StreamInfo>,
         logs: Vec<LogEntry>,
@@ -304,6 +320,9 @@ async fn pump<R: AsyncRead + Unpin>(
     let age = shared.cfg.max_buffer_age;
     let mut cutter = Cutter::new(info.stream_type, info.timestamp, shared.max_entry);
     let mut out = Vec::new();
+    if shared.tx.send(Msg::Open(Arc::clone(&info))).await.is_err() {
+        return 0;
+    }
     let mut draining = false;
     let mut drain_until = None;
     if !initial.is_empty() {
@@ -432,7 +451,7 @@ impl Builder {
 
 async fn run_bundler(
     mut rx: mpsc::Receiver<Msg>,
-    out: mpsc::Sender<Bundle>,
+    out: mpsc::Sender<Job>,
     age: Duration,
     max_size: usize,
 ) {
@@ -455,6 +474,12 @@ async fn run_bundler(
                 break;
             };
             match msg {
+                // Straight to the output: the stream's entries can only be in bundles sent later.
+                Msg::Open(stream) => {
+                    if out.send(Job::Open(stream)).await.is_err() {
+                        tracing::error!("the output stopped; a stream opening was not delivered");
+                    }
+                }
                 Msg::Entries { stream, logs } => {
                     for mut log in logs {
                         let size = log.encoded_size_estimate();
@@ -493,23 +518,33 @@ async fn run_bundler(
     }
 }
 
-async fn send(out: &mpsc::Sender<Bundle>, b: Builder) {
+async fn send(out: &mpsc::Sender<Job>, b: Builder) {
     if b.is_empty() {
         return;
     }
-    if out.send(b.finish()).await.is_err() {
+    if out.send(Job::Bundle(b.finish())).await.is_err() {
         tracing::error!("the output stopped; a bundle could not be delivered");
     }
 }
 
 fn run_output(
     mut output: Box<dyn Output>,
-    mut rx: mpsc::Receiver<Bundle>,
+    mut rx: mpsc::Receiver<Job>,
 ) -> Result<Stats, OutputError> {
     let mut stats = Stats::default();
     let mut first_err = None;
     let mut seen = HashSet::new();
-    while let Some(bundle) = rx.blocking_recv() {
+    while let Some(job) = rx.blocking_recv() {
+        let bundle = match job {
+            Job::Open(stream) => {
+                if let Err(e) = output.open_stream(&stream) {
+                    tracing::error!("output {}: {e}", output.name());
+                    first_err.get_or_insert(e);
+                }
+                continue;
+            }
+            Job::Bundle(b) => b,
+        };
         stats.bundles += 1;
         for e in &bundle.entries {
             if seen.insert(e.stream.id) {

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -14,11 +15,13 @@ use clap::{Args, Subcommand};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::butler::{Butler, ButlerConfig};
+use super::butler::{Butler, ButlerConfig, StreamEvent, StreamObserver};
+use super::entry::StreamType;
 use super::handshake::StreamFlags;
 use super::output::{self, OutputContext, OutputError, OutputSpec};
 use super::process::{self, RunOptions};
 use super::server::{ServerError, StreamServer};
+use super::viewer::{Viewer, ViewerError, ViewerSettings};
 use super::{names, store, timefmt};
 use crate::cli::GlobalArgs;
 use crate::db::{self, DbPath};
@@ -54,13 +57,21 @@ pub(crate) struct RunArgs {
     #[arg(long, value_name = "URI")]
     pub streamserver_uri: Option<String>,
 
-    /// Capture the child's stdout as a stream: name=N[,type=T,content-type=C,tag=k=v].
+    /// Capture the child's stdout as this stream, not shown: N or name=N[,type=T,content-type=C,tag=k=v]
+    /// [default with the store output: captured as `stdout` and still shown].
     #[arg(long, value_name = "SPEC")]
     pub stdout: Option<String>,
 
-    /// Capture the child's stderr as a stream: name=N[,type=T,content-type=C,tag=k=v].
+    /// Capture the child's stderr as this stream, not shown: N or name=N[,...]
+    /// [default with the store output: captured as `stderr` and still shown].
     #[arg(long, value_name = "SPEC")]
     pub stderr: Option<String>,
+
+    /// Do not store the child's stdout and stderr unless --stdout / --stderr name them: let them
+    /// through as they are (upstream LogDog's behaviour, and the only one for other outputs).
+    /// For interactive programs, which need a terminal.
+    #[arg(long)]
+    pub no_capture: bool,
 
     /// Give the child butler's stdin (default: an empty stdin).
     #[arg(long)]
@@ -94,13 +105,23 @@ pub(crate) struct RunArgs {
 #[derive(Debug, Subcommand)]
 pub(crate) enum LogsCommand {
     /// List streams (optionally only those whose path starts with PREFIX).
-    Ls { prefix: Option<String> },
+    #[command(
+        after_help = "Examples:\n  butler logs ls\n  butler logs ls demo/   # or: butler logs ls --prefix demo/"
+    )]
+    Ls {
+        /// Only streams whose path starts with this (also taken from --prefix).
+        #[arg(id = "path_prefix", value_name = "PREFIX")]
+        prefix: Option<String>,
+    },
     /// Write a stream's exact bytes to stdout.
     Cat {
         /// <prefix>/+/<name>
         path: String,
     },
     /// The end of a stream; with -f, keep following it until it ends.
+    #[command(
+        after_help = "Examples:\n  butler logs tail -n 50 demo/run/+/stdout\n  butler logs tail -f demo/run/+/stdout   # waits for the stream if it is not there yet"
+    )]
     Tail {
         /// <prefix>/+/<name>
         path: String,
@@ -114,6 +135,32 @@ pub(crate) enum LogsCommand {
         #[arg(long, value_name = "DURATION", default_value = "200ms", value_parser = timefmt::parse_duration)]
         poll_interval: Duration,
     },
+    /// Serve a live log viewer for this machine's browser; prints its private URL.
+    #[command(after_help = "\
+The viewer listens on loopback only and its URL carries an access token: only someone on this
+machine who has the URL can see the logs. It lists streams by prefix, newest first, follows open
+streams live, and reads the same store as `butler logs` (--dbpath, --project). Ctrl-C stops it.
+
+Examples:
+  butler logs web --open
+  butler logs web --address 127.0.0.1:8040
+  butler --json logs web    # {\"type\":\"result\",\"value\":{\"url\":...}}")]
+    Web(WebArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct WebArgs {
+    /// Where to listen: a loopback address and port (port 0 picks a free one).
+    #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:0")]
+    pub address: String,
+
+    /// Open the viewer in a browser ($BROWSER, else the desktop's default).
+    #[arg(long)]
+    pub open: bool,
+
+    /// How often the store is checked for new data.
+    #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = timefmt::parse_duration, hide = true)]
+    pub poll_interval: Duration,
 }
 
 fn usage(e: impl Into<anyhow::Error>) -> anyhow::Error {
@@ -146,9 +193,7 @@ pub(crate) fn setup(global: &GlobalArgs) -> anyhow::Result<(ButlerConfig, Output
     }
     let mut cfg = ButlerConfig::new(project, prefix);
     cfg.tags = tags;
-    if let Some(age) = l.output_max_buffer_age {
-        cfg.max_buffer_age = age;
-    }
+    cfg.max_buffer_age = l.output_max_buffer_age.unwrap_or_else(|| spec.default_max_buffer_age());
     if l.output_no_buffer {
         cfg.max_buffer_age = Duration::ZERO;
     }
@@ -244,13 +289,17 @@ pub(crate) fn stream(args: StreamArgs, global: &GlobalArgs) -> anyhow::Result<Ex
                     .map_err(runtime)?,
             )
         };
-        butler.handle().add_stream(flags, reader, Bytes::new()).map_err(runtime)?;
+        let info = butler.handle().add_stream(flags, reader, Bytes::new()).map_err(runtime)?;
         let handle = butler.handle();
         tokio::select! {
             () = handle.wait_idle() => {}
             _ = signals.recv() => tracing::info!("signalled; flushing"),
         }
         finish(butler).await?;
+        if global.json {
+            Reporter::new(true, false, false)
+                .result(serde_json::json!({ "path": info.path(), "project": info.project }));
+        }
         Ok(ExitStatus::Success)
     })
 }
@@ -292,7 +341,8 @@ fn bind(uri: Option<&str>) -> anyhow::Result<StreamServer> {
 }
 
 pub(crate) fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
-    let (cfg, spec) = setup(global)?;
+    let (mut cfg, spec) = setup(global)?;
+    let prefix = cfg.prefix.clone();
     let (hs_timeout, kill_grace) = (args.handshake_timeout, args.kill_grace);
     let command = match (&args.json_args_path, args.command.is_empty()) {
         (Some(_), false) => {
@@ -311,18 +361,30 @@ pub(crate) fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<ExitStat
     if command.is_empty() {
         return Err(usage(anyhow::anyhow!("no command: butler run [flags] -- COMMAND ARGS...")));
     }
-    let stdout = args
-        .stdout
-        .as_deref()
-        .map(|s| StreamFlags::parse_spec(s, "stdout"))
-        .transpose()
-        .map_err(|e| usage(anyhow::Error::new(e).context("--stdout")))?;
-    let stderr = args
-        .stderr
-        .as_deref()
-        .map(|s| StreamFlags::parse_spec(s, "stderr"))
-        .transpose()
-        .map_err(|e| usage(anyhow::Error::new(e).context("--stderr")))?;
+    // Into the store, unnamed output is captured by default and still shown (not into stdout
+    // with --json: stdout is for JSON lines there).
+    let capture = !args.no_capture && spec == OutputSpec::Store;
+    let fd = |spec: Option<&str>, name: &str, flag: &str| {
+        let flags = spec
+            .map(|s| StreamFlags::parse_spec(s, name))
+            .transpose()
+            .map_err(|e| usage(anyhow::Error::new(e).context(flag.to_owned())))?;
+        Ok::<_, anyhow::Error>(match flags {
+            Some(f) => (Some(f), false),
+            None if capture => (Some(StreamFlags::new(name, StreamType::Text)), true),
+            None => (None, false),
+        })
+    };
+    let (stdout, tee_stdout) = fd(args.stdout.as_deref(), "stdout", "--stdout")?;
+    let (stderr, tee_stderr) = fd(args.stderr.as_deref(), "stderr", "--stderr")?;
+    let tee_stdout = tee_stdout && !global.json;
+    let opened = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = Arc::clone(&opened);
+    cfg.observer = Some(StreamObserver(Arc::new(move |event| {
+        if let StreamEvent::Opened(s) = event {
+            seen.lock().unwrap_or_else(|p| p.into_inner()).push(s.path());
+        }
+    })));
     let rt = tokio_runtime()?;
     rt.block_on(async {
         let signals = Signals::install().context("catching signals").map_err(runtime)?;
@@ -338,6 +400,8 @@ pub(crate) fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<ExitStat
             env: Vec::new(),
             stdout,
             stderr,
+            tee_stdout,
+            tee_stderr,
             forward_stdin: args.forward_stdin,
             kill_grace,
             coordinator_host,
@@ -365,8 +429,34 @@ pub(crate) fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<ExitStat
                 .map_err(runtime)?;
         }
         flushed?;
+        let streams = std::mem::take(&mut *opened.lock().unwrap_or_else(|p| p.into_inner()));
+        if global.json {
+            Reporter::new(true, false, false).result(serde_json::json!({
+                "exitCode": outcome.exit_code,
+                "prefix": prefix,
+                "streams": streams,
+            }));
+        } else if !global.quiet && spec == OutputSpec::Store {
+            say_where_it_went(&prefix, &streams);
+        }
         Ok(ExitStatus::Child(outcome.exit_code))
     })
+}
+
+/// After `butler run` into the store: where the output went and how to read it.
+fn say_where_it_went(prefix: &str, streams: &[String]) {
+    let Some(first) = streams.first() else {
+        eprintln!(
+            "butler: nothing was stored (--no-capture; name streams with --stdout / --stderr)"
+        );
+        return;
+    };
+    let names: Vec<&str> =
+        streams.iter().map(|p| names::split_path(p).map_or(p.as_str(), |(_, n)| n)).collect();
+    let what = if names.len() <= 3 { names.join(", ") } else { format!("{} streams", names.len()) };
+    eprintln!(
+        "butler: stored {what} in the log store under {prefix}\n  read with: butler logs cat {first}   (or: butler logs ls {prefix}/, butler logs web)"
+    );
 }
 
 async fn forward_signals(mut signals: Signals, tx: mpsc::Sender<Signal>) {
@@ -383,10 +473,20 @@ pub(crate) fn logs(cmd: LogsCommand, global: &GlobalArgs) -> anyhow::Result<Exit
         global.logdog.project.clone().unwrap_or_else(|| names::DEFAULT_PROJECT.to_owned());
     names::validate_project(&project).map_err(|e| usage(anyhow::anyhow!("--project: {e}")))?;
     let path = DbPath::resolve(global.dbpath.as_deref()).map_err(runtime)?;
+    let cmd = match cmd {
+        LogsCommand::Web(args) => return web(args, global, project, path),
+        LogsCommand::Cat { .. } | LogsCommand::Tail { .. } if global.json => {
+            return Err(usage(anyhow::anyhow!(
+                "--json: `logs cat` and `logs tail` write the stream's own bytes, not JSON; for JSON use `logs ls --json`, the daemon's Streams.Read, or `logs web`"
+            )));
+        }
+        cmd => cmd,
+    };
     let conn = db::open(&path).map_err(runtime)?;
     let reporter = Reporter::new(global.json, global.verbose, global.quiet);
     match cmd {
         LogsCommand::Ls { prefix } => {
+            let prefix = prefix.or_else(|| global.logdog.prefix.clone());
             let streams =
                 store::list_streams(&conn, &project, prefix.as_deref()).map_err(runtime)?;
             if global.json {
@@ -411,9 +511,14 @@ pub(crate) fn logs(cmd: LogsCommand, global: &GlobalArgs) -> anyhow::Result<Exit
             out.flush().map_err(runtime)?;
             Ok(ExitStatus::Success)
         }
+        LogsCommand::Web(_) => unreachable!("served above"),
         LogsCommand::Tail { path, follow, lines, poll_interval } => {
             let poll = poll_interval;
-            let s = find(&conn, &project, &path)?;
+            let s = if follow {
+                wait_for(&conn, &project, &path, poll, global.quiet)?
+            } else {
+                find(&conn, &project, &path)?
+            };
             let mut out = std::io::stdout().lock();
             let mut next = store::write_tail(&conn, &s, lines, &mut out).map_err(runtime)?;
             out.flush().map_err(runtime)?;
@@ -432,6 +537,110 @@ pub(crate) fn logs(cmd: LogsCommand, global: &GlobalArgs) -> anyhow::Result<Exit
             }
             Ok(ExitStatus::Success)
         }
+    }
+}
+
+/// `butler logs web`: bind, print the URL, serve until SIGINT/SIGTERM.
+fn web(
+    args: WebArgs,
+    global: &GlobalArgs,
+    project: String,
+    dbpath: DbPath,
+) -> anyhow::Result<ExitStatus> {
+    let address: std::net::SocketAddr = args.address.parse().map_err(|_| {
+        usage(anyhow::anyhow!(
+            "--address {:?} is not IP:PORT (for example 127.0.0.1:8040, or [::1]:0 for any free port)",
+            args.address
+        ))
+    })?;
+    let settings = ViewerSettings { address, dbpath, project, poll: args.poll_interval };
+    let rt = tokio_runtime()?;
+    rt.block_on(async {
+        let mut signals = Signals::install().context("catching signals").map_err(runtime)?;
+        let viewer = Viewer::bind(settings).await.map_err(|e| match e {
+            ViewerError::NotLoopback(_) => usage(e),
+            e => runtime(e),
+        })?;
+        let url = viewer.url();
+        if global.json {
+            Reporter::new(true, false, false)
+                .result(serde_json::json!({ "url": url, "address": viewer.address().to_string() }));
+        } else {
+            let mut stdout = std::io::stdout().lock();
+            let _ = writeln!(stdout, "{url}");
+            let _ = stdout.flush();
+            if !global.quiet {
+                eprintln!("butler: serving the log viewer at the URL above; Ctrl-C stops it");
+            }
+        }
+        if args.open {
+            open_browser(&url);
+        }
+        let stop = CancellationToken::new();
+        let serving = tokio::spawn(viewer.run(stop.clone()));
+        signals.recv().await;
+        stop.cancel();
+        let _ = serving.await;
+        Ok(ExitStatus::Success)
+    })
+}
+
+/// Opens `url` in a browser: the first command in `$BROWSER` (as Python's `webbrowser` reads
+/// it), else the desktop's opener. A failure is only a warning: the URL is printed anyway.
+fn open_browser(url: &str) {
+    let browser = std::env::var("BROWSER").ok().and_then(|b| {
+        b.split(if cfg!(windows) { ';' } else { ':' })
+            .map(str::trim)
+            .find(|c| !c.is_empty())
+            .map(str::to_owned)
+    });
+    let mut cmd = match browser {
+        Some(b) => std::process::Command::new(b),
+        None if cfg!(target_os = "macos") => std::process::Command::new("open"),
+        None if cfg!(windows) => {
+            let mut c = std::process::Command::new("cmd");
+            c.args(["/C", "start", ""]);
+            c
+        }
+        None => std::process::Command::new("xdg-open"),
+    };
+    cmd.arg(url)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    match cmd.spawn() {
+        // Reaped on a thread so it leaves no zombie; its status does not matter.
+        Ok(mut child) => {
+            std::thread::spawn(move || child.wait());
+        }
+        Err(e) => tracing::warn!(
+            "could not open a browser ({:?}: {e}); open the URL yourself",
+            cmd.get_program()
+        ),
+    }
+}
+
+/// The stream at `path`, waiting for it to appear (as `tail -F` waits for a file): a stream
+/// another butler is about to open is followed from its first line.
+fn wait_for(
+    conn: &rusqlite::Connection,
+    project: &str,
+    path: &str,
+    poll: Duration,
+    quiet: bool,
+) -> anyhow::Result<store::StoredStream> {
+    let mut said = false;
+    loop {
+        if let Some(s) = store::find_stream(conn, project, path).map_err(usage)? {
+            return Ok(s);
+        }
+        if !said && !quiet {
+            eprintln!(
+                "butler: waiting for {path} to appear in project {project} of the log store (Ctrl-C to stop)"
+            );
+            said = true;
+        }
+        std::thread::sleep(poll);
     }
 }
 

@@ -86,7 +86,12 @@ impl StreamFlags {
     /// `Process.Run` spell a stream; the name is `default_name` unless given.
     pub fn parse_spec(spec: &str, default_name: &str) -> Result<StreamFlags, SpecError> {
         let mut flags = StreamFlags::new(default_name, StreamType::Text);
-        for part in spec.split(',').filter(|p| !p.is_empty()) {
+        for (i, part) in spec.split(',').filter(|p| !p.is_empty()).enumerate() {
+            // A bare first part is the name (`--stdout out` as `--stdout name=out`).
+            if i == 0 && !part.contains('=') {
+                flags.name = part.to_owned();
+                continue;
+            }
             let (k, v) =
                 part.split_once('=').ok_or_else(|| SpecError::NotKeyValue(part.to_owned()))?;
             match k {

@@ -4,7 +4,8 @@
 //! `BTLR1` wire protocol), `cutter` (bytes → log entries per stream type), [`butler`] (per-stream
 //! tasks feeding one bundler task, feeding one output worker), [`output`] (where bundles go),
 //! [`address`] (`unix:`/`net.pipe:` addresses), [`server`] (the stream server), [`store`] (reading the SQLite log store),
-//! [`process`] (running a child with a stream server), [`streamclient`] (the client side), and
+//! [`process`] (running a child with a stream server), [`streamclient`] (the client side),
+//! [`viewer`] (`butler logs web`: a live log viewer in the browser over the store), and
 //! [`cli`] (the commands). Generated protobuf types live in `proto` and never leave this module.
 
 pub mod address;
@@ -21,6 +22,7 @@ pub mod server;
 pub(crate) mod store;
 pub mod streamclient;
 pub mod timefmt;
+pub(crate) mod viewer;
 
 pub use butler::{Butler, ButlerConfig, ButlerHandle, StreamEvent, StreamObserver};
 pub use entry::{Bundle, BundleEntry, Content, LogEntry, Partial, StreamInfo, StreamType};

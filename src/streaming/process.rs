@@ -7,6 +7,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use tokio_util::sync::CancellationToken;
@@ -42,6 +43,9 @@ pub(crate) struct RunOptions {
     /// Capture stdout as this stream (else it passes through).
     pub stdout: Option<StreamFlags>,
     pub stderr: Option<StreamFlags>,
+    /// A captured stdout / stderr is also copied to butler's own (so a person still sees it).
+    pub tee_stdout: bool,
+    pub tee_stderr: bool,
     pub forward_stdin: bool,
     /// After a forwarded signal, how long the child has before SIGKILL.
     pub kill_grace: Duration,
@@ -128,16 +132,33 @@ pub(crate) async fn run_child(
     let pid = child.id().unwrap_or(0);
     started(pid);
     let mut capture_err = None;
-    if let (Some(flags), Some(out)) = (&opts.stdout, child.stdout.take())
-        && let Err(source) = butler.add_stream(flags.clone(), out, Bytes::new())
-    {
-        capture_err = Some(ProcessError::Stream { which: "stdout", source });
+    let mut tees = Vec::new();
+    if let (Some(flags), Some(out)) = (&opts.stdout, child.stdout.take()) {
+        let added = if opts.tee_stdout {
+            let (copy, reader) = tee(out, tokio::io::stdout());
+            tees.push(copy);
+            butler.add_stream(flags.clone(), reader, Bytes::new())
+        } else {
+            butler.add_stream(flags.clone(), out, Bytes::new())
+        };
+        if let Err(source) = added {
+            capture_err = Some(ProcessError::Stream { which: "stdout", source });
+        }
     }
-    if let (Some(flags), Some(err)) = (&opts.stderr, child.stderr.take())
-        && let Err(source) = butler.add_stream(flags.clone(), err, Bytes::new())
-    {
-        capture_err.get_or_insert(ProcessError::Stream { which: "stderr", source });
+    if let (Some(flags), Some(err)) = (&opts.stderr, child.stderr.take()) {
+        let added = if opts.tee_stderr {
+            let (copy, reader) = tee(err, tokio::io::stderr());
+            tees.push(copy);
+            butler.add_stream(flags.clone(), reader, Bytes::new())
+        } else {
+            butler.add_stream(flags.clone(), err, Bytes::new())
+        };
+        if let Err(source) = added {
+            capture_err.get_or_insert(ProcessError::Stream { which: "stderr", source });
+        }
     }
+    // A copier still blocked on a pipe a grandchild holds ends with the run.
+    let _tees = AbortOnDrop(tees);
     if capture_err.is_some() {
         signal(pid, libc::SIGKILL);
     }
@@ -173,6 +194,46 @@ pub(crate) async fn run_child(
         (None, None) => RunOutcome { pid, exit_code: 250, signal: None },
     };
     Ok(outcome)
+}
+
+/// Aborts the tasks when dropped.
+struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
+/// Copies everything read from `from` to `show` and to the returned reader (the stream's), with
+/// backpressure from the stream: the copy reads no more than the stream has taken. `show` failing
+/// (a closed terminal or pipe) stops only the showing, never the capture.
+fn tee<R, W>(mut from: R, mut show: W) -> (tokio::task::JoinHandle<()>, tokio::io::DuplexStream)
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut into, reader) = tokio::io::duplex(64 * 1024);
+    let copy = tokio::spawn(async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut showing = true;
+        loop {
+            let n = match from.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if showing && (show.write_all(&buf[..n]).await.is_err() || show.flush().await.is_err())
+            {
+                showing = false;
+            }
+            if into.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+    });
+    (copy, reader)
 }
 
 fn signal(pid: u32, sig: i32) {

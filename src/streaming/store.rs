@@ -111,6 +111,29 @@ pub(crate) fn list_streams(
     Ok(out)
 }
 
+/// The newest `limit` streams of `project` whose path starts with `prefix`, newest first.
+pub(crate) fn list_recent(
+    conn: &Connection,
+    project: &str,
+    prefix: &str,
+    limit: usize,
+) -> Result<Vec<StoredStream>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {STREAM_COLUMNS} FROM log_streams
+         WHERE project = ?1 AND substr(prefix || '/+/' || name, 1, length(?2)) = ?2
+         ORDER BY id DESC LIMIT ?3"
+    ))?;
+    let rows =
+        stmt.query_map(params![project, prefix, limit.min(i64::MAX as usize) as i64], stream_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// A number that changes whenever another connection commits to the database (SQLite's
+/// `data_version`): cheap to poll, so readers in other processes notice new data.
+pub(crate) fn data_version(conn: &Connection) -> Result<i64, StoreError> {
+    Ok(conn.pragma_query_value(None, "data_version", |r| r.get(0))?)
+}
+
 /// The stream at `<prefix>/+/<name>` in `project`.
 pub(crate) fn find_stream(
     conn: &Connection,
@@ -146,12 +169,45 @@ pub(crate) fn read_entries(
     from_index: u64,
     limit: usize,
 ) -> Result<Vec<StoredEntry>, StoreError> {
-    let mut stmt = conn.prepare_cached(
+    query_entries(
+        conn,
         "SELECT stream_index, prefix_index, sequence, time_offset_ns, lines, partial_index, partial_size, partial_last, data
          FROM log_entries WHERE stream_id = ?1 AND stream_index >= ?2 ORDER BY stream_index LIMIT ?3",
+        stream_id,
+        from_index,
+        limit,
+    )
+}
+
+/// Up to `limit` entries just before `before_index`, in order (paging back from the end).
+pub(crate) fn read_entries_before(
+    conn: &Connection,
+    stream_id: i64,
+    before_index: u64,
+    limit: usize,
+) -> Result<Vec<StoredEntry>, StoreError> {
+    let mut entries = query_entries(
+        conn,
+        "SELECT stream_index, prefix_index, sequence, time_offset_ns, lines, partial_index, partial_size, partial_last, data
+         FROM log_entries WHERE stream_id = ?1 AND stream_index < ?2 ORDER BY stream_index DESC LIMIT ?3",
+        stream_id,
+        before_index,
+        limit,
     )?;
+    entries.reverse();
+    Ok(entries)
+}
+
+fn query_entries(
+    conn: &Connection,
+    sql: &str,
+    stream_id: i64,
+    index: u64,
+    limit: usize,
+) -> Result<Vec<StoredEntry>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql)?;
     let rows = stmt.query_map(
-        params![stream_id, from_index as i64, limit.min(i64::MAX as usize) as i64],
+        params![stream_id, index.min(i64::MAX as u64) as i64, limit.min(i64::MAX as usize) as i64],
         |r| {
             let pi: Option<i64> = r.get(5)?;
             let partial = match pi {

@@ -1,5 +1,6 @@
 //! Log-streaming figures: text ingestion into `null` and `store` against a raw unix-socket copy,
-//! 500 streams × 3 lines through a whole butler lifecycle, and peak memory while ingesting 1 GiB.
+//! 500 streams × 3 lines through a whole butler lifecycle, peak memory while ingesting 1 GiB, and
+//! how long a line a `butler run` child writes takes to reach `logs tail -f`.
 
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -163,9 +164,50 @@ fn memory(block: &[u8], output: &str) -> (u64, u64) {
     (idle, peak)
 }
 
+/// Milliseconds from a `butler run` child writing a line (it writes the wall-clock time) to
+/// `butler logs tail -f` (started first, default poll) printing it, one per line.
+fn live_latency(extra: &[&str], lines: usize) -> Vec<f64> {
+    let dir = tempfile::tempdir().unwrap();
+    let butler = |args: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_butler"));
+        c.env("BUTLER_HOME", dir.path()).args(args);
+        c
+    };
+    let mut tail = butler(&["logs", "tail", "-f", "-n", "0", "live/bench/+/out"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let script = format!("for i in $(seq {lines}); do date +%s%N; sleep 0.3; done");
+    let mut run = butler(&["--prefix", "live/bench"])
+        .args(extra)
+        .args(["run", "--stdout", "name=out", "--", "sh", "-c", &script])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut got = Vec::new();
+    let mut out = std::io::BufReader::new(tail.stdout.take().unwrap());
+    let mut line = String::new();
+    while std::io::BufRead::read_line(&mut out, &mut line).unwrap() > 0 {
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+                as f64;
+        if let Ok(sent) = line.trim().parse::<f64>() {
+            got.push((now - sent) / 1e6);
+        }
+        line.clear();
+    }
+    let _ = run.wait();
+    let _ = tail.wait();
+    got
+}
+
 pub(crate) fn run() {
-    // `BENCH_STREAMING=store` measures only the store figure (for tuning).
+    // `BENCH_STREAMING=store` measures only the store figure, `live` only the live figure.
     let only_store = std::env::var("BENCH_STREAMING").is_ok_and(|v| v == "store");
+    if std::env::var("BENCH_STREAMING").is_ok_and(|v| v == "live") {
+        return live();
+    }
     let block = block();
     let raw = median((0..RUNS).map(|_| raw_copy(&block)).collect());
     let null = if only_store {
@@ -211,4 +253,18 @@ pub(crate) fn run() {
             (peak.saturating_sub(idle)) as f64 / 1024.0
         );
     }
+    live();
+}
+
+fn live() {
+    const LINES: usize = 15;
+    let default = median(live_latency(&[], LINES));
+    let unbuffered = median(live_latency(&["--output-no-buffer"], LINES));
+    crate::report(
+        "streaming: `butler run` child line -> `logs tail -f` (store)",
+        format!("{default:.0} ms"),
+        "<= 1000 ms",
+        default <= 1000.0,
+        Some(format!("--output-no-buffer {unbuffered:.0} ms; median of {LINES} lines each")),
+    );
 }

@@ -1,6 +1,6 @@
 //! The command line itself: version reporting, flag spellings, exit codes for bad flags.
 
-use crate::util::{TestHome, stdout};
+use crate::util::{TestHome, stderr, stdout};
 
 #[test]
 fn version_subcommand_and_flag_agree() {
@@ -31,6 +31,193 @@ fn unknown_flag_exits_2() {
     let home = TestHome::new();
     let out = home.run(&["version", "--no-such-flag"]);
     assert_eq!(out.status.code(), Some(2));
+}
+
+/// A port nothing listens on (bound, then closed).
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[test]
+fn an_update_error_is_said_once_with_what_to_do() {
+    let home = TestHome::new();
+    let url = format!("http://127.0.0.1:{}", closed_port());
+    let run = |args: &[&str]| {
+        home.butler()
+            .args(args)
+            .env("BUTLER_UPGRADE_RETRIES", "1")
+            .env("BUTLER_UPGRADE_BACKOFF_MS", "1")
+            .output()
+            .unwrap()
+    };
+    let out = run(&["upgrade", "--check", "--broth-url", &url]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert_eq!(err.matches("Connection refused").count(), 1, "said once: {err}");
+    assert_eq!(err.matches("/LATEST").count(), 1, "{err}");
+    assert!(!err.contains("error sending request"), "no repetition of the URL: {err}");
+    assert!(err.contains("hint: check the network connection"), "{err}");
+    assert!(err.len() < 300, "{} characters: {err}", err.len());
+
+    let out = run(&["--json", "upgrade", "--check", "--broth-url", &url]);
+    let last = stdout(&out).lines().last().unwrap().to_owned();
+    let v: serde_json::Value = serde_json::from_str(&last).unwrap();
+    assert_eq!(v["type"], "error");
+    assert_eq!(v["message"].as_str().unwrap().matches("Connection refused").count(), 1, "{v}");
+
+    let out = run(&["upgrade", "--check", "--broth-url", "notaurl"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("--broth-url (or BUTLER_BROTH_URL) \"notaurl\": not a URL"), "{err}");
+    assert_eq!(err.matches("not a URL").count(), 1, "{err}");
+}
+
+#[test]
+fn no_colour_codes_reach_a_pipe_unless_asked_for() {
+    let home = TestHome::new();
+    let url = format!("http://127.0.0.1:{}", closed_port());
+    let run = |args: &[&str]| {
+        home.butler()
+            .args(args)
+            .env_remove("NO_COLOR")
+            .env("BUTLER_UPGRADE_RETRIES", "1")
+            .output()
+            .unwrap()
+    };
+    // Debug logging (tracing) and the error line, into a pipe.
+    let out = run(&["--verbose", "upgrade", "--check", "--broth-url", &url]);
+    let err = stderr(&out);
+    assert!(err.contains("DEBUG"), "{err}");
+    assert!(!err.contains('\x1b'), "escape codes in a pipe: {err:?}");
+    let out = run(&["--color", "always", "--verbose", "upgrade", "--check", "--broth-url", &url]);
+    assert!(stderr(&out).contains("\x1b["), "--color always colours: {:?}", stderr(&out));
+    // clap's own messages follow --color too.
+    let out = run(&["--color=always", "--bogus"]);
+    assert!(stderr(&out).contains("\x1b["), "{:?}", stderr(&out));
+    let out = run(&["--bogus"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(!stderr(&out).contains('\x1b'), "{:?}", stderr(&out));
+    let out = run(&["--color", "sometimes", "version"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("possible values: auto, always, never"), "{}", stderr(&out));
+}
+
+#[test]
+fn database_errors_name_the_file_once_and_say_what_to_do() {
+    let home = TestHome::new();
+    let junk = home.path().join("junk.db");
+    std::fs::write(&junk, "this is not a database, just text. ".repeat(200)).unwrap();
+    let out = home.run(&["--dbpath", junk.to_str().unwrap(), "logs", "ls"]);
+    assert_eq!(out.status.code(), Some(250), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains(&format!("{} is not a SQLite database", junk.display())), "{err}");
+    assert!(err.contains("move it aside") && err.contains("--dbpath"), "{err}");
+    assert_eq!(err.matches("not a").count(), 1, "said once: {err}");
+
+    // A database folder that cannot be made (its parent is a file).
+    let file = home.path().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let db = file.join("sub/butler.db");
+    let out = home.run(&["--dbpath", db.to_str().unwrap(), "logs", "ls"]);
+    assert_eq!(out.status.code(), Some(250), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("cannot create the database folder"), "{err}");
+    assert!(err.contains("set BUTLER_HOME or pass --dbpath"), "{err}");
+    assert_eq!(err.matches("ot a directory").count(), 1, "said once: {err}");
+}
+
+#[test]
+fn help_is_grouped_with_examples_environment_and_exit_codes() {
+    let home = TestHome::new();
+    let long = stdout(&home.run(&["--help"]));
+    for needle in [
+        "Global options:",
+        "LogDog options",
+        "Examples:",
+        "Environment:",
+        "BUTLER_HOME",
+        "BUTLER_LOG",
+        "NO_COLOR",
+        "Exit codes:",
+        "250",
+        "logs web",
+    ] {
+        assert!(long.contains(needle), "--help lacks {needle:?}:\n{long}");
+    }
+    let short = stdout(&home.run(&["-h"]));
+    assert!(short.contains("Examples:") && !short.contains("Environment:"), "{short}");
+    for (cmd, needle) in [("run", "--no-capture"), ("upgrade", "--rollback"), ("logs", "web")] {
+        let help = stdout(&home.run(&[cmd, "--help"]));
+        assert!(help.contains(needle), "{cmd} --help lacks {needle:?}:\n{help}");
+    }
+}
+
+#[test]
+fn logs_ls_takes_its_prefix_as_an_argument_or_as_prefix() {
+    let home = TestHome::new();
+    for prefix in ["demo/a", "other/b"] {
+        let out = home.run(&["--prefix", prefix, "run", "--", "true"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let by_arg = stdout(&home.run(&["logs", "ls", "demo/"]));
+    let by_flag = home.run(&["logs", "ls", "--prefix", "demo/"]);
+    assert!(by_flag.status.success(), "{}", stderr(&by_flag));
+    assert_eq!(by_arg, stdout(&by_flag));
+    assert!(by_arg.contains("demo/a/+/stdout") && !by_arg.contains("other/"), "{by_arg}");
+}
+
+#[test]
+fn completions_and_a_man_page_come_from_the_same_definitions() {
+    let home = TestHome::new();
+    let bash = home.run(&["completions", "bash"]);
+    assert!(bash.status.success(), "{}", stderr(&bash));
+    let script = stdout(&bash);
+    assert!(script.contains("_butler") && script.contains("logs__subcmd__web"), "{script}");
+    let file = home.path().join("butler.bash");
+    std::fs::write(&file, &script).unwrap();
+    let syntax = std::process::Command::new("bash").arg("-n").arg(&file).output().unwrap();
+    assert!(syntax.status.success(), "bash -n: {}", stderr(&syntax));
+    for shell in ["zsh", "fish", "powershell", "elvish"] {
+        let out = home.run(&["completions", shell]);
+        assert!(out.status.success() && !out.stdout.is_empty(), "{shell}: {}", stderr(&out));
+    }
+    assert_eq!(home.run(&["completions", "tcsh"]).status.code(), Some(2));
+
+    let man = home.run(&["man"]);
+    assert!(man.status.success(), "{}", stderr(&man));
+    let page = stdout(&man);
+    assert!(page.contains(".TH butler 1"), "{page}");
+    assert!(page.contains(env!("CARGO_PKG_VERSION")), "the version is on the page");
+    assert!(page.contains("Environment:") || page.contains("BUTLER_HOME"), "{page}");
+    let json = home.run(&["--json", "man"]);
+    assert_eq!(json.status.code(), Some(2), "refused clearly");
+    assert!(stderr(&json).contains("not JSON"), "{}", stderr(&json));
+}
+
+#[test]
+fn json_is_kept_or_refused_clearly() {
+    let home = TestHome::new();
+    let file = home.path().join("in.txt");
+    std::fs::write(&file, "hello\n").unwrap();
+    let out = home.run(&[
+        "--json",
+        "--prefix",
+        "j",
+        "stream",
+        "--source",
+        file.to_str().unwrap(),
+        "--stream",
+        "name=s",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!((v["type"].as_str(), v["value"]["path"].as_str()), (Some("result"), Some("j/+/s")));
+    for cmd in ["cat", "tail"] {
+        let out = home.run(&["--json", "logs", cmd, "j/+/s"]);
+        assert_eq!(out.status.code(), Some(2), "{cmd}: {}", stderr(&out));
+        assert!(stderr(&out).contains("not JSON"), "{}", stderr(&out));
+        assert!(!stdout(&out).contains("hello"), "no raw bytes on a JSON stdout");
+    }
 }
 
 /// What butler writes holds log text, state and secrets: the owner's alone, whatever the umask.

@@ -3,8 +3,10 @@
 mod architecture;
 mod cli;
 mod daemon;
+mod live;
 mod streaming;
 mod streaming_logdog;
 mod streaming_noloss;
 mod upgrade;
 mod util;
+mod viewer;

@@ -387,9 +387,9 @@ fn logs_tail_shows_the_last_lines_and_follows() {
     let mut s = serve.connect();
     s.write_all(&handshake(r#"{"name":"live"}"#)).unwrap();
     s.write_all(b"1\n2\n3\n4\n").unwrap();
-    // Wait for the first bundle to land.
+    // Wait for the first bundle to land (the stream itself is in the store from its opening).
     let start = Instant::now();
-    while ls(&home, "local").is_empty() {
+    while ls(&home, "local").first().is_none_or(|s| s["bytes"] != 8) {
         assert!(start.elapsed() < Duration::from_secs(5));
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -665,6 +665,55 @@ fn a_hostile_datagram_header_ends_only_that_stream() {
     let streams = ls(&home, "local");
     assert!(streams.iter().all(|s| s["terminal"] == true));
     assert!(err.contains("overflows") && err.contains("exceeds the maximum"), "{err}");
+}
+
+#[test]
+fn run_stores_stdout_and_stderr_by_default_still_shows_them_and_says_where() {
+    let home = TestHome::new();
+    let child = ["--", "sh", "-c", "echo to out; echo to err >&2"];
+    let out = run_butler(&home, &[&["--prefix", "cap/one", "run"][..], &child].concat());
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "to out\n", "still shown");
+    let err = stderr(&out);
+    assert!(err.starts_with("to err\n"), "{err}");
+    assert!(err.contains("butler: stored stdout, stderr in the log store under cap/one"), "{err}");
+    assert!(err.contains("butler logs cat cap/one/+/stdout"), "{err}");
+    assert_eq!(cat(&home, "local", "cap/one/+/stdout"), b"to out\n");
+    assert_eq!(cat(&home, "local", "cap/one/+/stderr"), b"to err\n");
+
+    // --no-capture: through as they are, nothing stored, and it says so.
+    let out =
+        run_butler(&home, &[&["--prefix", "cap/two", "run", "--no-capture"][..], &child].concat());
+    assert_eq!(stdout(&out), "to out\n");
+    assert!(stderr(&out).contains("nothing was stored"), "{}", stderr(&out));
+    assert!(ls(&home, "local").iter().all(|s| s["prefix"] != "cap/two"));
+
+    // A bare name is a name; a named stream is captured, not shown.
+    let out = run_butler(
+        &home,
+        &[&["--prefix", "cap/three", "run", "--stdout", "console"][..], &child].concat(),
+    );
+    assert_eq!(stdout(&out), "", "{}", stderr(&out));
+    assert_eq!(cat(&home, "local", "cap/three/+/console"), b"to out\n");
+
+    // --json: stdout holds only the result line, which names the streams.
+    let out = run_butler(&home, &[&["--json", "--prefix", "cap/four", "run"][..], &child].concat());
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let v: Value = serde_json::from_str(lines[0]).unwrap();
+    assert_eq!(v["type"], "result");
+    assert_eq!(v["value"]["exitCode"], 0);
+    assert_eq!(
+        v["value"]["streams"],
+        serde_json::json!(["cap/four/+/stdout", "cap/four/+/stderr"])
+    );
+    assert_eq!(cat(&home, "local", "cap/four/+/stdout"), b"to out\n");
+
+    // Other outputs keep upstream's behaviour: unnamed output passes through.
+    let out = run_butler(&home, &[&["--output", "null", "run"][..], &child].concat());
+    assert_eq!(stdout(&out), "to out\n");
+    assert!(!stderr(&out).contains("butler:"), "{}", stderr(&out));
 }
 
 /// A stream server's socket is its owner's whatever the umask, and a client of another user is

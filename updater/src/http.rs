@@ -497,13 +497,19 @@ fn net_err(url: &str, e: reqwest::Error) -> ErrorKind {
     if e.is_timeout() {
         return ErrorKind::Stalled { url: url.to_owned(), why: "timed out".into() };
     }
-    // The chain says why (connection refused, reset, TLS...), reqwest's top line rarely does.
-    let mut why = e.to_string();
+    // The chain says why (connection refused, reset, TLS...); reqwest's top line only repeats
+    // the URL ("error sending request for url (...)") and hyper's "client error (Connect)" says
+    // nothing, so both are left out when there is more.
+    let mut parts = vec![e.to_string()];
     let mut src = std::error::Error::source(&e);
     while let Some(s) = src {
-        why.push_str(": ");
-        why.push_str(&s.to_string());
+        parts.push(s.to_string());
         src = s.source();
     }
+    if parts.len() > 1 {
+        parts.remove(0);
+        parts.retain(|p| !p.starts_with("client error ("));
+    }
+    let why = if parts.is_empty() { e.to_string() } else { parts.join(": ") };
     ErrorKind::Network { url: url.to_owned(), why }
 }

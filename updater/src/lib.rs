@@ -219,11 +219,13 @@ impl std::fmt::Display for ErrorClass {
 }
 
 /// An update failure: which step, and why.
+///
+/// The message already holds the kind, so the kind is not also its `source`: a report that
+/// prints the chain (anyhow's `{:#}`) would say everything twice.
 #[derive(Debug, thiserror::Error)]
 #[error("{step} failed: {kind}")]
 pub struct Error {
     pub step: Step,
-    #[source]
     pub kind: ErrorKind,
 }
 
@@ -553,8 +555,10 @@ impl Updater {
         let manifest = self.unless_cancelled(Step::Verify, self.manifest(version)).await?;
         let verified = manifest.is_some();
         if !verified {
+            // Plain http (allowed only to loopback) has no TLS to rely on: say so honestly.
+            let transport = if self.source.base_url.starts_with("https:") { "TLS, " } else { "" };
             on_event(Event::Warning(format!(
-                "{} {version} for {} is not signature-verified: the server publishes no signed manifest (relying on TLS, zip CRCs and the smoke test)",
+                "{} {version} for {} is not signature-verified: the server publishes no signed manifest (relying on {transport}zip CRCs and the smoke test)",
                 self.source.package,
                 ch.name()
             )));

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -94,7 +94,9 @@ async fn run(ctx: Ctx, p: RunParams) -> Result<RunResult, RpcError> {
     let server = StreamServer::bind(None).map_err(RpcError::internal)?;
     let server_uri = server.uri().to_owned();
     let mut config = ButlerConfig::new(PROJECT, prefix.clone());
-    config.observer = Some(announce_streams(daemon));
+    config.max_buffer_age = OutputSpec::Store.default_max_buffer_age();
+    let opened = Arc::new(Mutex::new(Vec::new()));
+    config.observer = Some(announce_streams(daemon, Arc::clone(&opened)));
     let butler = Butler::start(config, out);
     let opts = RunOptions {
         command: p.command.clone(),
@@ -102,6 +104,8 @@ async fn run(ctx: Ctx, p: RunParams) -> Result<RunResult, RpcError> {
         env: p.env.into_iter().collect(),
         stdout: Some(stdout),
         stderr: Some(stderr),
+        tee_stdout: false,
+        tee_stderr: false,
         forward_stdin: false,
         kill_grace: KILL_GRACE,
         coordinator_host: None,
@@ -140,6 +144,10 @@ async fn run(ctx: Ctx, p: RunParams) -> Result<RunResult, RpcError> {
     if !notified {
         started.await;
     }
+    // Flushed (or failed for good): followers no longer wait for these streams.
+    for path in std::mem::take(&mut *opened.lock().unwrap_or_else(|p| p.into_inner())) {
+        daemon.forget_stream(&path);
+    }
     let outcome = outcome.map_err(|e| invalid(e.to_string()))?;
     flushed.map_err(|e| RpcError::internal(format!("storing the process's output: {e}")))?;
     if cancelled {
@@ -160,8 +168,10 @@ async fn run(ctx: Ctx, p: RunParams) -> Result<RunResult, RpcError> {
 }
 
 /// Tells every `Meta.Flow` connection of each stream the child opens (`Streams.Opened`) and ends
-/// (`Streams.Closed`), in order, from a task that lives as long as the butler's config.
-fn announce_streams(daemon: &Arc<Daemon>) -> StreamObserver {
+/// (`Streams.Closed`), in order, from a task that lives as long as the butler's config. Each
+/// opened path is also marked announced at once (and listed in `opened`, for the run to forget
+/// when it ends), so a `Streams.Follow` sent on `Streams.Opened` waits for it.
+fn announce_streams(daemon: &Arc<Daemon>, opened: Arc<Mutex<Vec<String>>>) -> StreamObserver {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let d = Arc::clone(daemon);
     daemon.tracker.spawn(async move {
@@ -184,7 +194,13 @@ fn announce_streams(daemon: &Arc<Daemon>) -> StreamObserver {
             }
         }
     });
+    let d = Arc::clone(daemon);
     StreamObserver(Arc::new(move |event| {
+        if let StreamEvent::Opened(s) = &event {
+            let path = s.path();
+            d.announce_stream(path.clone());
+            opened.lock().unwrap_or_else(|p| p.into_inner()).push(path);
+        }
         let _ = tx.send(event);
     }))
 }

@@ -182,14 +182,20 @@ struct FollowResult {
 }
 
 /// Sends `Streams.Entries` notifications as entries arrive; answers once the stream has ended
-/// and every entry was sent. Cancelled (499) when its connection closes or by `Operation.Cancel`.
+/// and every entry was sent. A stream announced by `Streams.Opened` is waited for. Cancelled (499) when its connection closes or by `Operation.Cancel`.
 async fn follow(ctx: Ctx, p: FollowParams) -> Result<FollowResult, RpcError> {
     let project = p.project.as_deref().unwrap_or(DEFAULT_PROJECT);
     let mut next = p.from_index;
     loop {
-        let page = read_page(&ctx, project, &p.path, next, MAX_READ)
-            .await?
-            .ok_or_else(|| no_stream("Streams.Follow", &p.path))?;
+        let Some(page) = read_page(&ctx, project, &p.path, next, MAX_READ).await? else {
+            // A stream a `Process.Run` child just opened may not be in the store yet: wait for
+            // it. Any other path that is not there is an error, as for `Streams.Read`.
+            if project == DEFAULT_PROJECT && ctx.daemon().is_announced(&p.path) {
+                tokio::time::sleep(FOLLOW_POLL).await;
+                continue;
+            }
+            return Err(no_stream("Streams.Follow", &p.path));
+        };
         let caught_up = page.entries.len() < MAX_READ;
         next = page.next_index;
         if !page.entries.is_empty() {

@@ -13,7 +13,7 @@ pub use directory::DirectoryOutput;
 pub use log::LogOutput;
 pub use store::StoreOutput;
 
-use super::entry::Bundle;
+use super::entry::{Bundle, StreamInfo};
 use crate::db::{DbError, DbPath};
 
 /// Bundle size for outputs without a protocol limit: small enough to keep memory bounded while
@@ -42,6 +42,11 @@ pub trait Output: Send + 'static {
     /// `LOGDOG_COORDINATOR_HOST` for children, when the output has one.
     fn coordinator_host(&self) -> Option<String> {
         None
+    }
+    /// A stream has opened (before any bundle holds its entries). Outputs that keep an index of
+    /// streams, like the store, register it here so readers see it at once.
+    fn open_stream(&mut self, _stream: &StreamInfo) -> Result<(), OutputError> {
+        Ok(())
     }
     fn send(&mut self, bundle: Bundle) -> Result<(), OutputError>;
     /// Called once after the last bundle.
@@ -79,6 +84,15 @@ impl PartialEq for logdog::Backoff {
 impl Eq for logdog::Backoff {}
 
 impl OutputSpec {
+    /// `--output-max-buffer-age` when not given: LogDog's for `logdog`, a short one for the local
+    /// outputs, whose readers follow them live.
+    pub fn default_max_buffer_age(&self) -> std::time::Duration {
+        match self {
+            OutputSpec::Logdog { .. } => super::butler::LOGDOG_BUFFER_AGE,
+            _ => super::butler::LOCAL_BUFFER_AGE,
+        }
+    }
+
     /// Parses `NAME[,key=value...]` (values may be double-quoted to hold commas).
     pub fn parse(s: &str) -> Result<OutputSpec, OutputError> {
         let bad = |m: String| OutputError::Config(m);

@@ -8,7 +8,7 @@ use rusqlite::{Connection, params};
 
 use super::{LOCAL_BUNDLE_SIZE, Output, OutputError};
 use crate::db::{self, DbPath};
-use crate::streaming::entry::{Bundle, Content};
+use crate::streaming::entry::{Bundle, Content, StreamInfo};
 use crate::streaming::timefmt;
 
 /// WAL bytes between two checkpoints.
@@ -49,6 +49,35 @@ impl StoreOutput {
     }
 }
 
+/// The stream's row id, inserting the row the first time this butler sees the stream.
+fn register(
+    conn: &Connection,
+    rows: &mut HashMap<u64, i64>,
+    s: &StreamInfo,
+) -> Result<i64, OutputError> {
+    if let Some(r) = rows.get(&s.id) {
+        return Ok(*r);
+    }
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    conn.prepare_cached(
+        "INSERT INTO log_streams (project, prefix, name, stream_type, content_type, tags, timestamp, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![
+        s.project,
+        s.prefix,
+        s.name,
+        s.stream_type.as_str(),
+        s.content_type,
+        serde_json::to_string(&s.tags).unwrap_or_else(|_| "{}".into()),
+        timefmt::format_rfc3339(s.timestamp),
+        now,
+    ])?;
+    let r = conn.last_insert_rowid();
+    rows.insert(s.id, r);
+    Ok(r)
+}
+
 impl Output for StoreOutput {
     fn name(&self) -> &'static str {
         "store"
@@ -58,13 +87,16 @@ impl Output for StoreOutput {
         LOCAL_BUNDLE_SIZE
     }
 
+    /// The stream's row goes in at once (its own small transaction), so `butler logs`, the
+    /// daemon's `Streams.*` and the viewer know an open stream before it has data.
+    fn open_stream(&mut self, stream: &StreamInfo) -> Result<(), OutputError> {
+        register(&self.conn, &mut self.rows, stream)?;
+        Ok(())
+    }
+
     fn send(&mut self, bundle: Bundle) -> Result<(), OutputError> {
         let tx = self.conn.transaction()?;
         {
-            let mut new_stream = tx.prepare_cached(
-                "INSERT INTO log_streams (project, prefix, name, stream_type, content_type, tags, timestamp, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )?;
             let mut add = tx.prepare_cached(
                 "INSERT INTO log_entries (stream_id, stream_index, prefix_index, sequence, time_offset_ns, lines,
                                           partial_index, partial_size, partial_last, data)
@@ -76,29 +108,7 @@ impl Output for StoreOutput {
                  WHERE id = ?1",
             )?;
             for e in &bundle.entries {
-                let s = &e.stream;
-                let row = match self.rows.get(&s.id) {
-                    Some(r) => *r,
-                    None => {
-                        let now = SystemTime::now()
-                            .duration_since(UNIX_EPOCH)
-                            .map(|d| d.as_secs() as i64)
-                            .unwrap_or(0);
-                        new_stream.execute(params![
-                            s.project,
-                            s.prefix,
-                            s.name,
-                            s.stream_type.as_str(),
-                            s.content_type,
-                            serde_json::to_string(&s.tags).unwrap_or_else(|_| "{}".into()),
-                            timefmt::format_rfc3339(s.timestamp),
-                            now,
-                        ])?;
-                        let r = tx.last_insert_rowid();
-                        self.rows.insert(s.id, r);
-                        r
-                    }
-                };
+                let row = register(&tx, &mut self.rows, &e.stream)?;
                 let mut bytes = 0i64;
                 for l in &e.logs {
                     let (lines, partial) = match &l.content {

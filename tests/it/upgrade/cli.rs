@@ -58,8 +58,16 @@ fn unsigned_broth_works_and_says_so_until_the_channel_was_signed() {
     let out = inst.run(&unsigned, &["-y"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("not signature-verified"), "{}", stdout(&out));
+    assert!(!stdout(&out).contains("TLS"), "plain http has no TLS to rely on: {}", stdout(&out));
     assert_eq!(result_of(&out)["verified"], false);
     assert_eq!(version_of(&inst.exe), f.new_version);
+    // Without --json, a person sees it labelled as a warning.
+    let plain = Install::new();
+    let mut cmd = Command::new(&plain.exe);
+    plain.env(&mut cmd, &unsigned);
+    let out = cmd.args(["upgrade", "-y"]).stdin(Stdio::null()).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("warning: butler"), "{}", stderr(&out));
 
     // --require-signature refuses an unsigned server from the start.
     let inst = Install::new();
@@ -70,7 +78,7 @@ fn unsigned_broth_works_and_says_so_until_the_channel_was_signed() {
     // Once a channel served signatures, an unsigned answer from it is refused.
     let signed = Broth::new(true);
     let out = inst.run(&signed, &["--check"]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(100), "an update is available: {}", stderr(&out));
     assert_eq!(result_of(&out)["signed"], true);
     // Same base URL, signatures gone.
     for sig in ["LATEST.minisig", &format!("{}/manifest.json.minisig", f.new_version)] {
@@ -108,7 +116,7 @@ fn check_reports_without_installing_and_never_downgrades() {
     let broth = Broth::new(false);
     let inst = Install::new();
     let out = inst.run(&broth, &["--check"]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(100), "an update is available: {}", stderr(&out));
     let res = result_of(&out);
     assert_eq!(res["updateAvailable"], true);
     assert_eq!(res["latest"], f.new_version.as_str());
@@ -149,6 +157,7 @@ fn missing_latest_fails_cleanly() {
     let out = inst.run(&broth, &["-y"]);
     assert_failed_with(&out, 3, "check failed");
     assert!(stderr(&out).contains("404"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("hint: is --broth-url"), "{}", stderr(&out));
     inst.assert_untouched(&out);
     assert_eq!(inst.history().last().unwrap().1, "failed");
 }
@@ -272,13 +281,29 @@ fn a_terminal_gets_a_prompt_and_a_pipe_never_waits_for_one() {
         child.wait_with_output().unwrap()
     };
     let out = on_tty("n\n");
-    assert_eq!(out.status.code(), Some(1), "{}{}", stdout(&out), stderr(&out));
+    assert_eq!(out.status.code(), Some(0), "no is an answer: {}{}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).contains("not updated"), "{}", stdout(&out));
     assert!(stdout(&out).contains(&format!("to {}? [y/N]", f.new_version)), "{}", stdout(&out));
     assert_eq!(version_of(&inst.exe), f.old_version);
     let out = on_tty("y\n");
     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
     assert!(stdout(&out).contains("100.0%"), "no progress bar: {}", stdout(&out));
+    assert!(
+        stdout(&out).contains(" / ") && stdout(&out).contains("/s"),
+        "size and speed: {}",
+        stdout(&out)
+    );
     assert_eq!(version_of(&inst.exe), f.new_version);
+
+    // --no-progress: the same install at a terminal, without the bar.
+    let quiet = Install::new();
+    let mut cmd = Command::new("script");
+    quiet.env(&mut cmd, &broth);
+    cmd.args(["-qec", &format!("'{}' upgrade -y --no-progress", quiet.exe.display()), "/dev/null"]);
+    let out = cmd.stdin(Stdio::null()).output().unwrap();
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert!(!stdout(&out).contains('%'), "a bar despite --no-progress: {}", stdout(&out));
+    assert_eq!(version_of(&quiet.exe), f.new_version);
 
     // No terminal and no -y: no prompt, no wait.
     let inst = Install::new();
@@ -456,7 +481,7 @@ fn a_key_that_is_not_trusted_is_refused() {
     // Two keys (rotation): the old and the new one; either signing is accepted.
     let both = format!("{},{}", other.public_base64(), key().public_base64());
     let out = inst.cmd(&broth, &["--check"]).env("BUTLER_TRUSTED_KEYS", both).output().unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(100), "{}", stderr(&out));
 }
 
 #[test]
@@ -630,7 +655,7 @@ fn proxies_from_the_environment_are_used() {
         .env("HTTP_PROXY", broth.url())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(100), "{}", stderr(&out));
     assert_eq!(result_of(&out)["latest"], f.new_version.as_str());
     let seen = broth.server.seen();
     assert!(seen.iter().any(|s| s.target.starts_with("http://localhost:9/butler/")), "{seen:?}");
@@ -696,4 +721,16 @@ fn a_candidate_failing_the_daemon_check_is_never_chosen() {
     assert_eq!(std::fs::read_to_string(root.join(".chosen-version")).unwrap(), f.old_version);
     assert_eq!(listing(&root.join("versions")), vec![f.old_version.clone()]);
     assert_eq!(listing(&root), [".chosen-version", "versions"]);
+}
+
+#[test]
+fn check_exits_100_when_an_update_is_available_and_says_how_to_install_it() {
+    let broth = Broth::new(true);
+    let inst = Install::new();
+    let mut cmd = Command::new(&inst.exe);
+    inst.env(&mut cmd, &broth);
+    let out = cmd.args(["upgrade", "--check"]).stdin(Stdio::null()).output().unwrap();
+    assert_eq!(out.status.code(), Some(100), "{}", stderr(&out));
+    assert!(stderr(&out).contains("run `butler upgrade` to install it"), "{}", stderr(&out));
+    assert_eq!(inst.listing(), ["butler"], "nothing installed");
 }
