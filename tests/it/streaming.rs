@@ -296,6 +296,36 @@ fn stream_command_uploads_a_file_and_stdin() {
     assert_eq!(cat(&home, "other", "up/+/in/bin"), payload);
 }
 
+/// Every valid stream name gets its own file: `a` beside `a/b`, and segments longer than a file
+/// name may be; one stream that could not be written never takes the others' data along (S7).
+#[test]
+fn the_directory_output_keeps_every_valid_name() {
+    let home = TestHome::new();
+    let dir = home.path().join("out");
+    let spec = format!("directory,path={}", dir.display());
+    let serve = Serve::start(&home, &["--output", &spec, "--prefix", "pre"]);
+    let long = "l".repeat(300);
+    let names = ["a", "a/b", "z", &long, "zz"];
+    for name in names {
+        serve.send(&format!(r#"{{"name":"{name}"}}"#), format!("data of {name}\n").as_bytes());
+    }
+    serve.stop();
+    assert_eq!(std::fs::read(dir.join("a")).unwrap(), b"data of a\n");
+    assert_eq!(std::fs::read(dir.join("a+/b")).unwrap(), b"data of a/b\n");
+    assert_eq!(std::fs::read(dir.join("z")).unwrap(), b"data of z\n");
+    assert_eq!(std::fs::read(dir.join("zz")).unwrap(), b"data of zz\n");
+    let long_file: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("lll") && n.contains('~'))
+        .collect();
+    assert_eq!(long_file.len(), 1, "{long_file:?}");
+    assert_eq!(
+        std::fs::read(dir.join(&long_file[0])).unwrap(),
+        format!("data of {long}\n").as_bytes()
+    );
+}
+
 #[test]
 fn directory_output_is_lossless() {
     let home = TestHome::new();
@@ -306,12 +336,12 @@ fn directory_output_is_lossless() {
     serve.send(r#"{"name":"logs/text"}"#, &text);
     serve.send(r#"{"name":"logs/dg","type":"datagram"}"#, b"\x02hi\x00\x03abc");
     serve.stop();
-    assert_eq!(std::fs::read(dir.join("logs/text")).unwrap(), text);
-    assert_eq!(std::fs::read(dir.join("logs/_00000.dg")).unwrap(), b"hi");
-    assert_eq!(std::fs::read(dir.join("logs/_00001.dg")).unwrap(), b"");
-    assert_eq!(std::fs::read(dir.join("logs/_00002.dg")).unwrap(), b"abc");
+    assert_eq!(std::fs::read(dir.join("logs+/text")).unwrap(), text);
+    assert_eq!(std::fs::read(dir.join("logs+/_00000.dg")).unwrap(), b"hi");
+    assert_eq!(std::fs::read(dir.join("logs+/_00001.dg")).unwrap(), b"");
+    assert_eq!(std::fs::read(dir.join("logs+/_00002.dg")).unwrap(), b"abc");
     let meta: Value =
-        serde_json::from_slice(&std::fs::read(dir.join("logs/.meta.text")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(dir.join("logs+/.meta.text")).unwrap()).unwrap();
     assert_eq!(meta["name"], "logs/text");
     assert_eq!(meta["terminal"], true);
     assert_eq!(meta["bytes"], text.len());

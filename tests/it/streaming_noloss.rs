@@ -106,16 +106,16 @@ proptest! {
                     let wire: Vec<u8> = writes.iter().flat_map(|w| varint(w.len()).into_iter().chain(w.iter().copied())).collect();
                     prop_assert_eq!(&from_store, &wire, "store, datagram stream {}", i);
                     for (j, w) in writes.iter().enumerate() {
-                        let f = dir.join(format!("n/_{j:05}.s{i}"));
+                        let f = dir.join(format!("n+/_{j:05}.s{i}"));
                         prop_assert_eq!(&std::fs::read(&f).unwrap(), w, "directory, datagram {} of stream {}", j, i);
                     }
-                    let extra = dir.join(format!("n/_{:05}.s{}", writes.len(), i));
+                    let extra = dir.join(format!("n+/_{:05}.s{}", writes.len(), i));
                     prop_assert!(!extra.exists(), "no extra datagram file");
                 }
                 _ => {
                     let all = writes.concat();
                     prop_assert!(from_store == all, "store, stream {} ({:?}): {} bytes back for {}", i, kind, from_store.len(), all.len());
-                    let from_dir = std::fs::read(dir.join(format!("n/s{i}"))).unwrap();
+                    let from_dir = std::fs::read(dir.join(format!("n+/s{i}"))).unwrap();
                     prop_assert!(from_dir == all, "directory, stream {} ({:?}): {} bytes back for {}", i, kind, from_dir.len(), all.len());
                 }
             }
