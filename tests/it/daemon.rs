@@ -554,6 +554,9 @@ fn a_database_from_a_newer_butler_is_reported_without_delaying_the_listen_line()
     let r = c.request(json!(2), "Streams.List", json!({}));
     assert_eq!(error_code(&r), -32004, "{r}");
     assert!(r["error"]["message"].as_str().unwrap().contains("newer"), "{r}");
+    // Process.Run needs the store as well: the same code, not a params error.
+    let r = c.request(json!(3), "Process.Run", json!({"command": ["true"]}));
+    assert_eq!(error_code(&r), -32004, "{r}");
 }
 
 #[test]

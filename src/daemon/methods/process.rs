@@ -18,7 +18,7 @@ use crate::streaming::butler::{Butler, ButlerConfig, StreamEvent, StreamObserver
 use crate::streaming::entry::StreamType;
 use crate::streaming::handshake::StreamFlags;
 use crate::streaming::names::{self, DEFAULT_PROJECT as PROJECT};
-use crate::streaming::output::{self, OutputContext, OutputSpec};
+use crate::streaming::output::{self, OutputContext, OutputError, OutputSpec};
 use crate::streaming::process::{self, RunOptions};
 use crate::streaming::server::StreamServer;
 use crate::streaming::store;
@@ -90,7 +90,15 @@ async fn run(ctx: Ctx, p: RunParams) -> Result<RunResult, RpcError> {
             prefix: prefix.clone(),
         },
     )
-    .map_err(|e| invalid(e.to_string()))?;
+    .map_err(|e| match e {
+        // The caller's prefix is taken: their mistake.
+        OutputError::Config(why) => invalid(why),
+        // The store cannot be opened: the database is down, whatever the params.
+        e => RpcError::new(
+            crate::daemon::jsonrpc::code::DATABASE_UNAVAILABLE,
+            format!("the log store is unavailable: {e}"),
+        ),
+    })?;
     let server = StreamServer::bind(None).map_err(RpcError::internal)?;
     let server_uri = server.uri().to_owned();
     let mut config = ButlerConfig::new(PROJECT, prefix.clone());
