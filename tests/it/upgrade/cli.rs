@@ -147,6 +147,13 @@ fn to_picks_a_version_or_the_newest_match_of_a_range() {
     assert_eq!(version_of(&inst.exe), f.old_version);
     let out = inst.run(&broth, &["-y", "--to", "^99"]);
     assert_failed_with(&out, 5, "no published version matches");
+    // A named version the server does not list is not "available", --check or not.
+    for args in [&["--check", "--to", "9.9.9"][..], &["-y", "--to", "9.9.9"]] {
+        let out = inst.run(&broth, args);
+        assert_failed_with(&out, 5, "no published version matches 9.9.9");
+        assert!(!stdout(&out).contains("\"updateAvailable\":true"), "{}", stdout(&out));
+    }
+    assert_eq!(version_of(&inst.exe), f.old_version);
 }
 
 #[test]
