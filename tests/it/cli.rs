@@ -97,6 +97,15 @@ fn no_colour_codes_reach_a_pipe_unless_asked_for() {
     let out = run(&["--bogus"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(!stderr(&out).contains('\x1b'), "{:?}", stderr(&out));
+    // butler's own error line: plain into a pipe, labelled like clap's where colour is allowed.
+    let out = run(&["logs", "cat", "no/+/such"]);
+    assert!(stderr(&out).starts_with("butler: error: no stream"), "{:?}", stderr(&out));
+    let out = run(&["--color", "always", "logs", "cat", "no/+/such"]);
+    assert!(
+        stderr(&out).starts_with("butler: \x1b[1;31merror:\x1b[0m no stream"),
+        "{:?}",
+        stderr(&out)
+    );
     let out = run(&["--color", "sometimes", "version"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("possible values: auto, always, never"), "{}", stderr(&out));
