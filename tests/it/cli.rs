@@ -263,3 +263,23 @@ fn butlers_files_and_folders_are_owner_only() {
     assert!(out.status.success(), "{}", crate::util::stderr(&out));
     assert_eq!(mode(&state.join("butler.db")), 0o600);
 }
+
+#[test]
+fn logdog_flags_are_refused_where_they_do_nothing() {
+    let home = TestHome::new();
+    for (args, says) in [
+        (
+            &["upgrade", "--project", "x", "--check"][..],
+            "--project applies only to stream, serve and run",
+        ),
+        (&["-prefix", "z", "version"], "--prefix applies only"),
+        (&["daemon", "--output", "null"], "--output applies only"),
+        (&["logs", "ls", "--output", "null", "--tag", "k=v"], "--output, --tag apply only"),
+    ] {
+        let out = home.run(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(says), "{args:?}: {}", stderr(&out));
+    }
+    // Where they apply, they are taken: logs reads --project and --prefix.
+    assert!(home.run(&["-project", "p", "logs", "ls", "--prefix", "a/"]).status.success());
+}
