@@ -283,3 +283,23 @@ fn logdog_flags_are_refused_where_they_do_nothing() {
     // Where they apply, they are taken: logs reads --project and --prefix.
     assert!(home.run(&["-project", "p", "logs", "ls", "--prefix", "a/"]).status.success());
 }
+
+#[test]
+fn logs_ls_is_a_table_for_people_and_tab_separated_for_scripts() {
+    let home = TestHome::new();
+    let out = home.run(&["--prefix", "demo/one", "run", "--", "echo", "hi"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let piped = stdout(&home.run(&["logs", "ls"]));
+    assert!(piped.contains("demo/one/+/stdout\ttext\t1 entry\t3 bytes\tcomplete"), "{piped}");
+    // At a terminal (`script` gives it one): a header, ages and readable sizes.
+    let bin = crate::util::butler_bin();
+    let mut cmd = std::process::Command::new("script");
+    cmd.env("BUTLER_HOME", home.path()).args([
+        "-qec",
+        &format!("'{}' logs ls", bin.display()),
+        "/dev/null",
+    ]);
+    let table = stdout(&cmd.output().unwrap());
+    assert!(table.contains("STARTED") && table.contains("PATH"), "{table}");
+    assert!(table.contains("s ago") && table.contains("3 B") && table.contains("done"), "{table}");
+}
