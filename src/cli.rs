@@ -225,6 +225,9 @@ LUCI stream clients can open more streams. butler exits with the child's code.")
     /// Read the local log store.
     #[command(subcommand)]
     Logs(streaming::cli::LogsCommand),
+    /// Internal: watches a build the daemon restarted into (started by the daemon itself).
+    #[command(hide = true)]
+    DaemonProbation(ProbationArgs),
     /// Print a shell completion script.
     #[command(after_help = "\
 Examples:
@@ -274,17 +277,68 @@ impl ColorChoice {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub(crate) enum TransportArg {
-    Tcp,
-    Stdio,
+#[derive(Debug, Args)]
+pub(crate) struct ProbationArgs {
+    #[arg(long)]
+    pid: u32,
+    /// The build on probation (`--version` is the global flag).
+    #[arg(long)]
+    build: String,
+    #[arg(long)]
+    previous: String,
+    #[arg(long)]
+    exe: std::path::PathBuf,
+    #[arg(long)]
+    period_ms: u64,
+    #[arg(long)]
+    db: Option<std::path::PathBuf>,
+    #[arg(long)]
+    snapshot: Option<std::path::PathBuf>,
+    #[arg(long)]
+    broth_url: String,
+    /// The daemon's own arguments.
+    #[arg(last = true)]
+    daemon_args: Vec<std::ffi::OsString>,
+}
+
+impl ProbationArgs {
+    pub(crate) fn watch(self) -> crate::daemon::probation::Watch {
+        crate::daemon::probation::Watch {
+            pid: self.pid,
+            version: self.build,
+            previous: self.previous,
+            exe: self.exe,
+            period: Duration::from_millis(self.period_ms),
+            dbpath: self.db,
+            snapshot: self.snapshot,
+            broth_url: self.broth_url,
+            daemon_args: self.daemon_args,
+        }
+    }
+}
+
+/// `--transport`: `tcp`, `stdio`, or `unix:<path>`.
+fn parse_transport(s: &str) -> Result<Transport, String> {
+    match s {
+        "tcp" => Ok(Transport::Tcp),
+        "stdio" => Ok(Transport::Stdio),
+        _ => match s.strip_prefix("unix:") {
+            Some(path) if !path.is_empty() && cfg!(unix) => Ok(Transport::Unix(path.into())),
+            Some(_) if cfg!(unix) => {
+                Err("unix: needs a socket path, as in unix:/run/user/1000/butler.sock".into())
+            }
+            Some(_) => Err("unix: sockets are for unix; on Windows use tcp".into()),
+            None => Err(format!("{s:?} is not a transport (tcp, stdio, unix:<path>)")),
+        },
+    }
 }
 
 #[derive(Debug, Args)]
 pub(crate) struct DaemonArgs {
-    /// How clients connect: loopback TCP (with a secret) or this process's stdin/stdout.
-    #[arg(long, value_enum, default_value = "tcp")]
-    pub(crate) transport: TransportArg,
+    /// How clients connect: loopback TCP (with a secret), this process's stdin/stdout, or an
+    /// owner-only unix socket, unix:<path> (with a secret).
+    #[arg(long, default_value = "tcp", value_parser = parse_transport, value_name = "tcp|stdio|unix:PATH")]
+    pub(crate) transport: Transport,
 
     /// TCP: serve any number of connections until shut down (else exactly one).
     #[arg(long)]
@@ -333,6 +387,11 @@ pub(crate) struct DaemonArgs {
     #[arg(long, hide = true, default_value_t = 4096)]
     pub(crate) max_connections: usize,
 
+    /// How long a build restarted into (`Update.Apply {restart: true}`) must stay up before it
+    /// is trusted; if it dies or never answers, the previous build serves again. 0: no watchdog.
+    #[arg(long, hide = true, env = "BUTLER_UPDATE_PROBATION", default_value = "30s", value_parser = parse_duration)]
+    pub(crate) update_probation: Duration,
+
     /// How long shutdown waits for in-flight work before exiting anyway.
     #[arg(long, hide = true, default_value = "3s", value_parser = parse_duration)]
     pub(crate) drain_timeout: Duration,
@@ -341,10 +400,7 @@ pub(crate) struct DaemonArgs {
 impl DaemonArgs {
     pub(crate) fn settings(&self, global: &GlobalArgs) -> DaemonSettings {
         DaemonSettings {
-            transport: match self.transport {
-                TransportArg::Tcp => Transport::Tcp,
-                TransportArg::Stdio => Transport::Stdio,
-            },
+            transport: self.transport.clone(),
             keep_alive: self.keep_alive,
             destiny_pids: self.destiny_pids.clone(),
             log_traffic: self.log,
@@ -356,6 +412,7 @@ impl DaemonArgs {
             max_line_bytes: self.max_line_bytes,
             max_connections: self.max_connections,
             drain_timeout: self.drain_timeout,
+            probation: self.update_probation,
         }
     }
 }

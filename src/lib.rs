@@ -54,6 +54,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Serve(args) => streaming::cli::serve(args, &global),
         Command::Run(args) => streaming::cli::run(args, &global),
         Command::Logs(cmd) => streaming::cli::logs(cmd, &global),
+        Command::DaemonProbation(args) => daemon::probation::run(args.watch()),
         Command::Completions { .. } | Command::Man if global.json => Err(ExitError::new(
             ExitStatus::Usage,
             anyhow::anyhow!("--json: `completions` and `man` write a script or a page, not JSON"),

@@ -45,6 +45,9 @@ pub(crate) struct UpgradeArgs {
     /// Restore the version the last update replaced.
     #[arg(long, conflicts_with_all = ["check", "to", "force"])]
     pub(crate) rollback: bool,
+    /// Show what the last updates did, and the versions that failed after a restart.
+    #[arg(long, conflicts_with_all = ["check", "to", "force", "rollback"])]
+    pub(crate) status: bool,
     /// Manage a versioned install (versions/<v>/ and .chosen-version) instead of this executable.
     #[arg(long, value_name = "DIR")]
     pub(crate) root: Option<PathBuf>,
@@ -87,6 +90,10 @@ async fn run_async(
         &update::install_name(&target),
     );
     butler_updater::tidy(&target);
+
+    if args.status {
+        return status(global, &reporter);
+    }
 
     if args.rollback {
         return match update::rollback(&target, &channel, None, &history).await {
@@ -248,6 +255,47 @@ fn hint(e: &UpdateError) -> Option<&'static str> {
         K::Cancelled => "run the same command again to go on; a partial download is resumed",
         _ => return None,
     })
+}
+
+/// `butler upgrade --status`: the newest update outcomes and the versions known to be bad.
+fn status(global: &GlobalArgs, reporter: &Reporter) -> anyhow::Result<ExitStatus> {
+    let path = crate::db::DbPath::resolve(global.dbpath.as_deref())?;
+    let conn = crate::db::open(&path)?;
+    let history = update::history::recent(&conn, 10)?;
+    let bad = update::history::bad_versions(&conn)?;
+    if reporter.json {
+        reporter.result(json!({"history": history, "badVersions": bad}));
+        return Ok(ExitStatus::Success);
+    }
+    let mut out = std::io::stdout().lock();
+    if history.is_empty() {
+        writeln!(out, "no update recorded yet")?;
+    }
+    for h in &history {
+        let versions = match (&h.from_version, &h.to_version) {
+            (Some(f), Some(t)) => format!("{f} -> {t}"),
+            (None, Some(t)) => t.clone(),
+            (Some(f), None) => f.clone(),
+            (None, None) => String::new(),
+        };
+        let (action, outcome) = (h.action.as_str(), h.outcome.as_str());
+        let message = h.message.as_deref().map(|m| format!(": {m}")).unwrap_or_default();
+        writeln!(out, "{}\t{action}\t{outcome}\t{versions}{message}", when(h.time))?;
+    }
+    for b in &bad {
+        writeln!(
+            out,
+            "bad version {} on {}: {} (not offered again)",
+            b.version, b.channel, b.reason
+        )?;
+    }
+    Ok(ExitStatus::Success)
+}
+
+fn when(unix: i64) -> String {
+    let t =
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(unix).unwrap_or(0));
+    crate::streaming::timefmt::format_rfc3339(t)
 }
 
 fn merge(mut a: serde_json::Value, b: serde_json::Value) -> serde_json::Value {

@@ -29,7 +29,7 @@ type PendingCalls = HashMap<i64, oneshot::Sender<Result<Value, RpcError>>>;
 /// so longer lines are refused, and a peer that sends this many messages other than a valid
 /// `Meta.Authenticate` is dropped (its replies stay few, so a peer that never reads cannot make
 /// the writer block and the connection outlive its deadline).
-pub(super) const UNAUTHENTICATED_MAX_LINE: usize = 4 * 1024;
+pub(super) const UNAUTHENTICATED_MAX_LINE: usize = 1024;
 const UNAUTHENTICATED_MAX_ERRORS: u32 = 8;
 /// The most requests one batch may hold.
 pub(super) const MAX_BATCH: usize = 1000;

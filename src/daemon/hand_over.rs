@@ -42,6 +42,9 @@ struct State {
     lock_fd: Option<i32>,
     connections: Vec<CarriedConnection>,
     news: Option<Announcement>,
+    /// The write end of a probation watchdog's pipe (see `probation.rs`).
+    #[serde(default)]
+    alive_fd: Option<i32>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -59,6 +62,8 @@ pub(super) struct Inherited {
     pub(super) lock: Option<std::fs::File>,
     pub(super) connections: Vec<(std::net::TcpStream, Carried)>,
     pub(super) news: Option<Announcement>,
+    /// Held for this process's life while it is on probation; gets `probation::OK` at a clean end.
+    pub(super) alive: Option<std::fs::File>,
 }
 
 /// What this process passes on.
@@ -75,6 +80,8 @@ pub(super) struct PassingMore<'a> {
     pub(super) lock: Option<&'a std::fs::File>,
     pub(super) connections: Vec<(std::net::TcpStream, Carried)>,
     pub(super) news: Option<Announcement>,
+    /// The write end of the new build's probation pipe.
+    pub(super) alive: Option<std::os::fd::OwnedFd>,
 }
 
 /// Takes what a previous process handed over, if anything, and removes the descriptor numbers
@@ -119,7 +126,7 @@ pub(super) unsafe fn take() -> anyhow::Result<Option<Inherited>> {
     let state = if state_fd.is_some() {
         serde_json::from_str::<State>(&text).context("the hand-over state is not valid")?
     } else {
-        State { secret: text, lock_fd: None, connections: Vec::new(), news: None }
+        State { secret: text, lock_fd: None, connections: Vec::new(), news: None, alive_fd: None }
     };
     anyhow::ensure!(!state.secret.is_empty(), "the handed-over secret is empty");
     let address = listener
@@ -138,6 +145,14 @@ pub(super) unsafe fn take() -> anyhow::Result<Option<Inherited>> {
         }
         None => None,
     };
+    let alive = match state.alive_fd {
+        Some(fd) => {
+            let fd: RawFd = claim("the probation pipe", &fd.to_string().into())?;
+            // SAFETY: the previous process passed the pipe's write end under this number.
+            Some(unsafe { std::fs::File::from_raw_fd(fd) })
+        }
+        None => None,
+    };
     let mut connections = Vec::new();
     for c in state.connections {
         let fd = claim("a connection", &c.fd.to_string().into())?;
@@ -149,7 +164,14 @@ pub(super) unsafe fn take() -> anyhow::Result<Option<Inherited>> {
             Err(e) => tracing::warn!("an inherited connection (fd {fd}) is unusable: {e}"),
         }
     }
-    Ok(Some(Inherited { listener, secret: state.secret, lock, connections, news: state.news }))
+    Ok(Some(Inherited {
+        listener,
+        secret: state.secret,
+        lock,
+        connections,
+        news: state.news,
+        alive,
+    }))
 }
 
 /// A descriptor number from the previous process, given close-on-exec back first so no child we
@@ -189,6 +211,17 @@ const MAX_STATE: usize = 60 * 1024;
 /// Returns only if that failed.
 #[cfg(unix)]
 pub(super) fn exec(exe: &Path, passing: Passing<'_>) -> std::io::Error {
+    let args: Vec<_> = std::env::args_os().skip(1).collect();
+    exec_with_args(exe, &args, passing)
+}
+
+/// As [`exec`], with these arguments.
+#[cfg(unix)]
+pub(super) fn exec_with_args(
+    exe: &Path,
+    args: &[std::ffi::OsString],
+    passing: Passing<'_>,
+) -> std::io::Error {
     use std::io::Write;
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     use std::os::unix::process::CommandExt;
@@ -205,16 +238,23 @@ pub(super) fn exec(exe: &Path, passing: Passing<'_>) -> std::io::Error {
     let mut inherit = vec![listen_fd, read_end.as_raw_fd()];
     // Kept open until the exec (or its failure): their descriptors are what we pass.
     let mut kept = Vec::new();
+    let mut kept_fds: Vec<OwnedFd> = Vec::new();
     let (pipe_var, payload) = match passing.more {
         None => (SECRET_FD_ENV, passing.secret.to_owned()),
         Some(more) => {
             let lock_fd = more.lock.map(AsRawFd::as_raw_fd);
             inherit.extend(lock_fd);
+            let alive_fd = more.alive.as_ref().map(AsRawFd::as_raw_fd);
+            inherit.extend(alive_fd);
+            if let Some(alive) = more.alive {
+                kept_fds.push(alive);
+            }
             let mut state = State {
                 secret: passing.secret.to_owned(),
                 lock_fd,
                 connections: Vec::new(),
                 news: more.news,
+                alive_fd,
             };
             for (stream, carried) in more.connections {
                 state.connections.push(CarriedConnection { fd: stream.as_raw_fd(), carried });
@@ -242,7 +282,7 @@ pub(super) fn exec(exe: &Path, passing: Passing<'_>) -> std::io::Error {
         return e;
     }
     let mut cmd = std::process::Command::new(exe);
-    cmd.args(std::env::args_os().skip(1))
+    cmd.args(args)
         .env(LISTEN_FD_ENV, listen_fd.to_string())
         .env(pipe_var, read_end.as_raw_fd().to_string());
     let cleared = inherit.clone();
@@ -267,6 +307,7 @@ pub(super) fn exec(exe: &Path, passing: Passing<'_>) -> std::io::Error {
         unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
     }
     drop(kept);
+    drop(kept_fds);
     drop(read_end);
     err
 }

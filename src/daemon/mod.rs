@@ -10,6 +10,7 @@ pub(crate) mod hand_over;
 pub(crate) mod jsonrpc;
 mod methods;
 mod notifications;
+pub(crate) mod probation;
 mod quickack;
 pub(crate) mod router;
 pub(crate) mod state;
@@ -33,12 +34,15 @@ use connection::Carried;
 use state::{Config, Daemon, DbState};
 
 /// How clients reach the daemon.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Transport {
     /// Loopback TCP, with a secret.
     Tcp,
     /// This process's stdin/stdout; no secret.
     Stdio,
+    /// A unix socket at this path (owner-only), with a secret: for firewalls that inspect
+    /// loopback TCP.
+    Unix(std::path::PathBuf),
 }
 
 /// How the daemon runs, resolved from its command line (`crate::cli::DaemonArgs`).
@@ -60,19 +64,49 @@ pub(crate) struct DaemonSettings {
     pub(crate) max_line_bytes: usize,
     pub(crate) max_connections: usize,
     pub(crate) drain_timeout: Duration,
+    /// How long a build restarted into must stay up before it is trusted; zero: no watchdog.
+    pub(crate) probation: Duration,
 }
 
 /// Runs the daemon until it shuts down; success on any graceful shutdown.
 pub(crate) fn run(args: DaemonSettings, reporter: Reporter) -> anyhow::Result<ExitStatus> {
     // SAFETY: the runtime is not built yet and nothing before this starts threads.
     let inherited = unsafe { hand_over::take() }?;
+    // A versioned root's chosen build counts its starts; one that keeps failing is undone here.
+    #[cfg(unix)]
+    let started = match (&inherited, args.probation.is_zero()) {
+        (None, false) => {
+            let exe = std::env::current_exe().context("finding the running executable")?;
+            let db = match DbPath::resolve(args.dbpath.as_deref())? {
+                DbPath::File(p) => Some(p),
+                DbPath::Special(_) => None,
+            };
+            probation::count_start(&exe, db.as_deref(), &args.update.broth_url)?
+        }
+        _ => None,
+    };
+    #[cfg(debug_assertions)]
+    test_fault();
     raise_fd_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    #[cfg(unix)]
+    if let Some(started) = started.clone() {
+        let period = args.probation;
+        runtime.spawn(async move {
+            tokio::time::sleep(period).await;
+            started.stayed_up();
+        });
+    }
     let result = runtime.block_on(serve(args, reporter, inherited));
+    // A clean stop is no failed start either.
+    #[cfg(unix)]
+    if let (Ok(ExitStatus::Success), Some(started)) = (&result, started) {
+        started.stayed_up();
+    }
     // stdin readers and database work may still sit on blocking threads; do not wait for them.
     runtime.shutdown_timeout(Duration::from_millis(100));
     result
@@ -114,7 +148,7 @@ async fn serve(
             dbpath: args.dbpath.clone(),
             update: args.update.clone(),
             exe: std::env::current_exe().context("finding the running executable")?,
-            can_hand_over: cfg!(unix) && !stdio && args.keep_alive,
+            can_hand_over: cfg!(unix) && args.transport == Transport::Tcp && args.keep_alive,
         },
         methods::router(),
         match &inherited {
@@ -125,11 +159,13 @@ async fn serve(
     ));
 
     let resumed = inherited.is_some();
+    let mut alive = inherited.as_mut().and_then(|i| i.alive.take());
     let rested = RestedConnections::default();
     let mut news = None;
-    let listener = match (stdio, inherited) {
-        (true, _) => None,
-        (false, Some(i)) => {
+    let tcp = args.transport == Transport::Tcp;
+    let listener = match (tcp, inherited) {
+        (false, _) => None,
+        (true, Some(i)) => {
             let listener =
                 TcpListener::from_std(i.listener).context("taking over the listening socket")?;
             let carried = i.connections.len();
@@ -145,7 +181,7 @@ async fn serve(
             news = i.news;
             Some(listener)
         }
-        (false, None) => Some(
+        (true, None) => Some(
             TcpListener::bind(("127.0.0.1", 0))
                 .await
                 .context("listening on 127.0.0.1 (loopback)")?,
@@ -158,7 +194,7 @@ async fn serve(
         &format!(
             "butler {} daemon starting ({} transport)",
             crate::version::tagged(),
-            transport_name(stdio)
+            transport_name(&args.transport)
         ),
     );
     if let Some(listener) = &listener {
@@ -179,8 +215,9 @@ async fn serve(
         announce(&daemon, news).await;
     }
     // The database opens in the background; requests that need it wait for it.
+    let opening = db_path.clone();
     tokio::task::spawn_blocking(move || {
-        let state = match db::open(&db_path) {
+        let state = match db::open(&opening) {
             Ok(conn) => DbState::Ready(Db::new(conn)),
             Err(e) => {
                 reporter.log(Level::Error, &format!("the database could not be opened: {e}"));
@@ -200,7 +237,30 @@ async fn serve(
     // Kept open through the drain when a hand-over may follow: clients that connect meanwhile wait
     // in its backlog for the next process.
     let kept = match listener {
-        Some(listener) => accept_loop(&daemon, listener, &args, &rested).await,
+        Some(listener) => {
+            let spawn =
+                |socket, id| spawn_connection(&daemon, socket, id, Carried::default(), &rested);
+            accept_loop(&daemon, listener, &args, spawn).await
+        }
+        #[cfg(unix)]
+        None if matches!(args.transport, Transport::Unix(_)) => {
+            let Transport::Unix(path) = &args.transport else { unreachable!() };
+            let socket = UnixDaemonSocket::bind(path)?;
+            crate::report::print_json_line(
+                "butlerd/listen-notification",
+                json!({ "secret": daemon.secret_for_listen_notification(), "unix": { "address": format!("unix:{}", path.display()) } }),
+            );
+            let spawn = |socket: tokio::net::UnixStream, id| {
+                let (reader, writer) = socket.into_split();
+                let serving =
+                    connection::serve(Arc::clone(&daemon), id, reader, writer, Carried::default());
+                daemon.tracker.spawn(async move {
+                    serving.await;
+                })
+            };
+            accept_loop(&daemon, socket, &args, spawn).await;
+            None
+        }
         None => {
             let stdio = (tokio::io::stdin(), tokio::io::stdout());
             let carried = Carried::default();
@@ -230,10 +290,39 @@ async fn serve(
     if let (Some(listener), Some(restart)) = (&kept, daemon.restart.target()) {
         let exe = restart.exe.clone();
         reporter.log(Level::Info, &format!("restarting into {}", exe.display()));
+        let mut on_probation = None;
+        #[cfg(unix)]
+        if restart.carries_connections
+            && !args.probation.is_zero()
+            && let Some(hand_over::Announcement::Applied { installed_version, .. }) = &restart.news
+        {
+            let watch = probation::Watch {
+                pid: std::process::id(),
+                version: installed_version.clone(),
+                previous: crate::version::VERSION.to_owned(),
+                exe: daemon.config.exe.clone(),
+                period: args.probation,
+                dbpath: match &db_path {
+                    DbPath::File(p) => Some(p.clone()),
+                    DbPath::Special(_) => None,
+                },
+                snapshot: snapshot_database(&daemon, &db_path).await,
+                broth_url: args.update.broth_url.clone(),
+                daemon_args: std::env::args_os().skip(1).collect(),
+            };
+            let secret = daemon.secret_for_listen_notification();
+            match probation::start(&watch, listener, secret) {
+                Ok(fd) => on_probation = Some(fd),
+                Err(e) => tracing::warn!("restarting without a probation watchdog: {e}"),
+            }
+        }
+        // Whoever watched this build may rest: it hands over as it should.
+        say_ok(&mut alive);
         let more = restart.carries_connections.then(|| hand_over::PassingMore {
             lock: lock.file(),
             connections: std::mem::take(&mut *lock_rested(&rested)),
             news: restart.news,
+            alive: on_probation,
         });
         let passing =
             hand_over::Passing { listener, secret: daemon.secret_for_listen_notification(), more };
@@ -244,13 +333,18 @@ async fn serve(
         )
         .into());
     }
+    say_ok(&mut alive);
     drop(lock);
     reporter.log(Level::Info, "butler daemon stopped");
     Ok(ExitStatus::Success)
 }
 
-fn transport_name(stdio: bool) -> &'static str {
-    if stdio { "stdio" } else { "tcp" }
+fn transport_name(transport: &Transport) -> &'static str {
+    match transport {
+        Transport::Tcp => "tcp",
+        Transport::Stdio => "stdio",
+        Transport::Unix(_) => "unix socket",
+    }
 }
 
 /// Connections that came to rest for a restart in place, ready to pass on.
@@ -312,14 +406,74 @@ async fn announce(daemon: &Daemon, news: hand_over::Announcement) {
     }
 }
 
+/// A listening socket the accept loop takes clients from: loopback TCP, or a unix socket.
+trait Listener: Send {
+    type Socket: tokio::io::AsyncWrite + Unpin + Send + 'static;
+    async fn next(&mut self) -> std::io::Result<Self::Socket>;
+}
+
+impl Listener for TcpListener {
+    type Socket = tokio::net::TcpStream;
+    async fn next(&mut self) -> std::io::Result<Self::Socket> {
+        self.accept().await.map(|(s, _)| s)
+    }
+}
+
+/// A daemon listening on a unix socket: owner-only, and clients of another uid are refused.
+#[cfg(unix)]
+struct UnixDaemonSocket {
+    listener: tokio::net::UnixListener,
+    path: std::path::PathBuf,
+}
+
+#[cfg(unix)]
+impl UnixDaemonSocket {
+    fn bind(path: &std::path::Path) -> anyhow::Result<Self> {
+        use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+        // Only a socket is stale; never delete someone's regular file.
+        if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+            let _ = std::fs::remove_file(path);
+        }
+        let listener = tokio::net::UnixListener::bind(path)
+            .with_context(|| format!("listening on unix:{}", path.display()))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("making unix:{} owner-only", path.display()))?;
+        Ok(UnixDaemonSocket { listener, path: path.to_owned() })
+    }
+}
+
+#[cfg(unix)]
+impl Listener for UnixDaemonSocket {
+    type Socket = tokio::net::UnixStream;
+    async fn next(&mut self) -> std::io::Result<Self::Socket> {
+        loop {
+            let (socket, _) = self.listener.accept().await?;
+            // SAFETY: geteuid has no preconditions and cannot fail.
+            let me = unsafe { libc::geteuid() };
+            match socket.peer_cred() {
+                Ok(c) if c.uid() == me => return Ok(socket),
+                Ok(c) => tracing::warn!("refusing a daemon client of uid {}", c.uid()),
+                Err(e) => tracing::warn!("refusing a daemon client of unknown uid: {e}"),
+            }
+        }
+    }
+}
+
+#[cfg(unix)]
+impl Drop for UnixDaemonSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 /// Accepts until shutdown, or until a restart that takes connections along begins; gives the
-/// listener back in `--keep-alive` mode (for a hand-over).
-async fn accept_loop(
+/// listener back in `--keep-alive` mode (for a hand-over). `serve` starts each connection.
+async fn accept_loop<L: Listener>(
     daemon: &Arc<Daemon>,
-    listener: TcpListener,
+    mut listener: L,
     args: &DaemonSettings,
-    rested: &RestedConnections,
-) -> Option<TcpListener> {
+    serve: impl Fn(L::Socket, u64) -> tokio::task::JoinHandle<()>,
+) -> Option<L> {
     let slots = Arc::new(Semaphore::new(args.max_connections));
     // One-connection mode (no --keep-alive) serves the first connection to authenticate, not the
     // first to connect: a peer without the secret cannot lock the launcher out.
@@ -338,8 +492,8 @@ async fn accept_loop(
                 }
                 return None;
             }
-            accepted = listener.accept() => match accepted {
-                Ok((socket, _)) => socket,
+            accepted = listener.next() => match accepted {
+                Ok(socket) => socket,
                 Err(e) => {
                     // Usually EMFILE: back off instead of spinning.
                     tracing::warn!(error = %e, "Accept failed");
@@ -353,7 +507,7 @@ async fn accept_loop(
             daemon.tracker.spawn(refuse(socket, args.max_connections));
             continue;
         };
-        let conn = spawn_connection(daemon, socket, conn_id, Carried::default(), rested);
+        let conn = serve(socket, conn_id);
         let conn = daemon.tracker.spawn(async move {
             let _ = conn.await;
             drop(slot);
@@ -366,7 +520,7 @@ async fn accept_loop(
 }
 
 /// Over the connection cap: say why, then close.
-async fn refuse(mut socket: tokio::net::TcpStream, max: usize) {
+async fn refuse<S: tokio::io::AsyncWrite + Unpin>(mut socket: S, max: usize) {
     use tokio::io::AsyncWriteExt;
     let err = jsonrpc::RpcError::new(
         jsonrpc::code::TOO_MANY_CONNECTIONS,
@@ -437,6 +591,53 @@ fn is_zombie(pid: u32) -> bool {
 fn process_alive(_pid: u32) -> bool {
     // Windows would wait on the process handle; destiny pids are not watched there yet.
     true
+}
+
+/// Debug builds only: `BUTLER_TEST_FAULT=crash@<version>` or `exit-after-ms=<n>@<version>` makes
+/// that build's daemon fail, so tests can show a restart into it is undone.
+#[cfg(debug_assertions)]
+fn test_fault() {
+    let Ok(fault) = std::env::var("BUTLER_TEST_FAULT") else { return };
+    let Some((what, version)) = fault.split_once('@') else { return };
+    if version != crate::version::VERSION {
+        return;
+    }
+    if what == "crash" {
+        std::process::abort();
+    }
+    if let Some(ms) = what.strip_prefix("exit-after-ms=").and_then(|ms| ms.parse().ok()) {
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(ms));
+            std::process::exit(3);
+        });
+    }
+}
+
+/// Tells a probation watchdog watching this process that it ends (or hands over) as it should.
+fn say_ok(alive: &mut Option<std::fs::File>) {
+    use std::io::Write;
+    if let Some(mut pipe) = alive.take() {
+        let _ = pipe.write_all(probation::OK);
+    }
+}
+
+/// A consistent copy of the database, taken before switching away from this build, so a
+/// failed successor can be undone with the data as this build knew it.
+async fn snapshot_database(daemon: &Daemon, db: &DbPath) -> Option<std::path::PathBuf> {
+    let DbPath::File(file) = db else { return None };
+    let snapshot = probation::snapshot_path(file, crate::version::VERSION);
+    let _ = std::fs::remove_file(&snapshot);
+    let conn = daemon.db().await.ok()?;
+    let target = snapshot.clone();
+    let taken =
+        conn.call(move |c| Ok(c.execute("VACUUM INTO ?1", [target.display().to_string()])?)).await;
+    match taken {
+        Ok(_) => Some(snapshot),
+        Err(e) => {
+            tracing::warn!("no database snapshot before the restart: {e}");
+            None
+        }
+    }
 }
 
 /// Each connection is a descriptor; the default soft limit (often 1024) is too low for a daemon

@@ -78,8 +78,15 @@ impl Router {
         let boxed: Handler = Box::new(move |ctx, raw| {
             let handler = Arc::clone(&handler);
             Box::pin(async move {
-                let params: P =
-                    serde_json::from_value(raw).map_err(|e| RpcError::invalid_params(name, e))?;
+                let params: P = serde_path_to_error::deserialize(raw).map_err(|e| {
+                    let field = e.path().to_string();
+                    let why = e.into_inner();
+                    match field.as_str() {
+                        "." => RpcError::invalid_params(name, why),
+                        _ => RpcError::invalid_params(name, format!("{field}: {why}"))
+                            .with("field", field),
+                    }
+                })?;
                 let result = handler(ctx, params).await?;
                 serde_json::to_value(result).map_err(RpcError::internal)
             })

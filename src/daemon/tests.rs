@@ -116,7 +116,12 @@ async fn unknown_methods_and_bad_params_get_their_codes() {
     assert_eq!(reply["error"]["code"], -32601, "{reply}");
     let (reply, _) = c.call(2, "Test.Double", json!({"number": "two"})).await;
     assert_eq!(reply["error"]["code"], -32602, "{reply}");
-    assert!(reply["error"]["message"].as_str().unwrap().contains("Test.Double"), "{reply}");
+    let message = reply["error"]["message"].as_str().unwrap();
+    assert!(message.contains("Test.Double") && message.contains("number"), "{reply}");
+    assert_eq!(reply["error"]["data"]["field"], "number", "{reply}");
+    // Nested fields are named by their path.
+    let (reply, _) = c.call(3, "Process.Run", json!({"command": ["true", 7]})).await;
+    assert_eq!(reply["error"]["data"]["field"], "command[1]", "{reply}");
 }
 
 #[tokio::test]
@@ -195,4 +200,28 @@ async fn a_failed_update_check_is_answered_and_recorded_in_the_history() {
     assert_eq!(last["action"], "check", "{status}");
     assert_eq!(last["outcome"], "failed", "{status}");
     assert_eq!(status["result"]["lastResult"], "failed", "{status}");
+}
+
+#[tokio::test]
+async fn capabilities_say_what_a_client_may_rely_on() {
+    let d = daemon();
+    let mut c = Client::authenticated(&d).await;
+    let (reply, _) = c.call(1, "Meta.Capabilities", json!({})).await;
+    let caps = &reply["result"];
+    assert_eq!(caps["protocolVersion"], 1, "{reply}");
+    assert_eq!(caps["butlerVersion"], format!("v{}", crate::version::VERSION));
+    let features: Vec<&str> =
+        caps["features"].as_array().unwrap().iter().filter_map(|f| f.as_str()).collect();
+    assert!(features.contains(&"process-run") && features.contains(&"update-channels"), "{reply}");
+    // This in-process daemon has no socket to pass on.
+    assert!(!features.contains(&"restart-in-place"), "{reply}");
+}
+
+#[tokio::test]
+async fn a_malformed_stream_path_is_the_callers_mistake() {
+    let d = daemon();
+    let mut c = Client::authenticated(&d).await;
+    let (reply, _) = c.call(1, "Streams.Read", json!({"path": "not-a-path"})).await;
+    assert_eq!(reply["error"]["code"], -32602, "{reply}");
+    assert_eq!(reply["error"]["data"]["field"], "path", "{reply}");
 }

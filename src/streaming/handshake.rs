@@ -232,6 +232,12 @@ pub fn parse_flags(json: &[u8]) -> Result<StreamFlags, HandshakeError> {
                     let t = timefmt::parse_rfc3339(&s).map_err(HandshakeError::Timestamp)?;
                     // Go's zero time means "unset".
                     if !s.starts_with("0001-01-01T00:00:00") {
+                        // Entries store their offset from it in signed nanoseconds, which reach
+                        // about 292 years: a stream said to start before the Unix epoch would
+                        // wrap, so it is refused here rather than stored wrong.
+                        if t < std::time::UNIX_EPOCH {
+                            return Err(field("timestamp", "a time after 1970-01-01"));
+                        }
                         flags.timestamp = Some(t);
                     }
                 }
@@ -299,6 +305,8 @@ mod tests {
         assert_eq!(f.name, "foo/bar");
         assert_eq!(f.stream_type, StreamType::Text);
         assert!(f.timestamp.is_some());
+        let old = hs(r#"{"name":"foo/bar","timestamp":"0002-01-02T00:00:00Z"}"#);
+        assert!(parse(&old).is_err(), "a timestamp whose offsets would wrap is refused");
     }
 
     #[test]

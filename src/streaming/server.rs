@@ -58,13 +58,24 @@ impl StreamServer {
     ) {
         let grace = butler.config().drain_idle;
         let handshakes = tokio_util::task::TaskTracker::new();
+        let limits = Limits::default();
         loop {
+            // Past the caps, clients wait in the backlog (and their writes block) until a slot
+            // frees: memory stays bounded, and nothing is dropped.
+            let slot = tokio::select! {
+                s = limits.slot() => s,
+                () = stop.cancelled() => break,
+            };
             let conn = tokio::select! {
                 c = self.listener.accept() => c,
                 () = stop.cancelled() => break,
             };
             match conn {
-                Ok(c) => spawn_handshake(&handshakes, &butler, c, handshake_timeout, &stop, grace),
+                Ok(c) => {
+                    let c = Held { conn: c, _slot: slot.0 };
+                    let hs = slot.1;
+                    spawn_handshake(&handshakes, &butler, c, hs, handshake_timeout, &stop, grace)
+                }
                 Err(e) => {
                     tracing::warn!("stream server accept: {e}");
                     tokio::time::sleep(Duration::from_millis(10)).await;
@@ -72,13 +83,69 @@ impl StreamServer {
             }
         }
         // Whoever is still in the backlog connected before we stopped.
-        while let Ok(Ok(c)) =
-            tokio::time::timeout(Duration::from_millis(5), self.listener.accept()).await
+        while let Some(slot) = limits.try_slot()
+            && let Ok(Ok(c)) =
+                tokio::time::timeout(Duration::from_millis(5), self.listener.accept()).await
         {
-            spawn_handshake(&handshakes, &butler, c, handshake_timeout, &stop, grace);
+            let (c, hs) = (Held { conn: c, _slot: slot.0 }, slot.1);
+            spawn_handshake(&handshakes, &butler, c, hs, handshake_timeout, &stop, grace);
         }
         handshakes.close();
         handshakes.wait().await;
+    }
+}
+
+/// Caps on what clients can make the server hold: a handshake buffers up to 1 MiB, and a stream
+/// a partial line, so both are counted.
+#[derive(Debug)]
+struct Limits {
+    streams: std::sync::Arc<tokio::sync::Semaphore>,
+    handshakes: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+/// Clients connected at once (each a stream, or a stream-to-be).
+const MAX_STREAMS: usize = 1024;
+/// Handshakes in progress at once.
+const MAX_HANDSHAKES: usize = 64;
+
+type Permit = tokio::sync::OwnedSemaphorePermit;
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            streams: std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_STREAMS)),
+            handshakes: std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES)),
+        }
+    }
+}
+
+impl Limits {
+    /// A stream slot and a handshake slot, once both are free.
+    async fn slot(&self) -> (Permit, Permit) {
+        let stream = self.streams.clone().acquire_owned().await.expect("never closed");
+        let handshake = self.handshakes.clone().acquire_owned().await.expect("never closed");
+        (stream, handshake)
+    }
+
+    fn try_slot(&self) -> Option<(Permit, Permit)> {
+        let stream = self.streams.clone().try_acquire_owned().ok()?;
+        Some((stream, self.handshakes.clone().try_acquire_owned().ok()?))
+    }
+}
+
+/// A client connection that holds its stream slot for as long as it lives.
+struct Held<C> {
+    conn: C,
+    _slot: Permit,
+}
+
+impl<C: AsyncRead + Unpin> AsyncRead for Held<C> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.conn).poll_read(cx, buf)
     }
 }
 
@@ -86,6 +153,7 @@ fn spawn_handshake<C: AsyncRead + Send + Unpin + 'static>(
     tasks: &tokio_util::task::TaskTracker,
     butler: &ButlerHandle,
     mut conn: C,
+    handshake_slot: Permit,
     handshake_timeout: Duration,
     stop: &CancellationToken,
     grace: Duration,
@@ -105,6 +173,7 @@ fn spawn_handshake<C: AsyncRead + Send + Unpin + 'static>(
                 return;
             }
         };
+        drop(handshake_slot);
         match res {
             Err(_) => tracing::warn!(
                 "dropping a client that did not finish its handshake within {handshake_timeout:?}"

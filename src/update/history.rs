@@ -26,6 +26,8 @@ pub(crate) enum Outcome {
     RolledBack,
     Failed,
     Cancelled,
+    /// Newer than the running build, but it failed its probation before: not offered.
+    KnownBad,
 }
 
 /// The database spellings: what serde writes, so the table and the RPC results agree.
@@ -60,6 +62,7 @@ spelled!(Outcome {
     RolledBack => "rolled-back",
     Failed => "failed",
     Cancelled => "cancelled",
+    KnownBad => "known-bad",
 });
 
 /// One row to write.
@@ -70,12 +73,14 @@ pub(crate) struct Record<'a> {
     pub(crate) from: Option<&'a str>,
     pub(crate) to: Option<&'a str>,
     pub(crate) error: Option<&'a UpdateError>,
+    /// The message when there is no error to take it from.
+    pub(crate) note: Option<&'a str>,
     pub(crate) verified: bool,
 }
 
 impl<'a> Record<'a> {
     pub(crate) fn new(action: Action, outcome: Outcome) -> Self {
-        Record { action, outcome, from: None, to: None, error: None, verified: false }
+        Record { action, outcome, from: None, to: None, error: None, note: None, verified: false }
     }
 }
 
@@ -186,6 +191,42 @@ impl History {
         }
     }
 
+    /// Marks `version` of this channel as bad: it failed its probation, so it is not offered
+    /// again (until a newer one is published).
+    pub(crate) async fn remember_bad(&self, version: &str, reason: &str) {
+        let Some(db) = self.db().await else { return };
+        let row = (self.channel.clone(), version.to_owned(), reason.to_owned());
+        let inserted = db
+            .call(move |c| {
+                Ok(c.execute(
+                    "INSERT OR REPLACE INTO update_bad_versions (channel, version, reason, time) VALUES (?1, ?2, ?3, ?4)",
+                    (&row.0, &row.1, &row.2, crate::report::unix_now() as i64),
+                )?)
+            })
+            .await;
+        if let Err(e) = inserted {
+            tracing::warn!("could not remember that {version} is bad: {e}");
+        }
+    }
+
+    /// Why `version` of this channel failed its probation, if it did.
+    pub(crate) async fn bad_reason(&self, version: &str) -> Option<String> {
+        let db = self.db().await?;
+        let (channel, version) = (self.channel.clone(), version.to_owned());
+        db.call(move |c| {
+            use rusqlite::OptionalExtension;
+            Ok(c.query_row(
+                "SELECT reason FROM update_bad_versions WHERE channel = ?1 AND version = ?2",
+                (&channel, &version),
+                |r| r.get::<_, String>(0),
+            )
+            .optional()?)
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
     pub(crate) async fn record(&self, r: Record<'_>) {
         let Some(db) = self.db().await else { return };
         let row = (
@@ -198,7 +239,7 @@ impl History {
             r.outcome.as_str(),
             r.error.map(|e| e.step.to_string()),
             r.error.map(|e| e.kind.class().as_str()),
-            r.error.map(|e| e.to_string()),
+            r.error.map(|e| e.to_string()).or(r.note.map(str::to_owned)),
             r.verified,
         );
         let inserted = db
@@ -257,6 +298,33 @@ pub(crate) fn recent(
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// A version that failed its probation.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct BadVersion {
+    pub(crate) channel: String,
+    pub(crate) version: String,
+    pub(crate) reason: String,
+    /// Unix seconds.
+    pub(crate) time: i64,
+}
+
+/// Every version that failed its probation, newest first.
+pub(crate) fn bad_versions(conn: &rusqlite::Connection) -> Result<Vec<BadVersion>, db::DbError> {
+    let mut stmt = conn.prepare(
+        "SELECT channel, version, reason, time FROM update_bad_versions ORDER BY time DESC",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(BadVersion {
+            channel: r.get(0)?,
+            version: r.get(1)?,
+            reason: r.get(2)?,
+            time: r.get(3)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 /// When the history last recorded a check.
 pub(crate) fn last_check_time(conn: &rusqlite::Connection) -> Result<Option<i64>, db::DbError> {
     Ok(conn.query_row("SELECT max(time) FROM update_history WHERE action = 'check'", [], |r| {
@@ -281,6 +349,7 @@ mod tests {
             Outcome::RolledBack,
             Outcome::Failed,
             Outcome::Cancelled,
+            Outcome::KnownBad,
         ] {
             assert_eq!(serde_json::to_value(o).unwrap(), o.as_str());
             assert_eq!(Outcome::parse(o.as_str()), Some(o));

@@ -99,6 +99,18 @@ impl UpdateService {
             }
             Err(e) => Err(e),
         };
+        // A version that failed its probation is not offered again, unless asked for by name.
+        if let Ok(c) = &checked
+            && c.update_available
+            && !matches!(want, Want::Exact(_))
+            && let Some(why) = self.history.bad_reason(&c.latest).await
+        {
+            let r = Record::new(Action::Check, Outcome::KnownBad);
+            let r = Record { from: current, to: Some(&c.latest), verified: c.signed, ..r };
+            self.history.record(r).await;
+            tracing::warn!("{} failed its probation before ({why}); not offered", c.latest);
+            return Ok(CheckResult { update_available: false, ..c.clone() });
+        }
         let record = match &checked {
             Ok(c) => Record {
                 to: Some(&c.latest),
@@ -184,6 +196,23 @@ pub(crate) async fn rollback(
     };
     history.record(Record { from, ..r }).await;
     rolled
+}
+
+/// What a butler started from `exe` updates: `exe` itself, or, when it sits in
+/// `<root>/versions/<v>/` beside a `<root>/.chosen-version` (as the itch app installs it), the
+/// versioned root, so an update becomes a new version folder instead of overwriting this one.
+pub(crate) fn install_target(exe: &std::path::Path) -> Target {
+    let root = exe
+        .parent()
+        .and_then(|v| v.parent())
+        .filter(|versions| versions.file_name().is_some_and(|n| n == "versions"))
+        .and_then(|versions| versions.parent());
+    match root {
+        Some(root) if root.join(butler_updater::install::CHOSEN_FILE).is_file() => {
+            Target::Versioned { root: root.to_owned() }
+        }
+        _ => Target::InPlace { exe: exe.to_owned() },
+    }
 }
 
 /// What the history calls an install: the executable, or the versioned root.

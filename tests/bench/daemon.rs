@@ -158,9 +158,9 @@ fn round_trips(d: &Daemon) {
     report(
         "Version.Get round trip, sequential, one connection",
         format!("{m:.1} us"),
-        "<= 40 us",
-        m <= 40.0,
-        Some(format!("bare loopback echo {floor:.1} us")),
+        "<= 1.2 x the echo",
+        m <= 1.2 * floor,
+        Some(format!("bare loopback echo {floor:.1} us, ratio {:.2} x", m / floor)),
     );
 }
 
@@ -195,8 +195,8 @@ fn pipelined(d: &Daemon) {
     report(
         "pipelined Version.Get on one connection",
         format!("{:.0} /s", m),
-        ">= 150000 /s",
-        m >= 150_000.0,
+        ">= 400000 /s",
+        m >= 400_000.0,
         None,
     );
 }
@@ -287,7 +287,7 @@ fn memory() {
     let (d, _) = spawn();
     std::thread::sleep(Duration::from_millis(200));
     let idle = rss_mib(d.child.id());
-    let garbage = vec![b'x'; 4095];
+    let garbage = vec![b'x'; 1023];
     let hostile: Vec<TcpStream> = (0..4000)
         .filter_map(|_| {
             let mut s = TcpStream::connect(&d.address).ok()?;
@@ -302,7 +302,7 @@ fn memory() {
         format!("{held:.1} MiB"),
         "<= 64 MiB",
         held <= 64.0,
-        Some(format!("{} connections held, 4 KiB unfinished line each", hostile.len())),
+        Some(format!("{} connections held, 1 KiB unfinished line each", hostile.len())),
     );
     drop(hostile);
 }

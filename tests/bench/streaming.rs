@@ -217,7 +217,7 @@ pub(crate) fn run() {
         median((0..RUNS).map(|_| ingest(&block, Box::new(NullOutput))).collect())
     };
     println!(
-        "streaming: text ingestion, 1 stream of 100-byte lines, unix socket -> null: {null:.0} MiB/s median of {RUNS} x {} MiB (raw unix-socket copy {raw:.0} MiB/s; {:.0}% of raw; target >= 500)",
+        "streaming: text ingestion, 1 stream of 100-byte lines, unix socket -> null: {null:.0} MiB/s median of {RUNS} x {} MiB (raw unix-socket copy {raw:.0} MiB/s; {:.0}% of raw; target >= 80% of raw)",
         INGEST_BYTES >> 20,
         100.0 * null / raw
     );
@@ -232,7 +232,7 @@ pub(crate) fn run() {
             .collect(),
     );
     println!(
-        "streaming: text ingestion into the store output (SQLite): {store:.0} MiB/s median of {RUNS} (raw copy {raw:.0} MiB/s; {:.0}% of raw; target >= 200)",
+        "streaming: text ingestion into the store output (SQLite): {store:.0} MiB/s median of {RUNS} (raw copy {raw:.0} MiB/s; {:.0}% of raw; target >= 400 MiB/s)",
         100.0 * store / raw
     );
     if only_store {

@@ -778,3 +778,35 @@ fn stream_sockets_are_owner_only_and_other_users_are_refused() {
     assert_eq!(wait_exit(&mut child, Duration::from_secs(10)).code(), Some(0));
     assert!(ls(&home, "local").is_empty(), "another user's stream was stored");
 }
+
+/// Unfinished handshakes each buffer up to their announced size: the server takes only so many
+/// at once (the rest wait in the backlog), so what they can make it hold is bounded (S13).
+#[test]
+fn unfinished_handshakes_cannot_grow_the_server_without_bound() {
+    let home = TestHome::new();
+    let serve = Serve::start(&home, &["--prefix", "caps"]);
+    let rss = || {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", serve.child.id())).unwrap();
+        let kb = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap();
+        kb.split_whitespace().next().unwrap().parse::<u64>().unwrap() / 1024
+    };
+    let before = rss();
+    // Each announces a 1 MiB handshake frame and sends half of it.
+    let mut frame = b"BTLR1\x1E".to_vec();
+    frame.extend_from_slice(&[0x80, 0x80, 0x40]); // uvarint 1 MiB
+    frame.extend(std::iter::repeat_n(b' ', 512 * 1024));
+    let clients: Vec<_> = (0..300)
+        .filter_map(|_| {
+            let mut s = std::os::unix::net::UnixStream::connect(&serve.sock).ok()?;
+            s.set_write_timeout(Some(Duration::from_millis(50))).unwrap();
+            let _ = s.write_all(&frame);
+            Some(s)
+        })
+        .collect();
+    assert_eq!(clients.len(), 300);
+    std::thread::sleep(Duration::from_millis(100));
+    let grew = rss().saturating_sub(before);
+    assert!(grew < 80, "300 unfinished handshakes grew the server by {grew} MiB");
+    drop(clients);
+    serve.stop();
+}

@@ -398,7 +398,7 @@ fn validator_path(dest: &Path) -> std::path::PathBuf {
 }
 
 /// The partial file at `dest`, opened for appending with its bytes fed to `hasher`, when the
-/// sidecar says which URL and which version of the file (the validator) they came from.
+/// sidecar says which version of the file (the validator) they are, whatever URL they came from.
 fn resume_from(
     url: &str,
     dest: &Path,
@@ -409,8 +409,13 @@ fn resume_from(
     use std::io::Read;
     let kept = std::fs::read_to_string(sidecar).ok()?;
     let (from, validator) = kept.split_once('\n')?;
-    if from != url || validator.trim().is_empty() {
+    if validator.trim().is_empty() {
         return None;
+    }
+    // Another address (a mirror, a new port) may resume it too: If-Range makes a server whose
+    // file differs answer in full, and the archive is checked against its hash in the end.
+    if from != url {
+        tracing::info!("resuming a download begun from {from} at {url}");
     }
     let mut existing = std::fs::File::open(dest).ok()?;
     // Exactly `cap` may be complete (a 416 says so); more cannot be right.

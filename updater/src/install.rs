@@ -115,6 +115,7 @@ impl Candidate {
         cmd.args(args)
             .env("BUTLER_HOME", scratch)
             .env_remove("BUTLER_TEST_PAUSE_AT")
+            .env_remove("BUTLER_TEST_FAULT")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null());

@@ -20,6 +20,7 @@ pub(super) fn router() -> Router {
     let mut r = Router::default();
     r.method("Meta.Shutdown", meta_shutdown);
     r.method("Version.Get", version_get);
+    r.method("Meta.Capabilities", meta_capabilities);
     r.method("Test.Double", test_double);
     r.method("Test.DoubleTwice", test_double_twice);
     r.method("Operation.Cancel", operation_cancel);
@@ -81,6 +82,42 @@ async fn test_double_twice(ctx: Ctx, p: Number) -> Result<Number, RpcError> {
         ctx.progress(progress, 0.0, 0.0).await;
     }
     doubled.doubled()
+}
+
+/// The protocol this daemon speaks; raised when a client could tell a change apart.
+const PROTOCOL_VERSION: u32 = 1;
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Capabilities {
+    protocol_version: u32,
+    butler_version: String,
+    /// What a client may rely on here, instead of pinning butler versions.
+    features: Vec<&'static str>,
+}
+
+/// Feature detection: what this daemon, as it runs, can do.
+async fn meta_capabilities(ctx: Ctx, _: Empty) -> Result<Capabilities, RpcError> {
+    let mut features = vec![
+        "meta-flow",
+        "operation-cancel",
+        "streams",
+        "streams-follow",
+        "process-run",
+        "update-check",
+        "update-apply",
+        "update-channels",
+        "update-rollback",
+        "update-status",
+    ];
+    if ctx.daemon().config.can_hand_over {
+        features.extend(["restart-in-place", "restart-keeps-connections", "restart-probation"]);
+    }
+    Ok(Capabilities {
+        protocol_version: PROTOCOL_VERSION,
+        butler_version: version::tagged(),
+        features,
+    })
 }
 
 #[derive(Debug, Deserialize)]

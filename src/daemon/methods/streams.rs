@@ -113,6 +113,14 @@ async fn read_page(
     from_index: u64,
     limit: usize,
 ) -> Result<Option<ReadResult>, RpcError> {
+    // A malformed path is the caller's mistake (-32602), not the store's.
+    if crate::streaming::names::split_path(path).is_none() {
+        return Err(RpcError::invalid_params(
+            "Streams",
+            format!("{path:?} is not a stream path (<prefix>/+/<name>)"),
+        )
+        .with("field", "path"));
+    }
     let db = ctx.daemon().db().await?;
     let (project, path) = (project.to_owned(), path.to_owned());
     let found = db

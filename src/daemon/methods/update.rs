@@ -14,7 +14,7 @@ use crate::daemon::notifications::{UpdateApplied, UpdateAvailable, UpdateReady, 
 use crate::daemon::router::{Ctx, Router};
 use crate::daemon::state::{Daemon, Restart};
 use crate::report::Level;
-use crate::update::history::{self, Action, HistoryEntry, Outcome};
+use crate::update::history::{self, Action, BadVersion, HistoryEntry, Outcome};
 use crate::update::{self, History, ProgressThrottle, SettingsError, UpdateService};
 use crate::version::VERSION;
 
@@ -37,18 +37,7 @@ fn channel_of(name: Option<&str>) -> Channel {
 /// it runs from (`<root>/versions/<v>/butler` with `<root>/.chosen-version`, as the itch app
 /// installs it), so an update becomes a new version folder instead of overwriting this one.
 fn target(daemon: &Daemon) -> Target {
-    let exe = &daemon.config.exe;
-    let root = exe
-        .parent()
-        .and_then(|v| v.parent())
-        .filter(|versions| versions.file_name().is_some_and(|n| n == "versions"))
-        .and_then(|versions| versions.parent());
-    match root {
-        Some(root) if root.join(butler_updater::install::CHOSEN_FILE).is_file() => {
-            Target::Versioned { root: root.to_owned() }
-        }
-        _ => Target::InPlace { exe: exe.clone() },
-    }
+    update::install_target(&daemon.config.exe)
 }
 
 /// The version the target holds: what an install without restart put there, else for a
@@ -367,6 +356,8 @@ struct StatusResult {
     last_check: Option<HistoryEntry>,
     last_result: Option<Outcome>,
     history: Vec<HistoryEntry>,
+    /// Versions that failed their probation after a restart, and are not offered again.
+    bad_versions: Vec<BadVersion>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -375,6 +366,7 @@ struct StatusParams {}
 async fn status(ctx: Ctx, _: StatusParams) -> Result<StatusResult, RpcError> {
     let db = ctx.daemon().db().await?;
     let history = db.call(|conn| history::recent(conn, 50)).await.map_err(RpcError::internal)?;
+    let bad_versions = db.call(history::bad_versions).await.map_err(RpcError::internal)?;
     let last_check = history.iter().find(|h| h.action == Action::Check).cloned();
     Ok(StatusResult {
         current_version: VERSION.to_owned(),
@@ -383,6 +375,7 @@ async fn status(ctx: Ctx, _: StatusParams) -> Result<StatusResult, RpcError> {
         last_result: history.first().map(|h| h.outcome),
         last_check,
         history,
+        bad_versions,
     })
 }
 

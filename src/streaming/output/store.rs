@@ -95,6 +95,26 @@ impl Output for StoreOutput {
     }
 
     fn send(&mut self, bundle: Bundle) -> Result<(), OutputError> {
+        // Rows registered inside a transaction that then fails were never written, and SQLite
+        // would hand their ids to the next new stream: forget them, or one stream's later
+        // entries would be filed under another.
+        let mut fresh = Vec::new();
+        let sent = self.send_in_transaction(&bundle, &mut fresh);
+        if sent.is_err() {
+            for id in fresh {
+                self.rows.remove(&id);
+            }
+        }
+        sent
+    }
+}
+
+impl StoreOutput {
+    fn send_in_transaction(
+        &mut self,
+        bundle: &Bundle,
+        fresh: &mut Vec<u64>,
+    ) -> Result<(), OutputError> {
         let tx = self.conn.transaction()?;
         {
             let mut add = tx.prepare_cached(
@@ -108,6 +128,9 @@ impl Output for StoreOutput {
                  WHERE id = ?1",
             )?;
             for e in &bundle.entries {
+                if !self.rows.contains_key(&e.stream.id) {
+                    fresh.push(e.stream.id);
+                }
                 let row = register(&tx, &mut self.rows, &e.stream)?;
                 let mut bytes = 0i64;
                 for l in &e.logs {
@@ -142,5 +165,75 @@ impl Output for StoreOutput {
         }
         tx.commit()?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::streaming::entry::{BundleEntry, LogEntry, StreamType};
+
+    fn stream(id: u64, name: &str) -> Arc<StreamInfo> {
+        Arc::new(StreamInfo {
+            id,
+            project: "local".into(),
+            prefix: "p".into(),
+            name: name.into(),
+            stream_type: StreamType::Binary,
+            content_type: "application/octet-stream".into(),
+            timestamp: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+            tags: Default::default(),
+        })
+    }
+
+    fn bundle(s: &Arc<StreamInfo>, data: &'static [u8]) -> Bundle {
+        let log = LogEntry {
+            prefix_index: 0,
+            stream_index: 0,
+            sequence: 0,
+            time_offset: Duration::ZERO,
+            content: Content::Binary(bytes::Bytes::from_static(data)),
+        };
+        let entry = BundleEntry {
+            stream: Arc::clone(s),
+            logs: vec![log],
+            terminal: false,
+            terminal_index: None,
+        };
+        Bundle { timestamp: SystemTime::now(), entries: vec![entry] }
+    }
+
+    /// A failed transaction must not leave a stream's row id cached: SQLite hands the same id to
+    /// the next new stream, which would then receive the first stream's entries (S6).
+    #[test]
+    fn after_a_failed_transaction_no_stream_is_filed_under_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = DbPath::File(dir.path().join("b.db"));
+        let mut out = StoreOutput::open(&path, "local", "p").unwrap();
+        // As a full disk would: the first bundle's insert fails.
+        out.conn
+            .execute_batch(
+                "CREATE TEMP TRIGGER full BEFORE INSERT ON log_entries WHEN NEW.data = X'626f6f6d'
+                 BEGIN SELECT RAISE(ABORT, 'disk full'); END;",
+            )
+            .unwrap();
+        let (a, b) = (stream(1, "a"), stream(2, "b"));
+        assert!(out.send(bundle(&a, b"boom")).is_err());
+        out.open_stream(&b).unwrap();
+        out.send(bundle(&a, b"a's data")).unwrap();
+        let rows: Vec<(String, Vec<u8>)> = out
+            .conn
+            .prepare(
+                "SELECT s.name, e.data FROM log_entries e JOIN log_streams s ON s.id = e.stream_id",
+            )
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(rows, [("a".to_owned(), b"a's data".to_vec())]);
     }
 }

@@ -384,6 +384,24 @@ fn a_download_cut_in_one_run_is_resumed_by_the_next() {
 }
 
 #[test]
+fn a_cut_download_is_resumed_from_a_mirror_when_the_file_is_the_same() {
+    let f = fixtures();
+    let broth = Broth::new(true);
+    let path = broth.archive_path(&f.new_version);
+    broth.server.fault(&path, Fault::CutAfter(64 << 10, 12));
+    let inst = Install::new();
+    inst.assert_untouched(&inst.run(&broth, &["-y"]));
+    // The same tree from another address: the validator matches, so the download goes on.
+    let mirror = Server::start(broth.server.root.clone());
+    let out = inst.cmd(&broth, &["-y"]).env("BUTLER_BROTH_URL", mirror.url()).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(version_of(&inst.exe), f.new_version);
+    let gets: Vec<_> = mirror.seen().into_iter().filter(|s| s.path == path).collect();
+    assert_eq!(gets.len(), 1, "{gets:?}");
+    assert_eq!(gets[0].headers.get("range"), Some(&format!("bytes={}-", 12 * (64 << 10))));
+}
+
+#[test]
 fn a_download_complete_but_unfinished_by_an_earlier_run_is_used_as_it_is() {
     let f = fixtures();
     let broth = Broth::new(true);

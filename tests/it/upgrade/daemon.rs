@@ -634,3 +634,145 @@ fn a_second_daemon_is_refused_while_a_restart_hands_over() {
     assert!(!out.status.success(), "a second daemon started: {}", stdout(&out));
     assert!(stderr(&out).contains("in use by another butler daemon"), "{}", stderr(&out));
 }
+
+/// `Version.Get` on `address` with short timeouts: `None` while nothing answers.
+fn probe_version(address: &str, secret: &str) -> Option<String> {
+    use std::io::Write;
+    let addr: std::net::SocketAddr = address.parse().ok()?;
+    let s = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok()?;
+    s.set_read_timeout(Some(Duration::from_millis(300))).ok()?;
+    let mut r = BufReader::new(s.try_clone().ok()?);
+    let mut w = s;
+    let auth = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "Meta.Authenticate", "params": {"secret": secret}});
+    let get = serde_json::json!({"jsonrpc": "2.0", "id": 2, "method": "Version.Get", "params": {}});
+    writeln!(w, "{auth}\n{get}").ok()?;
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_str(&line).ok()?;
+        if v["id"] == 2 {
+            return v["result"]["version"].as_str().map(str::to_owned);
+        }
+    }
+}
+
+/// A daemon restarts into a build that fails (`fault`, see `BUTLER_TEST_FAULT`): the watchdog
+/// puts the previous build and the database back, and it serves again on the same address and
+/// secret; the bad version is remembered and not offered again.
+fn a_failing_build_is_undone_after_a_restart(fault: &str) {
+    use serde_json::json;
+    let f = fixtures();
+    let broth = Broth::new(true);
+    let inst = Install::new();
+    let mut cmd = Command::new(&inst.exe);
+    inst.env(&mut cmd, &broth);
+    cmd.env("BUTLER_UPDATE_PROBATION", "4s")
+        .env("BUTLER_TEST_FAULT", format!("{fault}@{}", f.new_version))
+        .args(["--json", "daemon", "--transport", "tcp", "--keep-alive"]);
+    let mut d = crate::util::DaemonProc::start_cmd(cmd);
+    // What the daemon, its watchdog and their successors say, for the failure message.
+    let said = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let err = d.child.stderr.take().unwrap();
+    let sink = std::sync::Arc::clone(&said);
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push_str(&(line + "\n"));
+        }
+    });
+    let mut c = d.client();
+    // Something the database must still hold afterwards.
+    let (r, _) = call(&mut c, 1, "Update.Check", json!({}));
+    assert_eq!(r["result"]["updateAvailable"], true, "{r}");
+    let (r, _) = call(&mut c, 2, "Update.Apply", json!({"restart": true}));
+    assert_eq!(r["result"]["installedVersion"], f.new_version.as_str(), "{r}");
+    drop(c);
+
+    let old = format!("v{}", f.old_version);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while probe_version(&d.address, &d.secret).as_deref() != Some(old.as_str()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the previous build never served again: {}",
+            said.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(version_of(&inst.exe), f.old_version, "the previous binary is back");
+    let mut c = d.client();
+    let (s, _) = call(&mut c, 3, "Update.Status", json!({}));
+    let history = s["result"]["history"].as_array().unwrap_or_else(|| panic!("{s}"));
+    let undone = &history[0];
+    assert_eq!(
+        (undone["action"].as_str(), undone["outcome"].as_str()),
+        (Some("rollback"), Some("rolled-back")),
+        "{s}"
+    );
+    assert!(
+        undone["message"].as_str().unwrap().contains("probation")
+            || undone["message"].as_str().unwrap().contains("Version.Get"),
+        "{s}"
+    );
+    assert!(
+        history.iter().any(|h| h["outcome"] == "available"),
+        "the check from before is kept: {s}"
+    );
+    assert_eq!(s["result"]["badVersions"][0]["version"], f.new_version.as_str(), "{s}");
+    // Not offered again.
+    let (r, _) = call(&mut c, 4, "Update.Check", json!({}));
+    assert_eq!(r["result"]["updateAvailable"], false, "{r}");
+    let (r, _) = call(&mut c, 5, "Meta.Shutdown", json!({}));
+    assert!(r.get("result").is_some(), "{r}");
+}
+
+#[test]
+fn a_build_that_crashes_on_start_after_a_restart_is_undone() {
+    a_failing_build_is_undone_after_a_restart("crash");
+}
+
+#[test]
+fn a_build_that_exits_soon_after_a_restart_is_undone() {
+    a_failing_build_is_undone_after_a_restart("exit-after-ms=1500");
+}
+
+#[test]
+fn a_versioned_build_that_keeps_failing_to_start_is_undone_on_its_third_start() {
+    use serde_json::json;
+    let f = fixtures();
+    let broth = Broth::new(true);
+    let inst = Install::new();
+    let root = inst.home.path().join("app");
+    let root_s = root.to_str().unwrap();
+    for to in [&f.old_version, &f.new_version] {
+        let out = inst.cmd(&broth, &["-y", "--root", root_s, "--to", to]).output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let exe = root.join("versions").join(&f.new_version).join("butler");
+    // The launcher starts the chosen build; it crashes at once, every time.
+    let daemon = || {
+        let mut cmd = Command::new(&exe);
+        inst.env(&mut cmd, &broth);
+        cmd.env("BUTLER_UPDATE_PROBATION", "10s")
+            .env("BUTLER_TEST_FAULT", format!("crash@{}", f.new_version))
+            .args(["--json", "daemon", "--transport", "tcp", "--keep-alive"]);
+        cmd
+    };
+    for start in 1..=2 {
+        let out = daemon().output().unwrap();
+        assert!(!out.status.success(), "start {start} did not crash");
+    }
+    // The third start chooses the previous build again and becomes it.
+    let d = crate::util::DaemonProc::start_cmd(daemon());
+    let mut c = d.client();
+    let (v, _) = call(&mut c, 1, "Version.Get", json!({}));
+    assert_eq!(v["result"]["version"], format!("v{}", f.old_version), "{v}");
+    assert_eq!(std::fs::read_to_string(root.join(".chosen-version")).unwrap(), f.old_version);
+    let (s, _) = call(&mut c, 2, "Update.Status", json!({}));
+    assert_eq!(s["result"]["badVersions"][0]["version"], f.new_version.as_str(), "{s}");
+    let undone = &s["result"]["history"][0];
+    assert_eq!(undone["outcome"], "rolled-back", "{s}");
+    assert!(undone["message"].as_str().unwrap().contains("did not stay up"), "{s}");
+    let (r, _) = call(&mut c, 3, "Meta.Shutdown", json!({}));
+    assert!(r.get("result").is_some(), "{r}");
+}

@@ -207,6 +207,8 @@ impl Install {
         }
         cmd.env("BUTLER_HOME", self.home.path())
             .env("BUTLER_BROTH_URL", broth.url())
+            // Restart probation has tests of its own; elsewhere a killed test daemon must stay dead.
+            .env("BUTLER_UPDATE_PROBATION", "0")
             .env("BUTLER_UPGRADE_BACKOFF_MS", "10")
             .env("BUTLER_UPGRADE_READ_TIMEOUT_MS", "3000")
             .env("BUTLER_UPGRADE_RETRIES", "3");
