@@ -140,6 +140,57 @@ pub struct LogdogArgs {
     pub service_account_json: Option<String>,
 }
 
+impl LogdogArgs {
+    /// The LogDog flags given, by name, except `--project` and `--prefix` (which `logs` reads).
+    fn output_flags_given(&self) -> Vec<&'static str> {
+        let mut given = Vec::new();
+        let mut note = |set: bool, name| {
+            if set {
+                given.push(name)
+            }
+        };
+        note(self.output.is_some(), "--output");
+        note(!self.tags.is_empty(), "--tag");
+        note(self.output_max_buffer_age.is_some(), "--output-max-buffer-age");
+        note(self.output_no_buffer, "--output-no-buffer");
+        note(self.coordinator_host.is_some(), "--coordinator-host");
+        note(self.service_account_json.is_some(), "--service-account-json");
+        given
+    }
+
+    /// LogDog flags that `command` would ignore: refused, rather than accepted without a word.
+    pub(crate) fn check_applies_to(&self, command: &Command) -> Result<(), String> {
+        let mut stray = match command {
+            Command::Stream(_) | Command::Serve(_) | Command::Run(_) => return Ok(()),
+            Command::Logs(_) => Vec::new(),
+            _ => {
+                let mut v = Vec::new();
+                if self.project.is_some() {
+                    v.push("--project");
+                }
+                if self.prefix.is_some() {
+                    v.push("--prefix");
+                }
+                v
+            }
+        };
+        stray.extend(self.output_flags_given());
+        match stray.as_slice() {
+            [] => Ok(()),
+            flags => Err(format!(
+                "{} {} only to stream, serve and run{}",
+                flags.join(", "),
+                if flags.len() == 1 { "applies" } else { "apply" },
+                if matches!(command, Command::Logs(_)) {
+                    " (logs reads --project and --prefix)"
+                } else {
+                    ""
+                }
+            )),
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Print the version.

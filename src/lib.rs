@@ -35,6 +35,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
             return Ok(ExitStatus::Usage);
         }
     };
+    global
+        .logdog
+        .check_applies_to(&command)
+        .map_err(|e| ExitError::new(ExitStatus::Usage, anyhow::anyhow!(e)))?;
     match command {
         Command::Version => {
             if global.json {

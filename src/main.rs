@@ -14,6 +14,7 @@ fn main() -> ExitCode {
         }
     };
     let json = cli.global.json;
+    let color = cli.global.color.stderr();
     match butler::run(cli) {
         Ok(status) => ExitCode::from(status.code()),
         Err(err) => {
@@ -24,7 +25,9 @@ fn main() -> ExitCode {
                     serde_json::json!({ "message": format!("{err:#}") }),
                 );
             }
-            eprintln!("butler: error: {err:#}");
+            // The same red, bold `error:` as clap's own messages, where colour is allowed.
+            let label = if color { "\x1b[1;31merror:\x1b[0m" } else { "error:" };
+            eprintln!("butler: {label} {err:#}");
             ExitCode::from(code)
         }
     }

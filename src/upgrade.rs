@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::{GlobalArgs, SourceArgs, TuningArgs};
 use crate::exit::{ExitError, ExitStatus};
 use crate::report::{Level, Reporter};
+use crate::signals::Signals;
 use crate::update::{self, History, ProgressThrottle, SettingsError, UpdateService};
 use crate::version::VERSION;
 
@@ -166,8 +167,28 @@ async fn run_async(
     }
     let mut ui =
         Ui::new(reporter, !global.json && !args.no_progress && std::io::stderr().is_terminal());
-    let applied =
-        service.apply(&target, &check, CancellationToken::new(), &mut |ev| ui.event(ev)).await;
+    // Ctrl-C (or SIGTERM) stops the update at its next step, before the swap, and says so; a
+    // second one leaves at once (an interrupted update never leaves a broken butler).
+    let cancel = CancellationToken::new();
+    let watcher = match Signals::install() {
+        Ok(mut signals) => {
+            let cancel = cancel.clone();
+            Some(tokio::spawn(async move {
+                signals.recv().await;
+                cancel.cancel();
+                signals.recv().await;
+                std::process::exit(ExitStatus::Interrupted.code().into());
+            }))
+        }
+        Err(e) => {
+            tracing::debug!("signals not caught: {e}");
+            None
+        }
+    };
+    let applied = service.apply(&target, &check, cancel, &mut |ev| ui.event(ev)).await;
+    if let Some(w) = watcher {
+        w.abort();
+    }
     ui.finish();
     let inst = applied.map_err(|e| fail(&reporter, e))?;
     reporter.log(
@@ -231,6 +252,7 @@ fn hint(e: &UpdateError) -> Option<&'static str> {
         K::SmokeTest(_) | K::CandidateCheck { .. } | K::BadArchive(_) => {
             "nothing was installed; this build is broken, so wait for the next one"
         }
+        K::Cancelled => "run the same command again to go on; a partial download is resumed",
         _ => return None,
     })
 }

@@ -491,13 +491,17 @@ pub(crate) fn logs(cmd: LogsCommand, global: &GlobalArgs) -> anyhow::Result<Exit
                 store::list_streams(&conn, &project, prefix.as_deref()).map_err(runtime)?;
             if global.json {
                 reporter.result(serde_json::json!({ "streams": streams }));
+            } else if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                print_stream_table(&streams, prefix.as_deref());
             } else {
+                // For scripts: one tab-separated line per stream, oldest first (--json has more).
                 let mut out = std::io::stdout().lock();
                 for s in &streams {
                     let state = if s.terminal { "complete" } else { "open" };
+                    let entries = if s.entries == 1 { "entry" } else { "entries" };
                     let _ = writeln!(
                         out,
-                        "{}\t{}\t{} entries\t{} bytes\t{state}",
+                        "{}\t{}\t{} {entries}\t{} bytes\t{state}",
                         s.path, s.stream_type, s.entries, s.bytes
                     );
                 }
@@ -537,6 +541,60 @@ pub(crate) fn logs(cmd: LogsCommand, global: &GlobalArgs) -> anyhow::Result<Exit
             }
             Ok(ExitStatus::Success)
         }
+    }
+}
+
+/// `logs ls` at a terminal: a header, when each stream started, sizes people read, newest last
+/// (next to the prompt), and what to do when there is nothing.
+fn print_stream_table(streams: &[store::StoredStream], prefix: Option<&str>) {
+    let mut out = std::io::stdout().lock();
+    if streams.is_empty() {
+        let _ = match prefix {
+            Some(p) => writeln!(out, "no streams under {p:?} (butler logs ls lists them all)"),
+            None => {
+                writeln!(out, "no streams yet: `butler run -- COMMAND` stores a command's output")
+            }
+        };
+        return;
+    }
+    let now = std::time::SystemTime::now();
+    let _ = writeln!(
+        out,
+        "{:<10} {:<8} {:>8} {:>10} {:<8} PATH",
+        "STARTED", "TYPE", "ENTRIES", "SIZE", "STATE"
+    );
+    for s in streams {
+        let age = timefmt::parse_rfc3339(&s.timestamp)
+            .ok()
+            .and_then(|t| now.duration_since(t).ok())
+            .map_or_else(|| "?".to_owned(), ago);
+        let state = if s.terminal { "done" } else { "open" };
+        let _ = writeln!(
+            out,
+            "{age:<10} {:<8} {:>8} {:>10} {state:<8} {}",
+            s.stream_type,
+            s.entries,
+            size(s.bytes),
+            s.path
+        );
+    }
+}
+
+fn ago(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..60 => format!("{s}s ago"),
+        60..3600 => format!("{}m ago", s / 60),
+        3600..86400 => format!("{}h ago", s / 3600),
+        _ => format!("{}d ago", s / 86400),
+    }
+}
+
+fn size(bytes: u64) -> String {
+    match bytes {
+        0..1024 => format!("{bytes} B"),
+        1024..1048576 => format!("{:.1} KiB", bytes as f64 / 1024.0),
+        _ => format!("{:.1} MiB", bytes as f64 / 1048576.0),
     }
 }
 

@@ -183,6 +183,7 @@ fn live_latency(extra: &[&str], lines: usize) -> Vec<f64> {
         .args(extra)
         .args(["run", "--stdout", "name=out", "--", "sh", "-c", &script])
         .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let mut got = Vec::new();

@@ -97,6 +97,15 @@ fn no_colour_codes_reach_a_pipe_unless_asked_for() {
     let out = run(&["--bogus"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(!stderr(&out).contains('\x1b'), "{:?}", stderr(&out));
+    // butler's own error line: plain into a pipe, labelled like clap's where colour is allowed.
+    let out = run(&["logs", "cat", "no/+/such"]);
+    assert!(stderr(&out).starts_with("butler: error: no stream"), "{:?}", stderr(&out));
+    let out = run(&["--color", "always", "logs", "cat", "no/+/such"]);
+    assert!(
+        stderr(&out).starts_with("butler: \x1b[1;31merror:\x1b[0m no stream"),
+        "{:?}",
+        stderr(&out)
+    );
     let out = run(&["--color", "sometimes", "version"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("possible values: auto, always, never"), "{}", stderr(&out));
@@ -253,4 +262,44 @@ fn butlers_files_and_folders_are_owner_only() {
     let out = home.butler().env("BUTLER_HOME", &state).args(["logs", "ls"]).output().unwrap();
     assert!(out.status.success(), "{}", crate::util::stderr(&out));
     assert_eq!(mode(&state.join("butler.db")), 0o600);
+}
+
+#[test]
+fn logdog_flags_are_refused_where_they_do_nothing() {
+    let home = TestHome::new();
+    for (args, says) in [
+        (
+            &["upgrade", "--project", "x", "--check"][..],
+            "--project applies only to stream, serve and run",
+        ),
+        (&["-prefix", "z", "version"], "--prefix applies only"),
+        (&["daemon", "--output", "null"], "--output applies only"),
+        (&["logs", "ls", "--output", "null", "--tag", "k=v"], "--output, --tag apply only"),
+    ] {
+        let out = home.run(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(says), "{args:?}: {}", stderr(&out));
+    }
+    // Where they apply, they are taken: logs reads --project and --prefix.
+    assert!(home.run(&["-project", "p", "logs", "ls", "--prefix", "a/"]).status.success());
+}
+
+#[test]
+fn logs_ls_is_a_table_for_people_and_tab_separated_for_scripts() {
+    let home = TestHome::new();
+    let out = home.run(&["--prefix", "demo/one", "run", "--", "echo", "hi"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let piped = stdout(&home.run(&["logs", "ls"]));
+    assert!(piped.contains("demo/one/+/stdout\ttext\t1 entry\t3 bytes\tcomplete"), "{piped}");
+    // At a terminal (`script` gives it one): a header, ages and readable sizes.
+    let bin = crate::util::butler_bin();
+    let mut cmd = std::process::Command::new("script");
+    cmd.env("BUTLER_HOME", home.path()).args([
+        "-qec",
+        &format!("'{}' logs ls", bin.display()),
+        "/dev/null",
+    ]);
+    let table = stdout(&cmd.output().unwrap());
+    assert!(table.contains("STARTED") && table.contains("PATH"), "{table}");
+    assert!(table.contains("s ago") && table.contains("3 B") && table.contains("done"), "{table}");
 }

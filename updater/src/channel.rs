@@ -123,18 +123,27 @@ pub fn parse_latest(channel: &Channel, body: &[u8]) -> Result<String, ErrorKind>
 }
 
 /// Parses `versions` (`{"versions": [...]}`) and picks the newest entry `req` matches.
-pub fn pick_from_versions(
-    channel: &Channel,
-    body: &[u8],
-    req: &semver::VersionReq,
-) -> Result<String, ErrorKind> {
+/// Whether a `versions` file lists `version` (in the channel's spelling).
+pub fn lists_version(channel: &Channel, body: &[u8], version: &str) -> Result<bool, ErrorKind> {
+    Ok(parse_versions(body)?.iter().any(|v| channel.parse_version(v).is_ok_and(|p| p == version)))
+}
+
+fn parse_versions(body: &[u8]) -> Result<Vec<String>, ErrorKind> {
     #[derive(serde::Deserialize)]
     struct Versions {
         versions: Vec<String>,
     }
     let list: Versions = serde_json::from_slice(body)
         .map_err(|e| ErrorKind::BadVersions(format!("it is not {{\"versions\": [...]}}: {e}")))?;
-    list.versions
+    Ok(list.versions)
+}
+
+pub fn pick_from_versions(
+    channel: &Channel,
+    body: &[u8],
+    req: &semver::VersionReq,
+) -> Result<String, ErrorKind> {
+    parse_versions(body)?
         .iter()
         .filter_map(|v| channel.parse_version(v).ok())
         .filter_map(|v| semver::Version::parse(&v).ok())

@@ -433,7 +433,18 @@ impl Updater {
         let ch = &self.source.channel;
         let (latest, signed) = match want {
             Want::Latest => self.latest().await?,
-            Want::Exact(v) => (ch.parse_version(v).at(Step::Check)?, false),
+            Want::Exact(v) => {
+                let v = ch.parse_version(v).at(Step::Check)?;
+                // Say a named version is there only if the server lists it; a server without a
+                // `versions` file cannot be asked, and the download will tell.
+                let url = self.source.url("versions");
+                if let Some(body) = self.http.get_small(&url, VERSIONS_CAP).await.at(Step::Check)?
+                    && !channel::lists_version(ch, &body, &v).at(Step::Check)?
+                {
+                    return Err(ErrorKind::NoMatchingVersion(v)).at(Step::Check);
+                }
+                (v, false)
+            }
             Want::Range(req) => {
                 let url = self.source.url("versions");
                 let body = self.http.get_small(&url, VERSIONS_CAP).await.at(Step::Check)?;

@@ -147,6 +147,13 @@ fn to_picks_a_version_or_the_newest_match_of_a_range() {
     assert_eq!(version_of(&inst.exe), f.old_version);
     let out = inst.run(&broth, &["-y", "--to", "^99"]);
     assert_failed_with(&out, 5, "no published version matches");
+    // A named version the server does not list is not "available", --check or not.
+    for args in [&["--check", "--to", "9.9.9"][..], &["-y", "--to", "9.9.9"]] {
+        let out = inst.run(&broth, args);
+        assert_failed_with(&out, 5, "no published version matches 9.9.9");
+        assert!(!stdout(&out).contains("\"updateAvailable\":true"), "{}", stdout(&out));
+    }
+    assert_eq!(version_of(&inst.exe), f.old_version);
 }
 
 #[test]
@@ -733,4 +740,35 @@ fn check_exits_100_when_an_update_is_available_and_says_how_to_install_it() {
     assert_eq!(out.status.code(), Some(100), "{}", stderr(&out));
     assert!(stderr(&out).contains("run `butler upgrade` to install it"), "{}", stderr(&out));
     assert_eq!(inst.listing(), ["butler"], "nothing installed");
+}
+
+#[test]
+fn ctrl_c_during_the_download_says_so_keeps_the_partial_and_installs_nothing() {
+    use std::io::Read;
+    let f = fixtures();
+    let broth = Broth::new(true);
+    broth.server.fault(&broth.archive_path(&f.new_version), Fault::Trickle);
+    let inst = Install::new();
+    let mut child =
+        inst.cmd(&broth, &["-y"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let part = inst.home.path().join("update-cache").join(format!(
+        "butler@{}@{}.part",
+        channel().name(),
+        f.new_version
+    ));
+    let start = std::time::Instant::now();
+    while std::fs::metadata(&part).map_or(true, |m| m.len() == 0) {
+        assert!(start.elapsed() < Duration::from_secs(20), "the download never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert_eq!(status.code(), Some(13), "cancelled, not killed: {err}");
+    assert!(err.contains("cancelled") && err.contains("hint: run the same command again"), "{err}");
+    assert!(std::fs::metadata(&part).is_ok_and(|m| m.len() > 0), "the partial download is kept");
+    assert_eq!(version_of(&inst.exe), f.old_version);
+    assert_eq!(inst.listing(), ["butler"]);
 }
