@@ -51,6 +51,14 @@ pub(crate) struct Serve {
     pub stderr_path: PathBuf,
 }
 
+/// A test that fails before `stop` must not leave a `butler serve` running.
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Serve {
     pub(crate) fn start(home: &TestHome, extra: &[&str]) -> Serve {
         let sock = home.path().join("s.sock");
