@@ -156,7 +156,7 @@ impl std::fmt::Debug for ButlerHandle {
 pub struct Butler {
     handle: ButlerHandle,
     bundler: tokio::task::JoinHandle<()>,
-    worker: tokio::task::JoinHandle<Result<Stats, OutputError>>,
+    worker: tokio::sync::oneshot::Receiver<Result<Stats, OutputError>>,
 }
 
 impl std::fmt::Debug for Butler {
@@ -185,7 +185,18 @@ impl Butler {
         let (tx, rx) = mpsc::channel(ENTRY_QUEUE);
         let (btx, brx) = mpsc::channel(BUNDLE_QUEUE);
         let bundler = tokio::spawn(run_bundler(rx, btx, cfg.max_buffer_age, max_size));
-        let worker = tokio::task::spawn_blocking(move || run_output(output, brx));
+        // A thread of its own, not one of tokio's blocking pool: a daemon runs one butler per
+        // Process.Run child, for the child's whole life, and database calls queue behind a full
+        // pool (512 threads).
+        let (done, worker) = tokio::sync::oneshot::channel();
+        let spawned = std::thread::Builder::new()
+            .name("butler-output".into())
+            .spawn(move || {
+                let _ = done.send(run_output(output, brx));
+            });
+        if let Err(e) = spawned {
+            tracing::error!("no thread for the output worker: {e}");
+        }
         let shared = Arc::new(Shared {
             cfg,
             max_entry,
@@ -219,7 +230,7 @@ impl Butler {
         let _ = bundler.await;
         match worker.await {
             Ok(r) => r,
-            Err(e) => Err(OutputError::Other(format!("output worker failed: {e}"))),
+            Err(_) => Err(OutputError::Other("the output worker ended without a result".into())),
         }
     }
 }
