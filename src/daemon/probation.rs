@@ -6,16 +6,25 @@
 //! answers `Version.Get`, the watchdog stops it, puts the previous binary and the snapshot back,
 //! records the failure and remembers the version as bad, then becomes the daemon again in its
 //! place: same address, same secret.
+#![cfg_attr(not(unix), allow(dead_code, reason = "only a restart in place is on probation"))]
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+#[cfg(unix)]
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    time::Instant,
+};
 
+#[cfg(unix)]
 use anyhow::Context as _;
 
+#[cfg(unix)]
 use super::hand_over;
 use crate::exit::ExitStatus;
+#[cfg(unix)]
 use crate::update::history::{Action, Outcome, Record};
+#[cfg(unix)]
 use crate::update::{self, History};
 
 /// The descriptor of the pipe end that reads the new process's "ok" (or its death).
@@ -100,6 +109,7 @@ pub(crate) fn run(watch: Watch) -> anyhow::Result<ExitStatus> {
     serve_again(&watch, listener, secret.trim())
 }
 
+/// Windows builds never restart in place (no `exec`), so nothing is ever on probation there.
 #[cfg(not(unix))]
 pub(crate) fn run(_watch: Watch) -> anyhow::Result<ExitStatus> {
     anyhow::bail!("restart probation needs unix")
@@ -193,6 +203,7 @@ fn serve_again(
 }
 
 /// `Version.Get` on `address`, within half a second, or `None`.
+#[cfg(unix)]
 fn version_of(address: &str, secret: &str) -> Option<String> {
     let addr: std::net::SocketAddr = address.parse().ok()?;
     let s = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;

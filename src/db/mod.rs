@@ -100,7 +100,10 @@ pub(crate) fn create_private_dir_all(dir: &Path) -> std::io::Result<()> {
 }
 
 /// Options that create a file owner-only (0600).
+/// On Windows a new file inherits its folder's ACL, and butler's folders are in the user's
+/// profile, which only the user (and administrators) can read.
 pub(crate) fn private_file() -> std::fs::OpenOptions {
+    #[cfg_attr(not(unix), expect(unused_mut, reason = "only unix sets a mode"))]
     let mut opts = std::fs::OpenOptions::new();
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
