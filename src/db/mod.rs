@@ -263,7 +263,7 @@ impl DaemonLock {
             .truncate(false)
             .open(&lock_path)
             .map_err(|source| DbError::Lock { path: name.clone(), source })?;
-        match file.try_lock() {
+        match try_lock(&file) {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
                 let pid = std::fs::read_to_string(&lock_path).unwrap_or_default();
@@ -308,6 +308,39 @@ impl DaemonLock {
         }
         Ok(DaemonLock { file: Some(file) })
     }
+}
+
+/// An exclusive OS lock on `file`, without waiting.
+#[cfg(not(windows))]
+fn try_lock(file: &std::fs::File) -> Result<(), std::fs::TryLockError> {
+    file.try_lock()
+}
+
+/// Windows locks are mandatory: std's whole-file lock would make the holder's pid unreadable to
+/// the daemon it turns away. One byte far past the end is locked instead (`LockFileEx` allows
+/// ranges beyond the end of a file), so the pid at its start stays readable.
+#[cfg(windows)]
+fn try_lock(file: &std::fs::File) -> Result<(), std::fs::TryLockError> {
+    use std::os::windows::io::AsRawHandle;
+    use windows_sys::Win32::Foundation::ERROR_LOCK_VIOLATION;
+    use windows_sys::Win32::Storage::FileSystem::{
+        LOCKFILE_EXCLUSIVE_LOCK, LOCKFILE_FAIL_IMMEDIATELY, LockFileEx,
+    };
+    use windows_sys::Win32::System::IO::OVERLAPPED;
+    // SAFETY: plain data for which all zeroes is valid.
+    let mut at: OVERLAPPED = unsafe { std::mem::zeroed() };
+    at.Anonymous.Anonymous.OffsetHigh = 0x7fff_ffff;
+    let flags = LOCKFILE_EXCLUSIVE_LOCK | LOCKFILE_FAIL_IMMEDIATELY;
+    // SAFETY: an open file handle and an OVERLAPPED that outlives this synchronous call.
+    let ok = unsafe { LockFileEx(file.as_raw_handle(), flags, 0, 1, 0, &mut at) };
+    if ok != 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(ERROR_LOCK_VIOLATION as i32) {
+        return Err(std::fs::TryLockError::WouldBlock);
+    }
+    Err(std::fs::TryLockError::Error(e))
 }
 
 fn lock_path(db: &Path) -> PathBuf {
