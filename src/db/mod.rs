@@ -156,11 +156,30 @@ pub fn open(path: &DbPath) -> Result<Connection, DbError> {
     // Big pages make the log store's bulk inserts much cheaper; only a new database takes it.
     conn.pragma_update(None, "page_size", 65536)?;
     // In-memory databases answer "memory" here; that is fine.
-    conn.pragma_update(None, "journal_mode", "WAL")?;
+    enable_wal(&conn)?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     migrate(&conn, &name)?;
     Ok(conn)
+}
+
+/// Switching a new database to WAL needs an exclusive lock, and when several openers each hold a
+/// shared lock and want it, SQLite answers BUSY at once instead of calling the busy handler (each
+/// would wait for the other). One of them wins on a retry; the rest then find WAL already set.
+/// Seen on Windows (under Wine), where openers of a new database met this every other run.
+fn enable_wal(conn: &Connection) -> rusqlite::Result<()> {
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    loop {
+        match conn.pragma_update(None, "journal_mode", "WAL") {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Applies every migration the database has not seen, each in its own transaction.
