@@ -12,3 +12,4 @@ mod streaming_logdog;
 mod streaming_noloss;
 mod upgrade;
 mod util;
+mod windows;
