@@ -77,6 +77,7 @@ pub fn clean_leftovers(dir: &Path) -> Result<(), ErrorKind> {
 }
 
 /// The name a Windows swap gives a running executable it moves aside.
+#[cfg(any(windows, test))]
 fn aside_name(pid: u32) -> String {
     format!("{TEMP_PREFIX}-aside-{pid}.tmp")
 }
