@@ -57,11 +57,16 @@ bench: ## release build, then the figures from ../shared/spec/quality.md with me
 	  else echo "npm missing: the official-client figure will be skipped"; fi
 	$(CARGO) bench --locked --bench bench
 
-release: ## release binary and the broth tree in dist/broth (signed when BUTLER_SIGNING_KEY_FILE names a key)
+release: ## release binaries and the broth tree in dist/broth: linux-amd64 and windows-amd64 (signed when BUTLER_SIGNING_KEY_FILE names a key)
 	$(CARGO) build --release --locked --bin butler
 	mkdir -p dist/bin
 	strip -o dist/bin/butler $(or $(CARGO_TARGET_DIR),target)/release/butler 2>/dev/null || cp $(or $(CARGO_TARGET_DIR),target)/release/butler dist/bin/butler
 	$(CARGO) run --release --locked -p butler-release -- publish --binary dist/bin/butler --out dist/broth
+	$(MAKE) windows
+	x86_64-w64-mingw32-strip -o dist/bin/butler.exe $(WIN_OUT)/release/butler.exe
+	@# The Windows build cannot run here to say its version; it is the same source as the Linux one.
+	$(CARGO) run --release --locked -p butler-release -- publish --binary dist/bin/butler.exe \
+	  --channel windows-amd64 --version "$$(dist/bin/butler --version | cut -d, -f1)" --out dist/broth
 
 clean:
 	$(CARGO) clean
