@@ -2,7 +2,8 @@
 CARGO ?= cargo
 SHELL := /bin/bash
 
-.PHONY: help build run test test-node node-deps test-browser it-fixtures lint fmt fmt-check bench release clean
+.PHONY: help build run test test-node node-deps test-browser it-fixtures lint fmt fmt-check bench release clean \
+	windows windows-toolchain lint-windows test-windows wine-prefix windows-386
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -14,11 +15,12 @@ run: ## build and start the daemon on the embedded default database
 	$(CARGO) build --locked --bin butler
 	./target/debug/butler --json daemon --transport tcp --keep-alive
 
-test: it-fixtures node-deps ## every test, then fmt and clippy with warnings denied
+test: it-fixtures node-deps ## every test, then fmt and clippy with warnings denied, then the Windows lane
 	BUTLER_IT_FIXTURES=$(abspath $(IT_FIXTURES)) $(CARGO) test --workspace --locked
 	$(MAKE) test-node
 	$(MAKE) test-browser
 	$(MAKE) lint
+	$(MAKE) test-windows
 
 node-deps: ## the official @itchio/butlerd client, which integration tests and the bench drive
 	cd tests/node && npm ci --no-audit --no-fund --loglevel=error
@@ -68,11 +70,70 @@ bench: ## release build, then the figures from ../shared/spec/quality.md with me
 	  else echo "npm missing: the official-client figure will be skipped"; fi
 	$(CARGO) bench --locked --bench bench
 
-release: ## release binary and the broth tree in dist/broth (signed when BUTLER_SIGNING_KEY_FILE names a key)
+release: ## release binaries and the broth tree in dist/broth: linux-amd64 and windows-amd64 (signed when BUTLER_SIGNING_KEY_FILE names a key)
 	$(CARGO) build --release --locked --bin butler
 	mkdir -p dist/bin
 	strip -o dist/bin/butler $(or $(CARGO_TARGET_DIR),target)/release/butler 2>/dev/null || cp $(or $(CARGO_TARGET_DIR),target)/release/butler dist/bin/butler
 	$(CARGO) run --release --locked -p butler-release -- publish --binary dist/bin/butler --out dist/broth
+	$(MAKE) windows
+	x86_64-w64-mingw32-strip -o dist/bin/butler.exe $(WIN_OUT)/release/butler.exe
+	@# The Windows build cannot run here to say its version; it is the same source as the Linux one.
+	$(CARGO) run --release --locked -p butler-release -- publish --binary dist/bin/butler.exe \
+	  --channel windows-amd64 --version "$$(dist/bin/butler --version | cut -d, -f1)" --out dist/broth
 
 clean:
 	$(CARGO) clean
+
+# ---- Windows: built here with Debian's Rust (its std source and -Zbuild-std; rustup cannot fetch
+# the Windows std on these machines) and MinGW, tested under Wine. See ../shared/spec/windows.md.
+WIN_TARGET ?= x86_64-pc-windows-gnu
+WIN_MINGW_GCC := $(if $(findstring i686,$(WIN_TARGET)),i686,x86_64)-w64-mingw32-gcc
+# Its own folder: two compilers sharing one target folder rebuild each other's host artifacts.
+WIN_DIR := $(abspath $(or $(CARGO_TARGET_DIR),target))/windows
+WIN_OUT := $(WIN_DIR)/$(WIN_TARGET)
+WIN_CARGO := env PATH=/usr/bin:$$PATH RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR=$(WIN_DIR) /usr/bin/cargo
+WIN_FLAGS := -Zbuild-std=std,panic_abort --target $(WIN_TARGET) --locked
+WIN_PACKAGES := rustc-web cargo-web rust-web-src rust-web-clippy gcc-mingw-w64-x86-64 wine
+# Test scaffolding, never shipped: a private Wine prefix with the ProcessPrng shim Wine 8 lacks.
+WINE_PREFIX := $(WIN_DIR)/wine
+WINE_SHIM := $(WINE_PREFIX)/drive_c/windows/system32/bcryptprimitives.dll
+WINE_ENV := WINEPREFIX=$(WINE_PREFIX) WINEDEBUG=-all
+
+windows-toolchain: ## install (once; a no-op after) Debian's Rust with its std source, its clippy, MinGW and Wine
+	@missing=$$(for p in $(WIN_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then echo "installing:" $$missing; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
+
+lint-windows: windows-toolchain ## clippy for the Windows target, warnings denied (Debian's clippy)
+	$(WIN_CARGO) clippy $(WIN_FLAGS) --workspace --all-targets -- -D warnings
+
+windows: lint-windows ## release butler.exe and butler-release.exe in target/windows/$(WIN_TARGET)/release
+	$(WIN_CARGO) build $(WIN_FLAGS) --release --workspace --bin butler --bin butler-release
+	@ls -l $(WIN_OUT)/release/butler.exe $(WIN_OUT)/release/butler-release.exe
+
+wine-prefix: $(WINE_SHIM) ## the Wine prefix the Windows tests run in (with the test-only ProcessPrng shim)
+
+$(WINE_SHIM): tests/windows/processprng.c tests/windows/processprng.def | windows-toolchain
+	@mkdir -p $(WIN_DIR)
+	$(WINE_ENV) wineboot -i >/dev/null 2>&1; $(WINE_ENV) wineserver -w
+	x86_64-w64-mingw32-gcc -O2 -shared -o $@ $^ -ladvapi32
+
+# The Windows lane: every crate's unit tests run under Wine (cargo's runner), then the Linux-side
+# integration tests drive the real butler.exe under Wine (tests/it/windows.rs): an old and a new
+# build (BUTLER_BUILD_VERSION; only the butler crate recompiles) for the in-place upgrade, and
+# the stream-client example as a Windows client of a net.pipe stream server.
+WIN_FIXTURES := $(WIN_DIR)/it-fixtures
+test-windows: lint-windows wine-prefix ## Windows unit tests under Wine, then butler.exe under Wine driven from Linux
+	$(WINE_ENV) CARGO_TARGET_$(shell echo $(WIN_TARGET) | tr a-z- A-Z_)_RUNNER=wine \
+	  $(WIN_CARGO) test $(WIN_FLAGS) --workspace --lib --bins
+	mkdir -p $(WIN_FIXTURES)
+	BUTLER_BUILD_VERSION=$(IT_NEW_VERSION) $(WIN_CARGO) build $(WIN_FLAGS) --bin butler
+	x86_64-w64-mingw32-strip -o $(WIN_FIXTURES)/butler-new.exe $(WIN_OUT)/debug/butler.exe
+	$(WIN_CARGO) build $(WIN_FLAGS) --bin butler --example stream_client
+	x86_64-w64-mingw32-strip -o $(WIN_FIXTURES)/butler-old.exe $(WIN_OUT)/debug/butler.exe
+	cp $(WIN_OUT)/debug/examples/stream_client.exe $(WIN_FIXTURES)/stream_client.exe
+	$(WINE_ENV) BUTLER_WINDOWS_FIXTURES=$(WIN_FIXTURES) $(CARGO) test --locked --test it windows:: -- --ignored
+
+windows-386: ## try the windows-386 channel's target (i686-pc-windows-gnu): build only
+	$(MAKE) windows WIN_TARGET=i686-pc-windows-gnu WIN_PACKAGES="$(WIN_PACKAGES) gcc-mingw-w64-i686"

@@ -19,7 +19,8 @@ pub enum ExitStatus {
     Interrupted,
     /// A runtime failure in the streaming commands (upstream's 250), or a failed restart.
     Runtime,
-    /// `butler run`: the child's own exit code, clamped to 0..=255.
+    /// `butler run`: the child's own exit code, clamped to 0..=255 on unix; passed on whole on
+    /// Windows (see `main.rs`).
     Child(i32),
 }
 

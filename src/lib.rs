@@ -48,8 +48,16 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
             }
             Ok(ExitStatus::Success)
         }
-        Command::Daemon(args) => daemon::run(args.settings(&global), reporter),
-        Command::Upgrade(args) => upgrade::run(args, &global, reporter),
+        Command::Daemon(args) => {
+            #[cfg(windows)]
+            update::remove_aside_copies();
+            daemon::run(args.settings(&global), reporter)
+        }
+        Command::Upgrade(args) => {
+            #[cfg(windows)]
+            update::remove_aside_copies();
+            upgrade::run(args, &global, reporter)
+        }
         Command::Stream(args) => streaming::cli::stream(args, &global),
         Command::Serve(args) => streaming::cli::serve(args, &global),
         Command::Run(args) => streaming::cli::run(args, &global),

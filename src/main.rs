@@ -16,7 +16,7 @@ fn main() -> ExitCode {
     let json = cli.global.json;
     let color = cli.global.color.stderr();
     match butler::run(cli) {
-        Ok(status) => ExitCode::from(status.code()),
+        Ok(status) => exit_code(status),
         Err(err) => {
             let code = butler::status_of(&err).code();
             if json {
@@ -31,4 +31,15 @@ fn main() -> ExitCode {
             ExitCode::from(code)
         }
     }
+}
+
+/// Windows exit codes are 32-bit: `butler run` passes its child's on whole there (a tree stopped by
+/// Ctrl-Break ends with 0xC000013A, which the 0..=255 of `ExitCode` would turn into success).
+fn exit_code(status: ExitStatus) -> ExitCode {
+    #[cfg(windows)]
+    if let ExitStatus::Child(code) = status {
+        // `exit` flushes stdout; nothing else is left to drop here.
+        std::process::exit(code);
+    }
+    ExitCode::from(status.code())
 }

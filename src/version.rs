@@ -50,7 +50,11 @@ pub(crate) const HAND_OVER: &str = "daemon-hand-over";
 pub(crate) const HAND_OVER_CONNECTIONS: &str = "daemon-hand-over-connections";
 
 /// What `version --json` announces under `features`.
+#[cfg(unix)]
 pub(crate) const FEATURES: &[&str] = &[HAND_OVER, HAND_OVER_CONNECTIONS];
+/// A Windows build cannot take over a running daemon (no `exec`), so it announces neither.
+#[cfg(not(unix))]
+pub(crate) const FEATURES: &[&str] = &[];
 
 pub(crate) fn info() -> VersionInfo {
     VersionInfo {

@@ -9,6 +9,10 @@
 //! once it serves. All of it travels in one JSON document through a pipe; the descriptors are
 //! inherited, with close-on-exec cleared only in `pre_exec`. A build that only announces
 //! `daemon-hand-over` gets the listening socket and the secret, and open connections are closed.
+//!
+//! Windows has no `exec`: there the daemon answers `restartRequired` instead (see
+//! `methods/update.rs`), and only the shared types below are used.
+#![cfg_attr(not(unix), allow(dead_code, reason = "restart in place is unix-only"))]
 
 use std::path::Path;
 
@@ -81,8 +85,14 @@ pub(super) struct PassingMore<'a> {
     pub(super) connections: Vec<(std::net::TcpStream, Carried)>,
     pub(super) news: Option<Announcement>,
     /// The write end of the new build's probation pipe.
-    pub(super) alive: Option<std::os::fd::OwnedFd>,
+    pub(super) alive: Option<AliveEnd>,
 }
+
+/// The probation pipe's write end; Windows never restarts in place, so it never has one.
+#[cfg(unix)]
+pub(super) type AliveEnd = std::os::fd::OwnedFd;
+#[cfg(not(unix))]
+pub(super) type AliveEnd = std::convert::Infallible;
 
 /// Takes what a previous process handed over, if anything, and removes the descriptor numbers
 /// from the environment so children never see them.

@@ -65,6 +65,7 @@ pub(crate) struct DaemonSettings {
     pub(crate) max_connections: usize,
     pub(crate) drain_timeout: Duration,
     /// How long a build restarted into must stay up before it is trusted; zero: no watchdog.
+    #[cfg_attr(not(unix), allow(dead_code, reason = "no restart in place on Windows"))]
     pub(crate) probation: Duration,
 }
 
@@ -290,6 +291,7 @@ async fn serve(
     if let (Some(listener), Some(restart)) = (&kept, daemon.restart.target()) {
         let exe = restart.exe.clone();
         reporter.log(Level::Info, &format!("restarting into {}", exe.display()));
+        #[cfg_attr(not(unix), expect(unused_mut, reason = "no probation without a restart"))]
         let mut on_probation = None;
         #[cfg(unix)]
         if restart.carries_connections
@@ -553,6 +555,9 @@ fn watch_signals(daemon: &Arc<Daemon>) -> anyhow::Result<()> {
 /// Shuts the daemon down when `pid` exits (the launcher that spawned us died).
 fn watch_destiny(daemon: &Arc<Daemon>, pid: u32, reporter: Reporter) {
     let daemon = Arc::clone(daemon);
+    // Opened now, not at the first tick: on Windows the handle pins the process, so a pid
+    // reused after the launcher died cannot pass for it.
+    let destiny = Destiny::open(pid);
     daemon.tracker.clone().spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         loop {
@@ -560,13 +565,75 @@ fn watch_destiny(daemon: &Arc<Daemon>, pid: u32, reporter: Reporter) {
                 _ = daemon.shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            if !process_alive(pid) {
+            if !destiny.alive() {
                 reporter.log(Level::Info, &format!("destiny process {pid} exited; shutting down"));
                 daemon.shutdown.cancel();
                 return;
             }
         }
     });
+}
+
+/// A process whose end ends the daemon.
+#[cfg(unix)]
+struct Destiny(u32);
+
+#[cfg(unix)]
+impl Destiny {
+    fn open(pid: u32) -> Destiny {
+        Destiny(pid)
+    }
+
+    fn alive(&self) -> bool {
+        process_alive(self.0)
+    }
+}
+
+/// A process whose end ends the daemon, on Windows.
+#[cfg(windows)]
+enum Destiny {
+    /// Opened with `SYNCHRONIZE`: the handle is signalled once the process has exited.
+    Open(std::os::windows::io::OwnedHandle),
+    /// No process has that id (any more).
+    Gone,
+    /// It exists but may not be watched (another user's, an elevated one): it is not watched,
+    /// as a kill(0) answered EPERM is taken for alive on unix.
+    Unwatchable,
+}
+
+#[cfg(windows)]
+impl Destiny {
+    fn open(pid: u32) -> Destiny {
+        use std::os::windows::io::{FromRawHandle, OwnedHandle};
+        use windows_sys::Win32::Foundation::ERROR_INVALID_PARAMETER;
+        use windows_sys::Win32::System::Threading::{OpenProcess, PROCESS_SYNCHRONIZE};
+        // SAFETY: OpenProcess returns a new handle or null; a non-null one is ours to own.
+        let handle = unsafe { OpenProcess(PROCESS_SYNCHRONIZE, 0, pid) };
+        if handle.is_null() {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(ERROR_INVALID_PARAMETER as i32) {
+                return Destiny::Gone;
+            }
+            tracing::warn!("destiny process {pid} cannot be watched: {e}");
+            return Destiny::Unwatchable;
+        }
+        // SAFETY: a valid handle nothing else owns.
+        Destiny::Open(unsafe { OwnedHandle::from_raw_handle(handle) })
+    }
+
+    fn alive(&self) -> bool {
+        use std::os::windows::io::AsRawHandle;
+        use windows_sys::Win32::Foundation::WAIT_TIMEOUT;
+        use windows_sys::Win32::System::Threading::WaitForSingleObject;
+        match self {
+            // SAFETY: a zero-timeout wait on a handle we own.
+            Destiny::Open(h) => unsafe {
+                WaitForSingleObject(h.as_raw_handle(), 0) == WAIT_TIMEOUT
+            },
+            Destiny::Gone => false,
+            Destiny::Unwatchable => true,
+        }
+    }
 }
 
 #[cfg(unix)]
@@ -585,12 +652,6 @@ fn is_zombie(pid: u32) -> bool {
         .ok()
         .and_then(|stat| stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
         .unwrap_or(false)
-}
-
-#[cfg(not(unix))]
-fn process_alive(_pid: u32) -> bool {
-    // Windows would wait on the process handle; destiny pids are not watched there yet.
-    true
 }
 
 /// Debug builds only: `BUTLER_TEST_FAULT=crash@<version>` or `exit-after-ms=<n>@<version>` makes
@@ -621,6 +682,7 @@ fn say_ok(alive: &mut Option<std::fs::File>) {
     }
 }
 
+#[cfg(unix)]
 /// A consistent copy of the database, taken before switching away from this build, so a
 /// failed successor can be undone with the data as this build knew it.
 async fn snapshot_database(daemon: &Daemon, db: &DbPath) -> Option<std::path::PathBuf> {

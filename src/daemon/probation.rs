@@ -12,16 +12,25 @@
 //! start of the chosen build counts, staying up for the probation period clears the count, and
 //! the third start in a row that did not stay up chooses the previous version again and execs it
 //! instead (same pid, so the launcher never notices).
+#![cfg_attr(not(unix), allow(dead_code, reason = "only a restart in place is on probation"))]
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+#[cfg(unix)]
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    time::Instant,
+};
 
+#[cfg(unix)]
 use anyhow::Context as _;
 
+#[cfg(unix)]
 use super::hand_over;
 use crate::exit::ExitStatus;
+#[cfg(unix)]
 use crate::update::history::{Action, Outcome, Record};
+#[cfg(unix)]
 use crate::update::{self, History};
 
 /// The descriptor of the pipe end that reads the new process's "ok" (or its death).
@@ -191,6 +200,7 @@ pub(crate) fn run(watch: Watch) -> anyhow::Result<ExitStatus> {
     serve_again(&watch, listener, secret.trim())
 }
 
+/// Windows builds never restart in place (no `exec`), so nothing is ever on probation there.
 #[cfg(not(unix))]
 pub(crate) fn run(_watch: Watch) -> anyhow::Result<ExitStatus> {
     anyhow::bail!("restart probation needs unix")
@@ -284,6 +294,7 @@ fn serve_again(
 }
 
 /// `Version.Get` on `address`, within half a second, or `None`.
+#[cfg(unix)]
 fn version_of(address: &str, secret: &str) -> Option<String> {
     let addr: std::net::SocketAddr = address.parse().ok()?;
     let s = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;

@@ -113,7 +113,10 @@ pub(crate) fn create_private_dir_all(dir: &Path) -> std::io::Result<()> {
 }
 
 /// Options that create a file owner-only (0600).
+/// On Windows a new file inherits its folder's ACL, and butler's folders are in the user's
+/// profile, which only the user (and administrators) can read.
 pub(crate) fn private_file() -> std::fs::OpenOptions {
+    #[cfg_attr(not(unix), expect(unused_mut, reason = "only unix sets a mode"))]
     let mut opts = std::fs::OpenOptions::new();
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
@@ -168,7 +171,7 @@ pub fn open(path: &DbPath) -> Result<Connection, DbError> {
         // Big pages make the log store's bulk inserts much cheaper; only a new database takes it.
         conn.pragma_update(None, "page_size", 65536)?;
         // In-memory databases answer "memory" here; that is fine.
-        conn.pragma_update(None, "journal_mode", "WAL")?;
+        enable_wal(&conn)?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         migrate(&conn, &name)
@@ -183,6 +186,25 @@ pub fn open(path: &DbPath) -> Result<Connection, DbError> {
         e => e,
     })?;
     Ok(conn)
+}
+
+/// Switching a new database to WAL needs an exclusive lock, and when several openers each hold a
+/// shared lock and want it, SQLite answers BUSY at once instead of calling the busy handler (each
+/// would wait for the other). One of them wins on a retry; the rest then find WAL already set.
+/// Seen on Windows (under Wine), where openers of a new database met this every other run.
+fn enable_wal(conn: &Connection) -> rusqlite::Result<()> {
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    loop {
+        match conn.pragma_update(None, "journal_mode", "WAL") {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Applies every migration the database has not seen, each in its own transaction.
@@ -285,7 +307,7 @@ impl DaemonLock {
             .truncate(false)
             .open(&lock_path)
             .map_err(|error| DbError::Lock { path: name.clone(), error })?;
-        match file.try_lock() {
+        match try_lock(&file) {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
                 let pid = std::fs::read_to_string(&lock_path).unwrap_or_default();
@@ -330,6 +352,39 @@ impl DaemonLock {
         }
         Ok(DaemonLock { file: Some(file) })
     }
+}
+
+/// An exclusive OS lock on `file`, without waiting.
+#[cfg(not(windows))]
+fn try_lock(file: &std::fs::File) -> Result<(), std::fs::TryLockError> {
+    file.try_lock()
+}
+
+/// Windows locks are mandatory: std's whole-file lock would make the holder's pid unreadable to
+/// the daemon it turns away. One byte far past the end is locked instead (`LockFileEx` allows
+/// ranges beyond the end of a file), so the pid at its start stays readable.
+#[cfg(windows)]
+fn try_lock(file: &std::fs::File) -> Result<(), std::fs::TryLockError> {
+    use std::os::windows::io::AsRawHandle;
+    use windows_sys::Win32::Foundation::ERROR_LOCK_VIOLATION;
+    use windows_sys::Win32::Storage::FileSystem::{
+        LOCKFILE_EXCLUSIVE_LOCK, LOCKFILE_FAIL_IMMEDIATELY, LockFileEx,
+    };
+    use windows_sys::Win32::System::IO::OVERLAPPED;
+    // SAFETY: plain data for which all zeroes is valid.
+    let mut at: OVERLAPPED = unsafe { std::mem::zeroed() };
+    at.Anonymous.Anonymous.OffsetHigh = 0x7fff_ffff;
+    let flags = LOCKFILE_EXCLUSIVE_LOCK | LOCKFILE_FAIL_IMMEDIATELY;
+    // SAFETY: an open file handle and an OVERLAPPED that outlives this synchronous call.
+    let ok = unsafe { LockFileEx(file.as_raw_handle(), flags, 0, 1, 0, &mut at) };
+    if ok != 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(ERROR_LOCK_VIOLATION as i32) {
+        return Err(std::fs::TryLockError::WouldBlock);
+    }
+    Err(std::fs::TryLockError::Error(e))
 }
 
 fn lock_path(db: &Path) -> PathBuf {

@@ -189,11 +189,9 @@ impl Butler {
         // Process.Run child, for the child's whole life, and database calls queue behind a full
         // pool (512 threads).
         let (done, worker) = tokio::sync::oneshot::channel();
-        let spawned = std::thread::Builder::new()
-            .name("butler-output".into())
-            .spawn(move || {
-                let _ = done.send(run_output(output, brx));
-            });
+        let spawned = std::thread::Builder::new().name("butler-output".into()).spawn(move || {
+            let _ = done.send(run_output(output, brx));
+        });
         if let Err(e) = spawned {
             tracing::error!("no thread for the output worker: {e}");
         }

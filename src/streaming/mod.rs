@@ -14,6 +14,8 @@ pub(crate) mod cli;
 mod cutter;
 pub mod entry;
 pub mod handshake;
+#[cfg(windows)]
+mod job;
 pub mod names;
 pub mod output;
 pub(crate) mod process;

@@ -1,6 +1,10 @@
 //! Running a child with a stream server (`butler run`, the daemon's `Process.Run`): the
 //! `LOGDOG_*` environment, named stdout/stderr as text streams, signal forwarding with a grace
 //! period, and waiting for every stream (grandchildren's too) before returning.
+//!
+//! Stopping differs by platform ([`Tree`]): on unix the child gets the forwarded signal, then
+//! SIGKILL; on Windows the child and all it starts are in a Job Object (`job.rs`), a stop is a
+//! Ctrl-Break to the child's process group, then the whole job is terminated.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -56,7 +60,9 @@ pub(crate) struct RunOptions {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct RunOutcome {
     pub pid: u32,
-    /// The exit code, or 128 + N when signal N killed it.
+    /// The exit code, or 128 + N when signal N killed it (unix). On Windows, the 32-bit code as
+    /// Windows reports it, read as an `i32` as std does (a tree stopped by Ctrl-Break ends with
+    /// 0xC000013A, that is -1073741510).
     pub exit_code: i32,
     pub signal: Option<i32>,
 }
@@ -127,9 +133,12 @@ pub(crate) async fn run_child(
     if let Some(dir) = &opts.cwd {
         cmd.current_dir(dir);
     }
-    let mut child =
-        cmd.spawn().map_err(|source| ProcessError::Spawn { command: program.clone(), source })?;
-    let pid = child.id().unwrap_or(0);
+    #[cfg(windows)]
+    cmd.creation_flags(super::job::CREATION_FLAGS);
+    let spawned = Tree::spawn(&mut cmd);
+    let (mut child, tree) =
+        spawned.map_err(|source| ProcessError::Spawn { command: program.clone(), source })?;
+    let pid = tree.pid;
     started(pid);
     let mut capture_err = None;
     let mut tees = Vec::new();
@@ -160,7 +169,7 @@ pub(crate) async fn run_child(
     // A copier still blocked on a pipe a grandchild holds ends with the run.
     let _tees = AbortOnDrop(tees);
     if capture_err.is_some() {
-        signal(pid, libc::SIGKILL);
+        tree.kill();
     }
     let mut kill_at: Option<tokio::time::Instant> = None;
     let mut signals_open = true;
@@ -170,14 +179,14 @@ pub(crate) async fn run_child(
             sig = signals.recv(), if signals_open => match sig {
                 Some(sig) => {
                     tracing::info!("forwarding {sig:?} to the child (pid {pid})");
-                    signal(pid, sig.number());
+                    tree.forward(sig);
                     kill_at.get_or_insert(tokio::time::Instant::now() + opts.kill_grace);
                 }
                 None => signals_open = false,
             },
             () = async { tokio::time::sleep_until(kill_at.unwrap_or_else(tokio::time::Instant::now)).await }, if kill_at.is_some() => {
                 tracing::warn!("the child (pid {pid}) outlived its grace period; killing it");
-                signal(pid, libc::SIGKILL);
+                tree.kill();
                 kill_at = None;
             }
         }
@@ -187,13 +196,7 @@ pub(crate) async fn run_child(
     }
     // Every stream: the child's stdout/stderr and whatever its descendants opened.
     butler.wait_idle().await;
-    use std::os::unix::process::ExitStatusExt;
-    let outcome = match (status.code(), status.signal()) {
-        (Some(code), _) => RunOutcome { pid, exit_code: code, signal: None },
-        (None, Some(sig)) => RunOutcome { pid, exit_code: 128 + sig, signal: Some(sig) },
-        (None, None) => RunOutcome { pid, exit_code: 250, signal: None },
-    };
-    Ok(outcome)
+    Ok(tree.finished(status))
 }
 
 /// Aborts the tasks when dropped.
@@ -236,6 +239,118 @@ where
     (copy, reader)
 }
 
+/// The child's process tree, and how to stop it.
+#[derive(Debug)]
+struct Tree {
+    pid: u32,
+    /// `None` only where the child could not join a job (the error was logged): then only the
+    /// child itself can be stopped.
+    #[cfg(windows)]
+    job: Option<super::job::Job>,
+}
+
+impl Tree {
+    #[cfg(unix)]
+    fn spawn(cmd: &mut tokio::process::Command) -> std::io::Result<(tokio::process::Child, Tree)> {
+        let child = cmd.spawn()?;
+        let pid = child.id().unwrap_or(0);
+        Ok((child, Tree { pid }))
+    }
+
+    /// The child starts suspended (`job::CREATION_FLAGS`) and runs once it is in its job.
+    #[cfg(windows)]
+    fn spawn(cmd: &mut tokio::process::Command) -> std::io::Result<(tokio::process::Child, Tree)> {
+        use super::job::{AdoptError, Job};
+        let job = Job::new()?;
+        let mut child = cmd.spawn()?;
+        let pid = child.id().unwrap_or(0);
+        let handle =
+            child.raw_handle().ok_or_else(|| std::io::Error::other("no process handle"))?;
+        let job = match job.adopt(handle, pid) {
+            Ok(()) => Some(job),
+            Err(AdoptError::Assign(e)) => {
+                tracing::warn!("the child (pid {pid}) runs outside a job object: {e}");
+                None
+            }
+            Err(AdoptError::Resume(e)) => {
+                let _ = child.start_kill();
+                return Err(e);
+            }
+        };
+        Ok((child, Tree { pid, job }))
+    }
+
+    /// Passes a request to stop on to the child.
+    #[cfg(unix)]
+    fn forward(&self, sig: Signal) {
+        signal(self.pid, sig.number());
+    }
+
+    /// Ctrl-Break to the child's process group; where it shares no console with butler, there is
+    /// no gentler way, and the tree is stopped at once.
+    #[cfg(windows)]
+    fn forward(&self, _sig: Signal) {
+        if !super::job::Job::interrupt(self.pid) {
+            tracing::info!(
+                "the child (pid {}) has no console to receive Ctrl-Break; stopping it",
+                self.pid
+            );
+            self.kill();
+        }
+    }
+
+    /// Stops the child at once (unix: the child; Windows: its whole tree).
+    #[cfg(unix)]
+    fn kill(&self) {
+        signal(self.pid, libc::SIGKILL);
+    }
+
+    #[cfg(windows)]
+    fn kill(&self) {
+        use windows_sys::Win32::System::Threading::{
+            OpenProcess, PROCESS_TERMINATE, TerminateProcess,
+        };
+        if let Some(job) = &self.job {
+            match job.terminate() {
+                Ok(()) => return,
+                Err(e) => tracing::warn!("cannot stop the child's job: {e}"),
+            }
+        }
+        // SAFETY: opening the child's pid (still ours: it is not reaped before the run ends) and
+        // closing the handle after use.
+        unsafe {
+            let h = OpenProcess(PROCESS_TERMINATE, 0, self.pid);
+            if !h.is_null() {
+                TerminateProcess(h, super::job::KILLED_EXIT_CODE);
+                windows_sys::Win32::Foundation::CloseHandle(h);
+            }
+        }
+    }
+
+    /// How the child ended, once every stream is in.
+    #[cfg(unix)]
+    fn finished(self, status: std::process::ExitStatus) -> RunOutcome {
+        use std::os::unix::process::ExitStatusExt;
+        let pid = self.pid;
+        match (status.code(), status.signal()) {
+            (Some(code), _) => RunOutcome { pid, exit_code: code, signal: None },
+            (None, Some(sig)) => RunOutcome { pid, exit_code: 128 + sig, signal: Some(sig) },
+            (None, None) => RunOutcome { pid, exit_code: 250, signal: None },
+        }
+    }
+
+    /// Windows exit codes are 32-bit values, never signals. What the child left running keeps
+    /// running, as on unix.
+    #[cfg(windows)]
+    fn finished(self, status: std::process::ExitStatus) -> RunOutcome {
+        if let Some(job) = self.job {
+            job.release();
+        }
+        RunOutcome { pid: self.pid, exit_code: status.code().unwrap_or(250), signal: None }
+    }
+}
+
+#[cfg(unix)]
 fn signal(pid: u32, sig: i32) {
     if pid == 0 {
         return;

@@ -271,13 +271,13 @@ mod pipe_listener {
     const PIPE_BUFFER: u32 = 1 << 20;
 
     #[derive(Debug)]
-    pub struct Listener {
+    pub(super) struct Listener {
         path: String,
         waiting: NamedPipeServer,
     }
 
     impl Listener {
-        pub fn bind(address: &Address) -> io::Result<Listener> {
+        pub(super) fn bind(address: &Address) -> io::Result<Listener> {
             let Address::Pipe(name) = address else {
                 return Err(io::Error::new(
                     io::ErrorKind::Unsupported,
@@ -292,7 +292,7 @@ mod pipe_listener {
         }
 
         /// Cancel-safe: tokio's `connect` loses no connection when dropped.
-        pub async fn accept(&mut self) -> io::Result<NamedPipeServer> {
+        pub(super) async fn accept(&mut self) -> io::Result<NamedPipeServer> {
             self.waiting.connect().await?;
             let next = options().create(&self.path)?;
             Ok(std::mem::replace(&mut self.waiting, next))

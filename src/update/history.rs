@@ -193,6 +193,7 @@ impl History {
 
     /// Marks `version` of this channel as bad: it failed its probation, so it is not offered
     /// again (until a newer one is published).
+    #[cfg_attr(not(unix), allow(dead_code, reason = "only a restart in place is on probation"))]
     pub(crate) async fn remember_bad(&self, version: &str, reason: &str) {
         let Some(db) = self.db().await else { return };
         let row = (self.channel.clone(), version.to_owned(), reason.to_owned());

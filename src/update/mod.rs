@@ -252,6 +252,23 @@ impl ProgressThrottle {
     }
 }
 
+/// Windows: an in-place swap moves the running `butler.exe` aside (a running image can be renamed,
+/// not deleted) and cannot remove it while it runs; the daemon or `butler upgrade` that starts
+/// next removes it from its own folder (the versioned layout never leaves one).
+#[cfg(windows)]
+pub(crate) fn remove_aside_copies() {
+    let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(PathBuf::from)) else {
+        return;
+    };
+    let removed = butler_updater::install::remove_aside_copies(&dir);
+    if removed > 0 {
+        tracing::debug!(
+            "removed {removed} old image(s) an update moved aside in {}",
+            dir.display()
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,12 +1,19 @@
 //! `make bench`: the figures from `shared/spec/quality.md`, each a median over several runs,
 //! measured against the real release binary with baselines taken in the same run.
 
+// Linux only: it reads /proc and drives unix sockets, and quality.md sets no speed target for the
+// Windows build (figures under Wine are not Windows figures).
+#[cfg(unix)]
 mod daemon;
+#[cfg(unix)]
 mod streaming;
+#[cfg(unix)]
 mod update;
 
+#[cfg(unix)]
 use std::time::Duration;
 
+#[cfg(unix)]
 fn main() {
     raise_fd_limit();
     println!(
@@ -27,21 +34,25 @@ fn main() {
     }
 }
 
+#[cfg(unix)]
 /// The release `butler` executable this bench target was built with.
 pub fn butler_bin() -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_BIN_EXE_butler"))
 }
 
+#[cfg(unix)]
 /// The middle value (the upper one of an even count); NaNs sort as equal.
 pub fn median<T: Copy + PartialOrd>(mut xs: Vec<T>) -> T {
     xs.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     xs[xs.len() / 2]
 }
 
+#[cfg(unix)]
 pub fn micros(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
+#[cfg(unix)]
 /// One result line: what, the median, the target, and the baseline when there is one.
 pub fn report(what: &str, value: String, target: &str, verdict: bool, baseline: Option<String>) {
     let mark = if verdict { "ok" } else { "MISSED" };
@@ -49,6 +60,7 @@ pub fn report(what: &str, value: String, target: &str, verdict: bool, baseline: 
     println!("{what:<58} {value:>14}  (target {target}: {mark}{baseline})");
 }
 
+#[cfg(unix)]
 /// Resident memory of `pid` in MiB, from /proc.
 pub fn rss_mib(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -60,6 +72,7 @@ pub fn rss_mib(pid: u32) -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
+#[cfg(unix)]
 /// A thousand sockets on each side need more than the usual 1024 descriptors.
 fn raise_fd_limit() {
     let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
@@ -70,4 +83,9 @@ fn raise_fd_limit() {
             libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
         }
     }
+}
+
+#[cfg(not(unix))]
+fn main() {
+    println!("make bench measures the Linux build; the Windows build has no speed target");
 }

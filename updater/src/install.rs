@@ -59,6 +59,13 @@ pub fn clean_leftovers(dir: &Path) -> Result<(), ErrorKind> {
             continue;
         }
         let path = entry.path();
+        if is_aside_copy(&name) {
+            // Still running (Windows will not delete a running image): a later run removes it.
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::debug!("keeping {} for now: {e}", path.display());
+            }
+            continue;
+        }
         tracing::info!("removing {} left by an interrupted update", path.display());
         if entry.file_type()?.is_dir() {
             fs_err::remove_dir_all(&path)?;
@@ -67,6 +74,29 @@ pub fn clean_leftovers(dir: &Path) -> Result<(), ErrorKind> {
         }
     }
     Ok(())
+}
+
+/// The name a Windows swap gives a running executable it moves aside.
+#[cfg(any(windows, test))]
+fn aside_name(pid: u32) -> String {
+    format!("{TEMP_PREFIX}-aside-{pid}.tmp")
+}
+
+fn is_aside_copy(name: &str) -> bool {
+    name.starts_with(&format!("{TEMP_PREFIX}-aside-")) && name.ends_with(".tmp")
+}
+
+/// Removes the copies of executables that in-place swaps moved aside while they ran, from `dir`,
+/// unless an update holds the folder; one still running stays for a later run. Windows runs
+/// this when butler starts, since a running image cannot be deleted by the swap itself.
+pub fn remove_aside_copies(dir: &Path) -> usize {
+    let Ok(_lock) = InstallLock::acquire(dir) else { return 0 };
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| is_aside_copy(&e.file_name().to_string_lossy()))
+        .filter(|e| std::fs::remove_file(e.path()).is_ok())
+        .count()
 }
 
 /// Says clearly, before anything is downloaded, when the folder cannot take the new files.
@@ -314,7 +344,7 @@ fn replace_file(new: &Path, dest: &Path) -> Result<(), ErrorKind> {
 /// already preserved as `.old`), then move the new one in; put it back if that fails.
 #[cfg(windows)]
 fn replace_file(new: &Path, dest: &Path) -> Result<(), ErrorKind> {
-    let aside = dest.with_file_name(format!("{TEMP_PREFIX}-aside-{}.tmp", std::process::id()));
+    let aside = dest.with_file_name(aside_name(std::process::id()));
     if dest.exists() {
         fs_err::rename(dest, &aside)?;
     }
@@ -515,6 +545,68 @@ mod tests {
         assert_eq!(left, ["1.1.0", "1.2.0"]);
         assert_eq!(rollback_versioned(&root).unwrap(), "1.1.0");
         assert_eq!(chosen_version(&root).unwrap().as_deref(), Some("1.1.0"));
+    }
+
+    #[test]
+    fn aside_copies_go_unless_in_use_and_only_they() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        fs_err::write(d.join(aside_name(1)), "old image").unwrap();
+        fs_err::write(d.join("butler.exe"), "exe").unwrap();
+        fs_err::write(d.join(format!("{TEMP_PREFIX}-aside-notes.txt")), "kept").unwrap();
+        {
+            let _busy = InstallLock::acquire(d).unwrap();
+            assert_eq!(remove_aside_copies(d), 0, "an update holds the folder");
+        }
+        assert_eq!(remove_aside_copies(d), 1);
+        assert!(!d.join(aside_name(1)).exists());
+        assert!(d.join("butler.exe").exists());
+    }
+
+    /// What Windows does to a running executable, shown on the real thing: the swap replaces the
+    /// very exe this test runs as (a copy of it, started and still running).
+    #[cfg(windows)]
+    #[test]
+    fn a_running_exe_is_replaced_in_place_and_its_old_image_removed_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bin, staged) = (dir.path().join("bin"), dir.path().join("staged"));
+        fs_err::create_dir_all(&bin).unwrap();
+        fs_err::create_dir_all(&staged).unwrap();
+        let exe = bin.join("butler.exe");
+        fs_err::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+        fs_err::write(staged.join("butler.exe"), "new exe").unwrap();
+        // The copy runs `held_until_stdin_closes`, so it is running while the swap happens.
+        let mut running = Command::new(&exe)
+            .args(["--exact", "install::tests::held_until_stdin_closes", "--ignored"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = running.stdout.take().unwrap();
+        out.read_exact(&mut [0u8; 1]).unwrap();
+        swap_in_place(&exe, &staged, "butler.exe", &["butler.exe".to_owned()]).unwrap();
+        assert_eq!(fs_err::read_to_string(&exe).unwrap(), "new exe");
+        assert!(backup_path(&exe).is_file(), "the old build is kept as butler.exe.old");
+        drop(running.stdin.take());
+        out.read_to_end(&mut Vec::new()).unwrap();
+        assert!(running.wait().unwrap().success());
+        remove_aside_copies(&bin);
+        let left: Vec<String> = fs_err::read_dir(&bin)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(TEMP_PREFIX) && !n.ends_with(".lock"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    /// Not a test: the running process the test above replaces.
+    #[cfg(windows)]
+    #[test]
+    #[ignore = "a helper process for the test above"]
+    fn held_until_stdin_closes() {
+        std::io::stdout().write_all(b"r").unwrap();
+        std::io::stdout().flush().unwrap();
+        let _ = std::io::stdin().read_to_end(&mut Vec::new());
     }
 
     #[test]

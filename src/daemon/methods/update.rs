@@ -156,6 +156,9 @@ struct ApplyResult {
     verified: bool,
     /// Another build is on disk but this daemon still runs this one.
     restart_required: bool,
+    /// With `restartRequired` after an install: the executable to start in this one's place.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    executable: Option<std::path::PathBuf>,
 }
 
 /// Downloads, verifies and installs over the running executable, with `Progress` notifications;
@@ -182,6 +185,7 @@ async fn apply(ctx: Ctx, p: ApplyParams) -> Result<ApplyResult, RpcError> {
             verified: check.signed,
             // Nothing new, but an earlier install may still wait for its restart.
             restart_required: daemon.awaiting_restart().is_some(),
+            executable: None,
         });
     }
     let (events, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -241,6 +245,7 @@ async fn apply(ctx: Ctx, p: ApplyParams) -> Result<ApplyResult, RpcError> {
         installed_version: Some(installed.version),
         verified: installed.verified,
         restart_required,
+        executable: restart_required.then_some(installed.exe),
     })
 }
 
@@ -267,7 +272,11 @@ async fn restart_after_reply(
     let daemon = ctx.daemon();
     let has = |feature: &str| features.iter().any(|f| f == feature);
     let carries_connections = has(crate::version::HAND_OVER_CONNECTIONS);
-    let refusal = if !daemon.config.can_hand_over {
+    let refusal = if cfg!(windows) {
+        // No exec: the launcher starts the new executable (the reply names it), then shuts this
+        // daemon down with Meta.Shutdown, as the itch app does.
+        Some("Windows daemons do not restart in place".to_owned())
+    } else if !daemon.config.can_hand_over {
         Some("only a TCP daemon with --keep-alive can restart in place".to_owned())
     } else if !carries_connections && !has(crate::version::HAND_OVER) {
         Some(format!("{} cannot take over a running daemon", exe.display()))

@@ -11,7 +11,7 @@
 mod cli;
 mod crash;
 mod daemon;
-mod server;
+pub(crate) mod server;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

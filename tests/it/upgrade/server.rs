@@ -35,7 +35,7 @@ pub(super) struct Seen {
     pub headers: HashMap<String, String>,
 }
 
-pub(super) struct Server {
+pub(crate) struct Server {
     pub addr: SocketAddr,
     pub root: PathBuf,
     faults: Arc<Mutex<HashMap<String, Fault>>>,
@@ -44,7 +44,7 @@ pub(super) struct Server {
 }
 
 impl Server {
-    pub(super) fn start(root: PathBuf) -> Server {
+    pub(crate) fn start(root: PathBuf) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let faults: Arc<Mutex<HashMap<String, Fault>>> = Arc::default();
@@ -67,7 +67,7 @@ impl Server {
     }
 
     /// The base URL to give `--broth-url`.
-    pub(super) fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 

@@ -1,0 +1,348 @@
+//! The Windows build under Wine, driven from Linux: the real `butler.exe` (and a Windows stream
+//! client) run as Windows programs, with real loopback TCP, a real broth tree on a loopback
+//! HTTP server and real SQLite files. Wine is a stand-in for Windows, not Windows: what these
+//! show is behaviour, never timing.
+//!
+//! `make test-windows` builds the executables into `BUTLER_WINDOWS_FIXTURES` (`butler-old.exe`,
+//! `butler-new.exe` built as a newer version, `stream_client.exe`), sets `WINEPREFIX` to a
+//! prefix with the test-only ProcessPrng shim, and runs these with `--ignored`: without those
+//! executables they cannot run, so a plain `cargo test` skips them.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use butler_release::Publish;
+use butler_updater::Channel;
+use serde_json::json;
+
+use crate::util::{DaemonProc, TestHome, stderr, stdout};
+
+fn fixture(name: &str) -> PathBuf {
+    let dir = std::env::var_os("BUTLER_WINDOWS_FIXTURES")
+        .map(PathBuf::from)
+        .expect("BUTLER_WINDOWS_FIXTURES is not set: run these through `make test-windows`");
+    let p = dir.join(name);
+    assert!(p.is_file(), "{} is missing: run `make test-windows`", p.display());
+    p
+}
+
+/// A Linux path as the Windows program sees it (Wine maps `Z:` to `/`).
+fn win(p: &Path) -> String {
+    format!("Z:{}", p.display()).replace('/', "\\")
+}
+
+/// `wine <exe>` with a clean butler environment and `home` as its `BUTLER_HOME`.
+fn wine(exe: &Path, home: &TestHome) -> Command {
+    let mut cmd = Command::new("wine");
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy().into_owned();
+        if k.starts_with("BUTLER_") || k.starts_with("LOGDOG_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.arg(exe).env("BUTLER_HOME", win(home.path())).env("WINEDEBUG", "-all");
+    cmd.stdin(Stdio::null());
+    cmd
+}
+
+fn run(exe: &Path, home: &TestHome, args: &[&str]) -> Output {
+    wine(exe, home).args(args).output().unwrap()
+}
+
+fn version_json(exe: &Path, home: &TestHome) -> String {
+    let out = run(exe, home, &["version", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(stdout(&out).lines().next().unwrap()).unwrap();
+    v["value"]["version"].as_str().unwrap().trim_start_matches('v').to_owned()
+}
+
+fn daemon(exe: &Path, home: &TestHome, extra: &[&str]) -> DaemonProc {
+    let mut cmd = wine(exe, home);
+    cmd.args(["--json", "daemon", "--transport", "tcp"]).args(extra);
+    DaemonProc::start_cmd(cmd)
+}
+
+/// The Linux pids of the Windows processes whose command line starts with `marker`: every
+/// Windows process under Wine is a Linux process showing its Windows command line (Wine's
+/// `tasklist` lists nothing).
+fn wine_processes(marker: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().filter_map(Result::ok) {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.starts_with(marker) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+#[test]
+#[ignore = "needs Wine and the Windows build: make test-windows"]
+fn daemon_contract_over_loopback() {
+    let home = TestHome::new();
+    let d = daemon(&fixture("butler-old.exe"), &home, &["--keep-alive"]);
+    assert!(d.address.starts_with("127.0.0.1:"), "{}", d.address);
+    // The auth gate: nothing but Meta.Authenticate before the secret.
+    let mut c = d.connect();
+    let r = c.request(json!(1), "Version.Get", json!({}));
+    assert_eq!(r["error"]["code"], -32600, "{r}");
+    let r = c.request(json!(2), "Meta.Authenticate", json!({"secret": "wrong"}));
+    assert!(r["error"].is_object(), "{r}");
+    let mut c = d.client();
+    let r = c.request(json!(3), "Version.Get", json!({}));
+    assert_eq!(r["result"]["version"], format!("v{}", env!("CARGO_PKG_VERSION")), "{r}");
+    let r = c.request(json!(4), "Meta.Shutdown", json!({}));
+    assert!(r["result"].is_object(), "{r}");
+    let (code, _, err) = d.wait_exit(30);
+    assert_eq!(code, Some(0), "{err}");
+}
+
+#[test]
+#[ignore = "needs Wine and the Windows build: make test-windows"]
+fn a_second_daemon_on_the_same_database_is_refused_and_names_the_first() {
+    let home = TestHome::new();
+    let exe = fixture("butler-old.exe");
+    let first = daemon(&exe, &home, &["--keep-alive"]);
+    let out = run(&exe, &home, &["--json", "daemon", "--transport", "tcp"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("in use by another butler daemon (pid "), "{err}");
+    // The holder's pid stays readable to the daemon it turns away (only a far byte is locked).
+    assert!(!err.contains("(pid unknown)"), "{err}");
+    let r = first.client().request(json!(1), "Version.Get", json!({}));
+    assert!(r["result"].is_object(), "the first daemon still serves: {r}");
+}
+
+#[test]
+#[ignore = "needs Wine and the Windows build: make test-windows"]
+fn run_captures_a_windows_child_and_logs_reads_it_back() {
+    let home = TestHome::new();
+    let exe = fixture("butler-old.exe");
+    let args = ["--prefix", "w", "run", "--stdout", "name=out", "--", "cmd", "/c", "echo", "hi"];
+    let out = run(&exe, &home, &args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let cat = run(&exe, &home, &["logs", "cat", "w/+/out"]);
+    assert!(cat.status.success(), "{}", stderr(&cat));
+    assert_eq!(cat.stdout, b"hi\r\n");
+}
+
+/// Exit codes are 32-bit on Windows. A Linux parent sees only 8 bits of a Wine process's status,
+/// so a Windows parent reads them: `Process.Run` reports its child's, and an outer `butler run`
+/// records, in `--result-path`, the code an inner `butler run` exited with.
+#[test]
+#[ignore = "needs Wine and the Windows build: make test-windows"]
+fn exit_codes_are_the_whole_windows_codes() {
+    let home = TestHome::new();
+    let exe = fixture("butler-old.exe");
+    let d = daemon(&exe, &home, &["--keep-alive"]);
+    let mut c = d.client();
+    c.send(&json!({"jsonrpc": "2.0", "id": 1, "method": "Process.Run", "params": {
+        "command": ["cmd", "/c", "exit", "300"],
+    }}));
+    let r = loop {
+        let m = c.recv();
+        if m["id"] == 1 {
+            break m;
+        }
+    };
+    assert_eq!(r["result"]["exitCode"], 300, "{r}");
+    assert!(r["result"].get("signal").is_none(), "no signals on Windows: {r}");
+
+    let result = home.path().join("result.json");
+    let inner = win(&exe);
+    let args = [
+        "run",
+        "--result-path",
+        &win(&result),
+        "--",
+        &inner,
+        "run",
+        "--",
+        "cmd",
+        "/c",
+        "exit",
+        "300",
+    ];
+    let out = run(&exe, &home, &args);
+    assert_eq!(out.status.code(), Some(300 % 256), "{}", stderr(&out));
+    let recorded: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&result).unwrap()).unwrap();
+    assert_eq!(recorded["return_code"], 300, "the inner butler's exit code: {recorded}");
+}
+
+#[test]
+#[ignore = "needs Wine and the Windows build: make test-windows"]
+fn net_pipe_streams_from_a_windows_client_arrive_byte_for_byte() {
+    let home = TestHome::new();
+    let exe = fixture("butler-old.exe");
+    let client = win(&fixture("stream_client.exe"));
+    // `run` serves a fresh net.pipe: address and gives it to the child.
+    let out = run(&exe, &home, &["--prefix", "p", "run", "--", &client]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let cat = |name: &str| {
+        let out = run(&exe, &home, &["logs", "cat", &format!("p/+/{name}")]);
+        assert!(out.status.success(), "{name}: {}", stderr(&out));
+        out.stdout
+    };
+    assert_eq!(cat("text"), b"one\r\ntwo \xc3\xa9\rthree\nfour");
+    let bytes: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
+    assert_eq!(cat("binary"), bytes);
+    // Datagrams come back as the length-prefixed frames they were sent in.
+    assert_eq!(cat("datagram"), b"\x05first\x00\x04\x00\x01\x02\xff");
+    // And an explicit net.pipe: address, as `serve` and `run` take one.
+    let out = run(
+        &exe,
+        &home,
+        &["--prefix", "q", "run", "--streamserver-uri", "net.pipe:butler-it-q", "--", &client],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run(&exe, &home, &["logs", "cat", "q/+/binary"]);
+    assert_eq!(out.stdout, bytes);
+}
+
+/// Process.Run's child and everything it started are in one job: a cancel stops the whole tree,
+/// and a daemon watching the child's pid as its destiny sees it go.
+#[test]
+#[ignore = "needs Wine and the Windows build: make test-windows"]
+fn cancel_stops_the_whole_tree_and_destiny_pid_follows_it() {
+    let home = TestHome::new();
+    let exe = fixture("butler-old.exe");
+    let d = daemon(&exe, &home, &["--keep-alive"]);
+    let mut a = d.client();
+    // cmd starts a grandchild (a second cmd) that would outlive it by a minute; the ping count
+    // marks this test's processes.
+    let tree = "start /b cmd /c ping -n 67 127.0.0.1 >nul & ping -n 67 127.0.0.1 >nul";
+    a.send(&json!({"jsonrpc": "2.0", "id": 1, "method": "Process.Run", "params": {
+        "id": "tree", "command": ["cmd", "/c", tree],
+    }}));
+    let started = loop {
+        let m = a.recv();
+        if m["method"] == "Process.Started" {
+            break m;
+        }
+    };
+    let pid = started["params"]["pid"].as_u64().unwrap().to_string();
+    let other = TestHome::new();
+    let watcher = daemon(&exe, &other, &["--keep-alive", "--destiny-pid", &pid]);
+    let ping_count = || wine_processes("ping -n 67 127.0.0.1").len();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while ping_count() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(ping_count(), 2, "the child and its grandchild both run");
+    let t = Instant::now();
+    let r = d.client().request(json!(1), "Operation.Cancel", json!({"id": "tree"}));
+    assert_eq!(r["result"]["didCancel"], true, "{r}");
+    let r = loop {
+        let m = a.recv();
+        if m["id"] == 1 {
+            break m;
+        }
+    };
+    assert_eq!(r["error"]["code"], 499, "{r}");
+    assert!(t.elapsed() < Duration::from_secs(10), "the cancel took {:?}", t.elapsed());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while ping_count() > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(ping_count(), 0, "the grandchild outlived the cancel");
+    let (code, _, err) = watcher.wait_exit(15);
+    assert_eq!(code, Some(0), "{err}");
+}
+
+/// `butler upgrade` replaces the `butler.exe` a daemon is running from: the running image is
+/// renamed aside, the new one moved in, and the next daemon removes the old image.
+#[test]
+#[ignore = "needs Wine and the Windows build: make test-windows"]
+fn upgrade_replaces_a_running_butler_exe_in_place() {
+    let (old, new) = (fixture("butler-old.exe"), fixture("butler-new.exe"));
+    let home = TestHome::new();
+    let (old_version, new_version) = (version_json(&old, &home), version_json(&new, &home));
+    assert_ne!(old_version, new_version);
+    let broth = tempfile::tempdir().unwrap();
+    let channel = Channel::for_platform("windows", "amd64", false);
+    for (bin, version, latest) in [(&old, &old_version, false), (&new, &new_version, true)] {
+        let p = Publish {
+            package: "butler".into(),
+            channel: channel.clone(),
+            version: version.clone(),
+            binary: bin.clone(),
+            extra_files: vec![],
+            out: broth.path().to_owned(),
+            expires_in: Duration::from_secs(3600),
+            set_latest: latest,
+        };
+        butler_release::publish(&p, None).unwrap();
+    }
+    let server = crate::upgrade::server::Server::start(broth.path().to_owned());
+
+    let install = tempfile::tempdir().unwrap();
+    let exe = install.path().join("butler.exe");
+    std::fs::copy(&old, &exe).unwrap();
+    let running = daemon(&exe, &home, &["--keep-alive"]);
+    let out = wine(&exe, &home)
+        .env("BUTLER_BROTH_URL", server.url())
+        .args(["--json", "upgrade", "-y"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    assert_eq!(version_json(&exe, &home), new_version, "the new build is in place");
+    assert!(install.path().join("butler.exe.old").is_file(), "the old build is kept");
+    // The running daemon is still the old build, from its renamed image.
+    let r = running.client().request(json!(1), "Version.Get", json!({}));
+    assert_eq!(r["result"]["version"], format!("v{old_version}"), "{r}");
+    drop(running);
+    // The next daemon started from the folder removes the image moved aside.
+    let next = daemon(&exe, &home, &["--keep-alive"]);
+    let leftovers: Vec<String> = std::fs::read_dir(install.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("aside"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let r = next.client().request(json!(1), "Version.Get", json!({}));
+    assert_eq!(r["result"]["version"], format!("v{new_version}"), "{r}");
+}
+
+/// Wine turns SIGINT into the console's Ctrl-C event, which `signals.rs` catches on Windows.
+#[test]
+#[ignore = "needs Wine and the Windows build: make test-windows"]
+fn ctrl_c_shuts_the_daemon_down_gracefully() {
+    let home = TestHome::new();
+    let d = daemon(&fixture("butler-old.exe"), &home, &["--keep-alive"]);
+    let _ = d.client().request(json!(1), "Version.Get", json!({}));
+    d.signal(libc::SIGINT);
+    let (code, out, err) = d.wait_exit(30);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("butler daemon stopped"), "{out}");
+}
+
+/// The job is kill-on-close and the OS closes a dead process's handles: a daemon killed outright
+/// takes its children's whole trees along.
+#[test]
+#[ignore = "needs Wine and the Windows build: make test-windows"]
+fn a_killed_daemon_takes_the_childrens_trees_along() {
+    let home = TestHome::new();
+    let d = daemon(&fixture("butler-old.exe"), &home, &["--keep-alive"]);
+    let mut a = d.client();
+    let tree = "start /b cmd /c ping -n 68 127.0.0.1 >nul & ping -n 68 127.0.0.1 >nul";
+    a.send(&json!({"jsonrpc": "2.0", "id": 1, "method": "Process.Run", "params": {
+        "command": ["cmd", "/c", tree],
+    }}));
+    while a.recv()["method"] != "Process.Started" {}
+    let count = || wine_processes("ping -n 68 127.0.0.1").len();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while count() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(count(), 2, "the child and its grandchild both run");
+    d.signal(libc::SIGKILL);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while count() > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(count(), 0, "the tree outlived the daemon");
+}
