@@ -95,12 +95,16 @@ pub fn parse_rfc3339(s: &str) -> Result<SystemTime, TimeError> {
     };
     let days = days_from_civil(year, month, day);
     let secs = days * 86400 + hour * 3600 + min * 60 + sec - offset_secs;
+    // A platform's clock has a range (Windows' starts in 1601): a time outside it is refused,
+    // never a panic.
     let t = if secs >= 0 {
-        UNIX_EPOCH + Duration::new(secs as u64, nanos as u32)
+        UNIX_EPOCH.checked_add(Duration::new(secs as u64, nanos as u32))
     } else {
-        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs()) + Duration::from_nanos(nanos)
+        UNIX_EPOCH
+            .checked_sub(Duration::from_secs(secs.unsigned_abs()))
+            .and_then(|t| t.checked_add(Duration::from_nanos(nanos)))
     };
-    Ok(t)
+    t.ok_or_else(err)
 }
 
 /// Formats a time as RFC 3339 in UTC with nanoseconds (Go's `RFC3339Nano` without trailing zeros).
