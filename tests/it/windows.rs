@@ -346,3 +346,63 @@ fn a_killed_daemon_takes_the_childrens_trees_along() {
     }
     assert_eq!(count(), 0, "the tree outlived the daemon");
 }
+
+/// Ctrl-C to `butler run` reaches the child's whole tree (Ctrl-Break to its group, or the job
+/// terminated where it has no console), and `butler run` ends with it.
+#[test]
+#[ignore = "needs Wine and the Windows build: make test-windows"]
+fn ctrl_c_to_run_stops_the_childs_tree() {
+    let home = TestHome::new();
+    let tree = "start /b cmd /c ping -n 69 127.0.0.1 >nul & ping -n 69 127.0.0.1 >nul";
+    let mut child = wine(&fixture("butler-old.exe"), &home)
+        .args(["run", "--kill-grace", "2s", "--", "cmd", "/c", tree])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let count = || wine_processes("ping -n 69 127.0.0.1").len();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while count() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(count(), 2, "the child and its grandchild both run");
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("butler run did not end after Ctrl-C");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success(), "the child was stopped, not finished: {status:?}");
+    assert_eq!(count(), 0, "the tree outlived butler run");
+}
+
+#[test]
+#[ignore = "needs Wine and the Windows build: make test-windows"]
+fn ctrl_c_stops_serve_gracefully() {
+    let home = TestHome::new();
+    let mut serve = wine(&fixture("butler-old.exe"), &home)
+        .args(["serve", "--streamserver-uri", "net.pipe:butler-it-serve"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // `serve` prints its address once it listens.
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(serve.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert!(line.contains("net.pipe:butler-it-serve"), "{line:?}");
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(serve.id() as libc::pid_t, libc::SIGINT) };
+    let out = serve.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
