@@ -467,3 +467,33 @@ fn update_apply_with_restart_answers_restart_required_on_windows() {
     );
     assert_eq!(version_json(&exe, &home), broth.new_version, "the new build is on disk");
 }
+
+/// The versioned layout (what the itch app uses on Windows): a daemon runs from
+/// `versions/<old>/butler.exe` while `upgrade --root` installs `versions/<new>/` beside it,
+/// checks it with a daemon handshake under Wine, and chooses it; nothing running is renamed.
+#[test]
+#[ignore = "needs Wine and the Windows build: make test-windows"]
+fn upgrade_into_a_versioned_root_beside_a_running_daemon() {
+    let home = TestHome::new();
+    let broth = WindowsBroth::new(&home);
+    let root = tempfile::tempdir().unwrap();
+    let old_dir = root.path().join("versions").join(&broth.old_version);
+    std::fs::create_dir_all(&old_dir).unwrap();
+    let running_exe = old_dir.join("butler.exe");
+    std::fs::copy(&broth.old, &running_exe).unwrap();
+    std::fs::write(root.path().join(".chosen-version"), &broth.old_version).unwrap();
+    let running = daemon(&running_exe, &home, &["--keep-alive"]);
+    let out = wine(&running_exe, &home)
+        .env("BUTLER_BROTH_URL", broth.server.url())
+        .args(["--json", "upgrade", "-y", "--root", &win(root.path())])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let chosen = std::fs::read_to_string(root.path().join(".chosen-version")).unwrap();
+    assert_eq!(chosen, broth.new_version);
+    let new_exe = root.path().join("versions").join(&broth.new_version).join("butler.exe");
+    assert_eq!(version_json(&new_exe, &home), broth.new_version);
+    assert!(running_exe.is_file(), "the running build stays where it is");
+    let r = running.client().request(json!(1), "Version.Get", json!({}));
+    assert_eq!(r["result"]["version"], format!("v{}", broth.old_version), "{r}");
+}
