@@ -124,7 +124,7 @@ $(WINE_SHIM): tests/windows/processprng.c tests/windows/processprng.def | window
 # build (BUTLER_BUILD_VERSION; only the butler crate recompiles) for the in-place upgrade, and
 # the stream-client example as a Windows client of a net.pipe stream server.
 WIN_FIXTURES := $(WIN_DIR)/it-fixtures
-test-windows: lint-windows wine-prefix ## Windows unit tests under Wine, then butler.exe under Wine driven from Linux
+test-windows: lint-windows wine-prefix node-deps ## Windows unit tests under Wine, then butler.exe under Wine driven from Linux
 	$(WINE_ENV) CARGO_TARGET_$(shell echo $(WIN_TARGET) | tr a-z- A-Z_)_RUNNER=wine \
 	  $(WIN_CARGO) test $(WIN_FLAGS) --workspace --lib --bins
 	mkdir -p $(WIN_FIXTURES)
@@ -134,6 +134,24 @@ test-windows: lint-windows wine-prefix ## Windows unit tests under Wine, then bu
 	x86_64-w64-mingw32-strip -o $(WIN_FIXTURES)/butler-old.exe $(WIN_OUT)/debug/butler.exe
 	cp $(WIN_OUT)/debug/examples/stream_client.exe $(WIN_FIXTURES)/stream_client.exe
 	$(WINE_ENV) BUTLER_WINDOWS_FIXTURES=$(WIN_FIXTURES) $(CARGO) test --locked --test it windows:: -- --ignored
+	@# The @itchio/butlerd client's own suite, with tests/windows/butler standing in for butler.
+	@tmp=$$(mktemp -d) && cd $$tmp && \
+	  if $(WINE_ENV) BUTLER_WINDOWS_EXE=$(WIN_FIXTURES)/butler-old.exe PATH="$(CURDIR)/tests/windows:$$PATH" \
+	    node $(CURDIR)/tests/node/node_modules/@itchio/butlerd/lib/tests/index.js > node.log 2>&1; \
+	  then echo "node client suite (@itchio/butlerd 15.0.0) against butler.exe under Wine: passed"; rm -rf $$tmp; \
+	  else cat node.log; echo "node client suite against butler.exe under Wine: FAILED"; exit 1; fi
 
-windows-386: ## try the windows-386 channel's target (i686-pc-windows-gnu): build only
-	$(MAKE) windows WIN_TARGET=i686-pc-windows-gnu WIN_PACKAGES="$(WIN_PACKAGES) gcc-mingw-w64-i686"
+# aws-lc-sys assembles its x86 code with NASM for this target (the x86-64 one needs none), and
+# rustc links i686 MinGW programs with rsbegin.o/rsend.o (DWARF unwind registration), which a
+# rustup toolchain ships and Debian's does not: they are compiled from Debian's std source into
+# the target's libdir, where rustc looks for them.
+I686_LIBDIR := /usr/lib/rustlib/i686-pc-windows-gnu/lib
+windows-386: ## the windows-386 channel's target (i686-pc-windows-gnu): clippy and release build
+	$(MAKE) windows-toolchain WIN_PACKAGES="$(WIN_PACKAGES) gcc-mingw-w64-i686 nasm"
+	$(MAKE) $(I686_LIBDIR)/rsbegin.o $(I686_LIBDIR)/rsend.o
+	$(MAKE) windows WIN_TARGET=i686-pc-windows-gnu
+
+$(I686_LIBDIR)/%.o:
+	mkdir -p $(@D)
+	RUSTC_BOOTSTRAP=1 /usr/bin/rustc --target i686-pc-windows-gnu --emit=obj -C panic=abort -o $@ \
+	  $$(/usr/bin/rustc --print sysroot)/lib/rustlib/src/rust/library/rtstartup/$*.rs

@@ -258,30 +258,14 @@ fn cancel_stops_the_whole_tree_and_destiny_pid_follows_it() {
 #[test]
 #[ignore = "needs Wine and the Windows build: make test-windows"]
 fn upgrade_replaces_a_running_butler_exe_in_place() {
-    let (old, new) = (fixture("butler-old.exe"), fixture("butler-new.exe"));
     let home = TestHome::new();
-    let (old_version, new_version) = (version_json(&old, &home), version_json(&new, &home));
-    assert_ne!(old_version, new_version);
-    let broth = tempfile::tempdir().unwrap();
-    let channel = Channel::for_platform("windows", "amd64", false);
-    for (bin, version, latest) in [(&old, &old_version, false), (&new, &new_version, true)] {
-        let p = Publish {
-            package: "butler".into(),
-            channel: channel.clone(),
-            version: version.clone(),
-            binary: bin.clone(),
-            extra_files: vec![],
-            out: broth.path().to_owned(),
-            expires_in: Duration::from_secs(3600),
-            set_latest: latest,
-        };
-        butler_release::publish(&p, None).unwrap();
-    }
-    let server = crate::upgrade::server::Server::start(broth.path().to_owned());
+    let broth = WindowsBroth::new(&home);
+    let (old, old_version, new_version) = (&broth.old, &broth.old_version, &broth.new_version);
+    let server = &broth.server;
 
     let install = tempfile::tempdir().unwrap();
     let exe = install.path().join("butler.exe");
-    std::fs::copy(&old, &exe).unwrap();
+    std::fs::copy(old, &exe).unwrap();
     let running = daemon(&exe, &home, &["--keep-alive"]);
     let out = wine(&exe, &home)
         .env("BUTLER_BROTH_URL", server.url())
@@ -289,7 +273,7 @@ fn upgrade_replaces_a_running_butler_exe_in_place() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
-    assert_eq!(version_json(&exe, &home), new_version, "the new build is in place");
+    assert_eq!(&version_json(&exe, &home), new_version, "the new build is in place");
     assert!(install.path().join("butler.exe.old").is_file(), "the old build is kept");
     // The running daemon is still the old build, from its renamed image.
     let r = running.client().request(json!(1), "Version.Get", json!({}));
@@ -345,4 +329,171 @@ fn a_killed_daemon_takes_the_childrens_trees_along() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(count(), 0, "the tree outlived the daemon");
+}
+
+/// Ctrl-C to `butler run` reaches the child's whole tree (Ctrl-Break to its group, or the job
+/// terminated where it has no console), and `butler run` ends with it.
+#[test]
+#[ignore = "needs Wine and the Windows build: make test-windows"]
+fn ctrl_c_to_run_stops_the_childs_tree() {
+    let home = TestHome::new();
+    let tree = "start /b cmd /c ping -n 69 127.0.0.1 >nul & ping -n 69 127.0.0.1 >nul";
+    let mut child = wine(&fixture("butler-old.exe"), &home)
+        .args(["run", "--kill-grace", "2s", "--", "cmd", "/c", tree])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let count = || wine_processes("ping -n 69 127.0.0.1").len();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while count() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(count(), 2, "the child and its grandchild both run");
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("butler run did not end after Ctrl-C");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success(), "the child was stopped, not finished: {status:?}");
+    assert_eq!(count(), 0, "the tree outlived butler run");
+}
+
+#[test]
+#[ignore = "needs Wine and the Windows build: make test-windows"]
+fn ctrl_c_stops_serve_gracefully() {
+    let home = TestHome::new();
+    let mut serve = wine(&fixture("butler-old.exe"), &home)
+        .args(["serve", "--streamserver-uri", "net.pipe:butler-it-serve"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // `serve` prints its address once it listens.
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(serve.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert!(line.contains("net.pipe:butler-it-serve"), "{line:?}");
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(serve.id() as libc::pid_t, libc::SIGINT) };
+    let out = serve.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
+/// A loopback broth tree whose `windows-amd64` channel the release tool wrote: the old build
+/// listed, the new one LATEST (unsigned: these builds trust no key).
+struct WindowsBroth {
+    _dir: tempfile::TempDir,
+    server: crate::upgrade::server::Server,
+    old: PathBuf,
+    old_version: String,
+    new_version: String,
+}
+
+impl WindowsBroth {
+    fn new(home: &TestHome) -> WindowsBroth {
+        let (old, new) = (fixture("butler-old.exe"), fixture("butler-new.exe"));
+        let (old_version, new_version) = (version_json(&old, home), version_json(&new, home));
+        assert_ne!(old_version, new_version);
+        let dir = tempfile::tempdir().unwrap();
+        let channel = Channel::for_platform("windows", "amd64", false);
+        for (bin, version, latest) in [(&old, &old_version, false), (&new, &new_version, true)] {
+            let p = Publish {
+                package: "butler".into(),
+                channel: channel.clone(),
+                version: version.clone(),
+                binary: bin.clone(),
+                extra_files: vec![],
+                out: dir.path().to_owned(),
+                expires_in: Duration::from_secs(3600),
+                set_latest: latest,
+            };
+            butler_release::publish(&p, None).unwrap();
+        }
+        let server = crate::upgrade::server::Server::start(dir.path().to_owned());
+        WindowsBroth { _dir: dir, server, old, old_version, new_version }
+    }
+}
+
+/// Windows has no `exec`: `Update.Apply {restart: true}` installs, then answers
+/// `restartRequired` with the new executable for the launcher to start, and the daemon goes on
+/// serving as the build it is.
+#[test]
+#[ignore = "needs Wine and the Windows build: make test-windows"]
+fn update_apply_with_restart_answers_restart_required_on_windows() {
+    let home = TestHome::new();
+    let broth = WindowsBroth::new(&home);
+    let install = tempfile::tempdir().unwrap();
+    let exe = install.path().join("butler.exe");
+    std::fs::copy(&broth.old, &exe).unwrap();
+    let mut cmd = wine(&exe, &home);
+    cmd.env("BUTLER_BROTH_URL", broth.server.url()).env("BUTLER_UPDATE_PROBATION", "0");
+    cmd.args(["--json", "daemon", "--transport", "tcp", "--keep-alive"]);
+    let d = DaemonProc::start_cmd(cmd);
+    let mut c = d.client();
+    c.send(
+        &json!({"jsonrpc": "2.0", "id": 1, "method": "Update.Apply", "params": {"restart": true}}),
+    );
+    let mut logs = Vec::new();
+    let r = loop {
+        let m = c.recv();
+        if m["id"] == 1 {
+            break m;
+        }
+        if m["method"] == "Log" {
+            logs.push(m["params"]["message"].as_str().unwrap_or_default().to_owned());
+        }
+    };
+    assert_eq!(r["result"]["installedVersion"], broth.new_version.as_str(), "{r}");
+    assert_eq!(r["result"]["restartRequired"], true, "{r}");
+    assert_eq!(r["result"]["executable"], win(&exe), "{r}");
+    assert!(logs.iter().any(|l| l.contains("do not restart in place")), "{logs:?}");
+    let r = c.request(json!(2), "Version.Get", json!({}));
+    assert_eq!(
+        r["result"]["version"],
+        format!("v{}", broth.old_version),
+        "still the old build: {r}"
+    );
+    assert_eq!(version_json(&exe, &home), broth.new_version, "the new build is on disk");
+}
+
+/// The versioned layout (what the itch app uses on Windows): a daemon runs from
+/// `versions/<old>/butler.exe` while `upgrade --root` installs `versions/<new>/` beside it,
+/// checks it with a daemon handshake under Wine, and chooses it; nothing running is renamed.
+#[test]
+#[ignore = "needs Wine and the Windows build: make test-windows"]
+fn upgrade_into_a_versioned_root_beside_a_running_daemon() {
+    let home = TestHome::new();
+    let broth = WindowsBroth::new(&home);
+    let root = tempfile::tempdir().unwrap();
+    let old_dir = root.path().join("versions").join(&broth.old_version);
+    std::fs::create_dir_all(&old_dir).unwrap();
+    let running_exe = old_dir.join("butler.exe");
+    std::fs::copy(&broth.old, &running_exe).unwrap();
+    std::fs::write(root.path().join(".chosen-version"), &broth.old_version).unwrap();
+    let running = daemon(&running_exe, &home, &["--keep-alive"]);
+    let out = wine(&running_exe, &home)
+        .env("BUTLER_BROTH_URL", broth.server.url())
+        .args(["--json", "upgrade", "-y", "--root", &win(root.path())])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let chosen = std::fs::read_to_string(root.path().join(".chosen-version")).unwrap();
+    assert_eq!(chosen, broth.new_version);
+    let new_exe = root.path().join("versions").join(&broth.new_version).join("butler.exe");
+    assert_eq!(version_json(&new_exe, &home), broth.new_version);
+    assert!(running_exe.is_file(), "the running build stays where it is");
+    let r = running.client().request(json!(1), "Version.Get", json!({}));
+    assert_eq!(r["result"]["version"], format!("v{}", broth.old_version), "{r}");
 }
