@@ -105,11 +105,7 @@ pub fn home_dir() -> Result<PathBuf, DbError> {
 /// Creates `dir` and any missing parents owner-only (0700): butler's folders hold logs, state
 /// and credentials. Folders that exist already are left as they are.
 pub(crate) fn create_private_dir_all(dir: &Path) -> std::io::Result<()> {
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder.create(dir)
+    butler_updater::install::create_private_dir_all(dir)
 }
 
 /// Options that create a file owner-only (0600).

@@ -144,16 +144,8 @@ pub(crate) fn run() {
 /// `butler upgrade -y --force` of a fresh copy of `bin` installed in `dir`, from `url`.
 fn upgrade_cmd(bin: &Path, dir: &Path, url: &str, key: &SigningKey) -> Command {
     std::fs::create_dir_all(dir).unwrap();
-    let exe = dir.join("butler");
-    std::fs::copy(bin, &exe).unwrap();
-    let mut cmd = Command::new(&exe);
-    cmd.args(["--json", "upgrade", "-y", "--force"])
-        .env("BUTLER_HOME", dir.join("home"))
-        .env("BUTLER_BROTH_URL", url)
-        .env("BUTLER_TRUSTED_KEYS", key.public_base64())
-        .env_remove("http_proxy")
-        .env_remove("HTTP_PROXY");
-    cmd
+    std::fs::copy(bin, dir.join("butler")).unwrap();
+    upgrade_cmd_in(dir, url, key)
 }
 
 fn publish_10mib(bin: &Path, version: &str, tree: &Path, work: &Path, key: &SigningKey) -> PathBuf {
