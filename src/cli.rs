@@ -468,9 +468,6 @@ pub(crate) struct TuningArgs {
     max_archive: Option<u64>,
     #[arg(long, hide = true, env = "BUTLER_UPGRADE_MAX_UNPACKED")]
     max_unpacked: Option<u64>,
-    /// Debug builds only: skip the versioned daemon check.
-    #[arg(long, hide = true, env = "BUTLER_TEST_SKIP_DAEMON_CHECK")]
-    skip_daemon_check: bool,
 }
 
 impl TuningArgs {
@@ -503,7 +500,6 @@ impl TuningArgs {
         if let Some(v) = self.max_unpacked {
             t.unpack.max_total = v;
         }
-        t.skip_candidate_check = self.skip_daemon_check;
         t
     }
 }

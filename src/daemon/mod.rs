@@ -71,6 +71,10 @@ pub(crate) struct DaemonSettings {
 
 /// Runs the daemon until it shuts down; success on any graceful shutdown.
 pub(crate) fn run(args: DaemonSettings, reporter: Reporter) -> anyhow::Result<ExitStatus> {
+    // `Process.Run` writes its output through a connection of its own, which must see the same
+    // database as the daemon's.
+    let mut args = args;
+    args.dbpath = args.dbpath.as_deref().map(DbPath::shared_in_process);
     // SAFETY: the runtime is not built yet and nothing before this starts threads.
     let inherited = unsafe { hand_over::take() }?;
     // A versioned root's chosen build counts its starts; one that keeps failing is undone here.

@@ -84,6 +84,17 @@ impl DbPath {
         }
     }
 
+    /// For a process that opens several connections to one database: a plain `:memory:` gives
+    /// each connection a private database of its own, so it becomes one named in-memory database
+    /// that every connection of this process shares.
+    pub(crate) fn shared_in_process(arg: &str) -> String {
+        if arg == ":memory:" {
+            format!("file:butler-{}?mode=memory&cache=shared", std::process::id())
+        } else {
+            arg.to_owned()
+        }
+    }
+
     fn display(&self) -> String {
         match self {
             DbPath::File(p) => p.display().to_string(),

@@ -309,19 +309,20 @@ fn closing_a_connection_cancels_its_requests() {
     let home = TestHome::new();
     let d = keep_alive(&home, &[]);
     let mut a = d.client();
-    a.send(&json!({"jsonrpc": "2.0", "id": 1, "method": "Test.DoubleTwice", "params": {"number": 1, "id": "op-2"}}));
-    next_request(&mut a);
+    a.send(&json!({"jsonrpc": "2.0", "id": 1, "method": "Process.Run", "params": {
+        "command": ["sleep", "30"], "id": "op-2",
+    }}));
+    let pid = a.recv()["params"]["pid"].as_u64().unwrap() as libc::pid_t;
     drop(a);
-    // Once the daemon has seen the close, the operation is gone: nothing is left to cancel.
-    // (Operation.Cancel itself cancels, so it can be asked only once.)
-    std::thread::sleep(Duration::from_millis(300));
-    let mut b = d.client();
-    let r = b.request(json!(1), "Operation.Cancel", json!({"id": "op-2"}));
-    assert_eq!(
-        r["result"],
-        json!({"didCancel": false}),
-        "still running after its connection closed"
-    );
+    // The close cancels the run, which stops the child; polling the pid asks without cancelling.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // SAFETY: probing whether the pid still exists; signal 0 sends nothing.
+    while unsafe { libc::kill(pid, 0) } == 0 {
+        assert!(Instant::now() < deadline, "the child outlived its connection");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let r = d.client().request(json!(1), "Operation.Cancel", json!({"id": "op-2"}));
+    assert_eq!(r["result"], json!({"didCancel": false}), "nothing is left to cancel");
 }
 
 #[test]
@@ -417,7 +418,23 @@ fn in_memory_databases_are_accepted() {
     let home = TestHome::new();
     for db in [":memory:", "file::memory:?cache=shared"] {
         let d = DaemonProc::start(&home, &["--keep-alive", "--dbpath", db]);
-        assert!(d.client().request(json!(1), "Version.Get", json!({}))["result"].is_object());
+        let mut c = d.client();
+        // Methods that need the database, not only Version.Get (which never touches it).
+        let r = c.request(json!(1), "Update.Status", json!({}));
+        assert_eq!(r["result"]["history"], json!([]), "{db}: {r}");
+        c.send(&json!({"jsonrpc": "2.0", "id": 2, "method": "Process.Run", "params": {
+            "command": ["sh", "-c", "echo in memory"], "prefix": "mem",
+        }}));
+        let r = until_id(&mut c, &json!(2));
+        assert_eq!(r["result"]["exitCode"], 0, "{db}: {r}");
+        let r = c.request(json!(3), "Streams.Read", json!({"path": "mem/+/stdout"}));
+        let text: String = r["result"]["entries"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{db}: {r}"))
+            .iter()
+            .map(|e| e["text"].as_str().unwrap_or_default())
+            .collect();
+        assert_eq!(text, "in memory\n", "{db}: the run's output is in the daemon's database");
     }
 }
 

@@ -44,6 +44,25 @@ pub(crate) fn wait_exit(child: &mut Child, limit: Duration) -> std::process::Exi
     }
 }
 
+/// The first line `child` prints on stdout; a child that prints nothing within `limit` is killed,
+/// so a wedged start fails the test instead of stalling the run.
+pub(crate) fn first_line_within(child: &mut Child, limit: Duration) -> String {
+    let stdout = child.stdout.take().expect("stdout piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    match rx.recv_timeout(limit) {
+        Ok(line) => line,
+        Err(_) => {
+            let _ = child.kill();
+            panic!("no line on stdout within {limit:?}");
+        }
+    }
+}
+
 /// A running `butler serve`.
 pub(crate) struct Serve {
     pub child: Child,
@@ -63,23 +82,21 @@ impl Serve {
     pub(crate) fn start(home: &TestHome, extra: &[&str]) -> Serve {
         let sock = home.path().join("s.sock");
         let stderr_path = home.path().join("serve.stderr");
-        let mut child = home
-            .butler()
-            .args([
-                "serve",
-                "--streamserver-uri",
-                &format!("unix:{}", sock.display()),
-                "--handshake-timeout",
-                "300ms",
-            ])
+        let mut cmd = home.butler();
+        cmd.args(["serve", "--streamserver-uri", &format!("unix:{}", sock.display())]);
+        // Generous, so a writer preempted between connect and handshake on a loaded machine still
+        // gets its stream; the test of the timeout itself passes a short one.
+        if !extra.contains(&"--handshake-timeout") {
+            cmd.args(["--handshake-timeout", "5s"]);
+        }
+        let mut child = cmd
             .args(extra)
             .env("BUTLER_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr_path).unwrap())
             .spawn()
             .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let line = first_line_within(&mut child, Duration::from_secs(30));
         assert_eq!(line.trim(), format!("unix:{}", sock.display()), "serve prints its address");
         Serve { child, sock, stderr_path }
     }
@@ -184,7 +201,12 @@ fn every_bad_handshake_is_refused_without_a_reply() {
     let home = TestHome::new();
     let serve = Serve::start(&home, &["--prefix", "pre"]);
     serve.send(r#"{"name":"dup"}"#, b"first\n");
-    std::thread::sleep(Duration::from_millis(100));
+    // "dup" must be registered before its duplicate comes.
+    let start = Instant::now();
+    while ls(&home, "local").is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(10), "the first stream never registered");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let mut big_frame = b"BTLR1\x1e".to_vec();
     big_frame.extend_from_slice(&[0x81, 0x80, 0x40]); // 1 MiB + 1
     let mut overflow = b"BTLR1\x1e".to_vec();
@@ -241,7 +263,7 @@ fn every_bad_handshake_is_refused_without_a_reply() {
 #[test]
 fn a_client_that_never_finishes_its_handshake_is_dropped_and_does_not_block_shutdown() {
     let home = TestHome::new();
-    let serve = Serve::start(&home, &["--prefix", "pre"]);
+    let serve = Serve::start(&home, &["--prefix", "pre", "--handshake-timeout", "300ms"]);
     let mut half = serve.connect();
     half.write_all(b"BTLR1\x1e\x40{\"na").unwrap();
     half.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -439,13 +461,27 @@ fn logs_tail_shows_the_last_lines_and_follows() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(100));
+    // Write only once the follower has printed its last line, so that line is known.
+    let mut out = BufReader::new(follow.stdout.take().unwrap());
+    let first = {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            let mut line = String::new();
+            out.read_line(&mut line).unwrap();
+            tx.send(line).unwrap();
+            let mut rest = String::new();
+            out.read_to_string(&mut rest).unwrap();
+            rest
+        });
+        let first =
+            rx.recv_timeout(Duration::from_secs(10)).expect("tail -f printed its last line");
+        (first, reader)
+    };
     s.write_all(b"5\nlast").unwrap();
     drop(s);
     let status = wait_exit(&mut follow, Duration::from_secs(10));
     assert!(status.success());
-    let mut got = String::new();
-    follow.stdout.take().unwrap().read_to_string(&mut got).unwrap();
+    let got = first.0 + &first.1.join().unwrap();
     assert_eq!(got, "4\n5\nlast", "tail -f ends when the stream does");
     serve.stop();
 }

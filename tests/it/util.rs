@@ -28,8 +28,11 @@ impl TestHome {
     pub(crate) fn butler(&self) -> Command {
         let mut cmd = Command::new(butler_bin());
         for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("BUTLER_")
-                || k.to_string_lossy().starts_with("LOGDOG_")
+            let name = k.to_string_lossy();
+            // A proxy from the developer's shell would route loopback test traffic elsewhere.
+            if name.starts_with("BUTLER_")
+                || name.starts_with("LOGDOG_")
+                || name.to_ascii_lowercase().ends_with("_proxy")
             {
                 cmd.env_remove(k);
             }
@@ -79,6 +82,18 @@ impl DaemonProc {
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
         let mut child = cmd.spawn().unwrap();
+        // A daemon that never listens is killed, so the read below ends instead of hanging the run;
+        // returning (or panicking) drops `_listening`, which calls the watchdog off.
+        let (_listening, watchdog) = std::sync::mpsc::channel::<()>();
+        let pid = child.id() as libc::pid_t;
+        std::thread::spawn(move || {
+            if watchdog.recv_timeout(std::time::Duration::from_secs(60))
+                == Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+            {
+                // SAFETY: signalling our own child, which has not been reaped (we still wait on it).
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        });
         let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
         let mut lines = Vec::new();
         loop {
@@ -162,7 +177,9 @@ pub(crate) struct RpcClient {
 impl RpcClient {
     pub(crate) fn connect(address: &str) -> RpcClient {
         let stream = std::net::TcpStream::connect(address).unwrap();
-        stream.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+        // Long enough for an update's unpack and smoke test on a loaded machine, with no message
+        // in between; a hang still fails the test.
+        stream.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
         stream.set_nodelay(true).unwrap();
         RpcClient { reader: std::io::BufReader::new(stream.try_clone().unwrap()), stream }
     }

@@ -350,8 +350,6 @@ pub struct Tuning {
     pub unpack: unpack::Limits,
     pub smoke_timeout: Duration,
     pub candidate_timeout: Duration,
-    /// Skip the [`CandidateCheck`] (debug builds only honour this; for tests).
-    pub skip_candidate_check: bool,
 }
 
 impl Default for Tuning {
@@ -361,7 +359,6 @@ impl Default for Tuning {
             unpack: unpack::Limits::default(),
             smoke_timeout: Duration::from_secs(10),
             candidate_timeout: Duration::from_secs(10),
-            skip_candidate_check: false,
         }
     }
 }
@@ -676,8 +673,7 @@ impl Updater {
                 .at(Step::Swap)?
             }
             Target::Versioned { root } => {
-                let skip = cfg!(debug_assertions) && self.tuning.skip_candidate_check;
-                if let Some(check) = self.candidate_check.clone().filter(|_| !skip) {
+                if let Some(check) = self.candidate_check.clone() {
                     let fail =
                         move |why: String| ErrorKind::CandidateCheck { check: check.name, why };
                     let (exe, scratch, t) =

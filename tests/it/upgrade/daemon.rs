@@ -62,6 +62,8 @@ fn the_daemon_reports_a_stale_latest_and_a_missing_server() {
             ":memory:",
         ])
         .env("BUTLER_BROTH_URL", url)
+        // Short retries: the reply must come well within the client's read timeout.
+        .env("BUTLER_UPGRADE_BACKOFF_MS", "10")
         .env("BUTLER_TRUSTED_KEYS", key().public_base64());
         DaemonProc::start_cmd(cmd)
     };
@@ -218,7 +220,6 @@ fn the_daemon_restarts_into_the_update_on_the_same_socket_and_secret() {
     let broth = Broth::new(true);
     let inst = Install::new();
     let mut d = daemon_from(&inst, &broth);
-    let pid = d.child.id();
     let mut news = flow(&d);
     let mut c = d.client();
     // A follower in the middle of a long request: an open stream written by `butler serve`.
@@ -294,7 +295,6 @@ fn the_daemon_restarts_into_the_update_on_the_same_socket_and_secret() {
     let (v, _) = call(&mut c, 2, "Version.Get", json!({}));
     assert_eq!(v["result"]["version"], format!("v{}", f.new_version), "{v}");
     assert!(d.child.try_wait().unwrap().is_none(), "the launcher's child is still running");
-    assert_eq!(d.child.id(), pid);
     // Nothing of the hand-over reaches a child: no variables, no inherited socket or pipe.
     let (r, _) = call(
         &mut c,
@@ -377,9 +377,27 @@ fn the_daemon_checks_in_the_background_only_when_allowed() {
     };
 
     let quiet = start(&["--update-interval", "100ms", "--no-auto-update"]);
-    // Long enough that the next check (which re-hashes the fetched archive under the cache lock)
-    // does not overlap the apply below.
-    let d = start(&["--update-interval", "1s"]);
+    // The database last checked an hour ago, so the first check is due at once; the next one is a
+    // long interval away and cannot overlap the apply below (it would hold the cache lock).
+    let db_dir = tempfile::tempdir().unwrap();
+    let db_path = db_dir.path().join("butler.db");
+    let conn = butler::db::open(&butler::db::DbPath::from_arg(db_path.to_str().unwrap())).unwrap();
+    let an_hour_ago =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+            - 3600;
+    conn.execute(
+        "INSERT INTO update_history (time, action, channel, install_path, outcome)
+         VALUES (?1, 'check', 'stable', '', 'up-to-date')",
+        [an_hour_ago as i64],
+    )
+    .unwrap();
+    drop(conn);
+    let d = daemon_at(
+        &inst,
+        &inst.exe,
+        &broth,
+        &["--dbpath", db_path.to_str().unwrap(), "--update-interval", "30s"],
+    );
     // Nobody asks: the Meta.Flow connection hears of the update all the same, and then that it
     // was fetched and verified ahead of time.
     let mut flow = flow(&d);
@@ -389,6 +407,7 @@ fn the_daemon_checks_in_the_background_only_when_allowed() {
     let ready = flow.recv();
     assert_eq!(ready["method"], "Update.Ready", "{ready}");
     assert_eq!(ready["params"]["version"], f.new_version.as_str());
+    assert_eq!(version_of(&inst.exe), f.old_version, "nothing is installed without Update.Apply");
     let mut c = d.client();
     let (s, _) = call(&mut c, 1, "Update.Status", json!({}));
     assert_eq!(s["result"]["lastCheck"]["outcome"], "available", "{s}");
@@ -580,8 +599,7 @@ fn the_official_client_sees_no_failed_call_through_ten_restarts() {
     let f = fixtures();
     let broth = Broth::new(true);
     let inst = Install::new();
-    let d = daemon_from(&inst, &broth);
-    let pid = d.child.id();
+    let mut d = daemon_from(&inst, &broth);
     let mut news = flow(&d);
     let mut c = d.client();
     let calls = OfficialClientLoop::start(&d);
@@ -600,7 +618,8 @@ fn the_official_client_sees_no_failed_call_through_ten_restarts() {
     let versions = seen["versions"].as_object().unwrap();
     assert!(versions.contains_key(&format!("v{}", f.new_version)), "{seen}");
     assert!(versions.contains_key(&format!("v{}", f.old_version)), "{seen}");
-    assert_eq!(d.child.id(), pid, "one process all along");
+    // `Child::id` is a stored field; only a child not yet exited shows it is one process all along.
+    assert!(d.child.try_wait().unwrap().is_none(), "one process all along");
 }
 
 #[test]

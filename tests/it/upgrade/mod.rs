@@ -48,8 +48,37 @@ fn fixtures() -> &'static Fixtures {
         let new_version = version_of(&new);
         assert_ne!(old_version, new_version, "the fixtures must be two different versions; rerun `make it-fixtures`");
         assert_eq!(old_version, env!("CARGO_PKG_VERSION"), "butler-old is stale; rerun `make it-fixtures`");
+        // Every build reports the same version, so only time tells a fixture built before the
+        // last source change (which would quietly test old code).
+        let built = std::fs::metadata(&old).and_then(|m| m.modified()).unwrap();
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        for dir in ["src", "updater/src"] {
+            if let Some((path, changed)) = newest_file(&root.join(dir)).filter(|(_, t)| *t > built) {
+                panic!(
+                    "{} changed after the fixtures were built ({changed:?} > {built:?}); rerun `make it-fixtures`",
+                    path.display()
+                );
+            }
+        }
         Fixtures { old, new, old_version, new_version }
     })
+}
+
+/// The most recently modified file under `dir`, with its time.
+fn newest_file(dir: &Path) -> Option<(PathBuf, std::time::SystemTime)> {
+    let mut newest: Option<(PathBuf, std::time::SystemTime)> = None;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let candidate = if path.is_dir() {
+            newest_file(&path)
+        } else {
+            entry.metadata().and_then(|m| m.modified()).ok().map(|t| (path, t))
+        };
+        if let Some(c) = candidate.filter(|c| newest.as_ref().is_none_or(|n| c.1 > n.1)) {
+            newest = Some(c);
+        }
+    }
+    newest
 }
 
 /// The version a butler executable reports through `version --json`.
