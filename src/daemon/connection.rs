@@ -13,7 +13,7 @@ use futures_util::FutureExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -44,6 +44,8 @@ pub(crate) struct Peer {
     /// Drops the connection at once, even mid-write: a peer past its authentication deadline.
     kill: CancellationToken,
     pending: Mutex<PendingCalls>,
+    /// Woken each time a call to the peer starts waiting for its answer.
+    call_sent: Notify,
     next_call_id: AtomicI64,
     log_traffic: bool,
 }
@@ -75,6 +77,7 @@ impl Peer {
         let id = self.next_call_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.pending_calls().insert(id, tx);
+        self.call_sent.notify_waiters();
         let msg = Outgoing { jsonrpc: "2.0", id: Some(id), method, params };
         self.send_line(jsonrpc::to_line(&msg)).await;
         let reply = tokio::select! {
@@ -138,6 +141,7 @@ where
         out: tx,
         kill: kill.clone(),
         pending: Mutex::default(),
+        call_sent: Notify::new(),
         next_call_id: AtomicI64::new(0),
         log_traffic: daemon.config.log_traffic,
     });
@@ -483,9 +487,27 @@ impl Connection {
     /// Prepares a request to run as its own task, after waiting for a free in-flight slot so a
     /// client that pipelines without reading replies is slowed down, not buffered without bound.
     async fn start_request(&self, id: Value, method: String, params: Value) -> Reply {
+        // Waiting for a slot stops this reader; that must not happen while a running request waits
+        // for the peer's answer, which only this reader can deliver.
+        let call_sent = self.peer.call_sent.notified();
+        tokio::pin!(call_sent);
+        call_sent.as_mut().enable();
         let permit = tokio::select! {
+            biased;
             p = Arc::clone(&self.in_flight).acquire_owned() => p.ok(),
             _ = self.token.cancelled() => None,
+            () = async {
+                if self.peer.pending_calls().is_empty() {
+                    call_sent.await;
+                }
+            } => {
+                let err = RpcError::new(
+                    code::TOO_MANY_IN_FLIGHT,
+                    "too many requests in flight on this connection while the daemon waits for your answers to its calls; answer them, then send this again",
+                )
+                .with("limit", self.daemon.config.max_in_flight);
+                return Reply::Ready(id, Err(err));
+            }
         };
         let operation = match (&params, method.as_str()) {
             (_, "Operation.Cancel") => None,

@@ -27,6 +27,10 @@ pub(crate) mod code {
     /// A long request ended so a restart in place need not wait for it; send it again, on the
     /// same connection (it stays open through the restart).
     pub(crate) const RESTARTING: i64 = -32005;
+    /// Every in-flight slot of the connection is taken while some of its requests wait for the
+    /// client's answers, which can only arrive on the same connection: the request is refused
+    /// (waiting for a slot could never end). Answer the daemon's calls, then send it again.
+    pub(crate) const TOO_MANY_IN_FLIGHT: i64 = -32006;
     /// Upstream's `OperationCancelled`.
     pub(crate) const OPERATION_CANCELLED: i64 = 499;
     /// Upstream's `NetworkDisconnected`.

@@ -225,3 +225,86 @@ async fn a_malformed_stream_path_is_the_callers_mistake() {
     assert_eq!(reply["error"]["code"], -32602, "{reply}");
     assert_eq!(reply["error"]["data"]["field"], "path", "{reply}");
 }
+
+/// Messages until the reply to `id`, which is returned with the daemon's calls seen meanwhile.
+async fn until_reply(c: &mut Client, id: Value, calls: &mut Vec<Value>) -> Value {
+    loop {
+        let msg = c.next().await;
+        if msg.get("method").is_none() && msg["id"] == id {
+            return msg;
+        }
+        if msg["method"] == "Test.Double" {
+            calls.push(msg);
+        }
+    }
+}
+
+/// Past `max_in_flight` (16 here) running requests, a connection stops reading (the peer is held
+/// back, not buffered), and reads again once one finishes.
+#[tokio::test]
+async fn a_connection_stops_reading_at_its_in_flight_cap() {
+    let d = daemon();
+    let mut c = Client::authenticated(&d).await;
+    for id in 1..=17 {
+        let params = json!({"command": ["sleep", "30"], "id": format!("p{id}")});
+        c.send(json!({"jsonrpc": "2.0", "id": id, "method": "Process.Run", "params": params}))
+            .await;
+    }
+    c.send(json!({"jsonrpc": "2.0", "id": 100, "method": "Version.Get"})).await;
+    let read_on = tokio::time::timeout(Duration::from_millis(500), async {
+        loop {
+            let msg = c.next().await;
+            if msg.get("method").is_none() {
+                return msg;
+            }
+        }
+    })
+    .await;
+    assert!(read_on.is_err(), "the connection kept reading past its cap: {read_on:?}");
+    // The first slot freed goes to the 17th run, which the reader was waiting with; the second
+    // lets it read on.
+    let mut other = Client::authenticated(&d).await;
+    for (n, op) in [(1, "p1"), (2, "p2")] {
+        let (r, _) = other.call(n, "Operation.Cancel", json!({"id": op})).await;
+        assert_eq!(r["result"]["didCancel"], true, "{r}");
+        assert_eq!(until_reply(&mut c, json!(n), &mut Vec::new()).await["error"]["code"], 499);
+    }
+    let v = until_reply(&mut c, json!(100), &mut Vec::new()).await;
+    assert!(v["result"]["version"].is_string(), "read again once a slot was free: {v}");
+    drop(c);
+}
+
+/// When the requests holding every slot wait for the peer's answers, waiting for a slot would
+/// stop the only reader those answers can come through: further requests are refused instead.
+#[tokio::test]
+async fn a_full_connection_whose_calls_await_answers_refuses_instead_of_deadlocking() {
+    let d = daemon();
+    let mut c = Client::authenticated(&d).await;
+    for id in 1..=20 {
+        let params = json!({"number": id});
+        c.send(json!({"jsonrpc": "2.0", "id": id, "method": "Test.DoubleTwice", "params": params}))
+            .await;
+    }
+    let mut calls = Vec::new();
+    for id in 17..=20 {
+        let r = until_reply(&mut c, json!(id), &mut calls).await;
+        assert_eq!(r["error"]["code"], -32006, "{r}");
+        assert_eq!(r["error"]["data"]["limit"], 16, "{r}");
+    }
+    while calls.len() < 16 {
+        let msg = c.next().await;
+        if msg["method"] == "Test.Double" {
+            calls.push(msg);
+        }
+    }
+    for call in &calls {
+        let n = call["params"]["number"].as_i64().unwrap();
+        c.send(json!({"jsonrpc": "2.0", "id": call["id"], "result": {"number": n * 2}})).await;
+    }
+    for id in 1..=16 {
+        let r = until_reply(&mut c, json!(id), &mut Vec::new()).await;
+        assert_eq!(r["result"]["number"], id * 4, "{r}");
+    }
+    let (r, _) = c.call(21, "Version.Get", json!({})).await;
+    assert!(r["result"]["version"].is_string(), "{r}");
+}

@@ -900,3 +900,59 @@ fn the_unix_socket_transport_is_the_tcp_contract_on_an_owner_only_socket() {
     assert_eq!(status.code(), Some(0));
     assert!(!sock.exists(), "the socket file is removed at exit");
 }
+
+/// A client that writes requests and never reads its replies is held back once its replies fill
+/// the socket and the daemon's bounded queue: the daemon stops reading instead of holding more,
+/// serves others meanwhile, and loses nothing when the client reads at last.
+#[test]
+fn a_client_that_never_reads_is_held_back_without_loss_or_growth() {
+    let home = TestHome::new();
+    let d = keep_alive(&home, &[]);
+    let mut c = d.client();
+    let before = crate::util::rss_mib(d.child.id());
+    // Far more than the socket buffers on both sides hold.
+    let lines = 1_000_000;
+    let mut requests = Vec::new();
+    for i in 0..lines {
+        writeln!(requests, r#"{{"jsonrpc":"2.0","id":{i},"method":"Version.Get"}}"#).unwrap();
+    }
+    c.stream.set_write_timeout(Some(Duration::from_millis(500))).unwrap();
+    let mut written = 0;
+    while written < requests.len() {
+        match c.stream.write(&requests[written..]) {
+            Ok(n) => written += n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                break;
+            }
+            Err(e) => panic!("writing requests: {e}"),
+        }
+    }
+    assert!(written < requests.len(), "the daemon read all {lines} requests without being read");
+    let grew = crate::util::rss_mib(d.child.id()).saturating_sub(before);
+    assert!(grew < 32, "a client that never reads grew the daemon by {grew} MiB");
+    // Others are served meanwhile.
+    let r = d.client().request(json!(1), "Version.Get", json!({}));
+    assert!(r["result"].is_object(), "{r}");
+
+    // Finish the line cut by the stall, then read every reply.
+    let sent_to = written + requests[written..].iter().position(|&b| b == b'\n').unwrap() + 1;
+    let expected = requests[..sent_to].iter().filter(|&&b| b == b'\n').count();
+    let mut writer = c.stream.try_clone().unwrap();
+    writer.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
+    let rest = requests[written..sent_to].to_vec();
+    let finishing = std::thread::spawn(move || writer.write_all(&rest).unwrap());
+    let mut seen = vec![false; expected];
+    for _ in 0..expected {
+        let r = c.recv();
+        let id = r["id"].as_u64().unwrap_or_else(|| panic!("{r}")) as usize;
+        assert!(r["result"].is_object(), "{r}");
+        assert!(!std::mem::replace(&mut seen[id], true), "reply {id} came twice");
+    }
+    finishing.join().unwrap();
+    assert!(seen.iter().all(|&s| s), "every request read was answered");
+}

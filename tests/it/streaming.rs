@@ -859,11 +859,7 @@ fn stream_sockets_are_owner_only_and_other_users_are_refused() {
 fn unfinished_handshakes_cannot_grow_the_server_without_bound() {
     let home = TestHome::new();
     let serve = Serve::start(&home, &["--prefix", "caps"]);
-    let rss = || {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", serve.child.id())).unwrap();
-        let kb = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap();
-        kb.split_whitespace().next().unwrap().parse::<u64>().unwrap() / 1024
-    };
+    let rss = || crate::util::rss_mib(serve.child.id());
     let before = rss();
     // Each announces a 1 MiB handshake frame and sends half of it.
     let mut frame = b"BTLR1\x1E".to_vec();

@@ -57,6 +57,13 @@ pub(crate) fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// Resident memory of process `pid` in MiB, from /proc.
+pub(crate) fn rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap();
+    kb.split_whitespace().next().unwrap().parse::<u64>().unwrap() / 1024
+}
+
 /// A running `butler daemon`, killed and reaped on drop.
 pub(crate) struct DaemonProc {
     pub child: std::process::Child,
