@@ -956,3 +956,90 @@ fn a_client_that_never_reads_is_held_back_without_loss_or_growth() {
     finishing.join().unwrap();
     assert!(seen.iter().all(|&s| s), "every request read was answered");
 }
+
+/// Starts `sh -c 'trap "" TERM; sleep 30'` through `Process.Run` on `c`: a child that ignores
+/// SIGTERM, so stopping it takes the whole kill grace. Returns its pid.
+fn stubborn_child(c: &mut RpcClient) -> libc::pid_t {
+    c.send(&json!({"jsonrpc": "2.0", "id": 1, "method": "Process.Run", "params": {
+        "command": ["sh", "-c", "trap '' TERM; sleep 30"], "id": "stubborn",
+    }}));
+    c.recv()["params"]["pid"].as_u64().unwrap() as libc::pid_t
+}
+
+/// A first signal starts the drain; a second one during it exits at once with 130.
+#[test]
+fn a_second_signal_during_the_drain_exits_at_once() {
+    let home = TestHome::new();
+    let d = keep_alive(&home, &["--drain-timeout", "60s"]);
+    let pid = stubborn_child(&mut d.client());
+    d.signal(libc::SIGTERM);
+    // The listener closes before the drain starts: once connecting fails, the daemon is draining.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(&d.address).is_ok() {
+        assert!(Instant::now() < deadline, "still accepting after SIGTERM");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    d.signal(libc::SIGTERM);
+    let (code, _, err) = d.wait_exit(10);
+    // SAFETY: the test's own grandchild, which an abrupt exit may leave behind.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert_eq!(code, Some(130), "{err}");
+}
+
+/// `--drain-timeout` bounds how long a shutdown waits for work that will not stop.
+#[test]
+fn the_drain_timeout_bounds_a_shutdown() {
+    let home = TestHome::new();
+    let d = keep_alive(&home, &["--drain-timeout", "200ms"]);
+    let pid = stubborn_child(&mut d.client());
+    d.signal(libc::SIGTERM);
+    let (code, out, err) = d.wait_exit(10);
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert_eq!(code, Some(0), "{err}");
+    // With --json, the daemon's log lines are JSON on stdout.
+    assert!(out.contains("did not finish in time"), "the early exit is explained: {out}");
+}
+
+/// The database lock is the kernel's: a daemon killed outright leaves nothing that refuses the
+/// next one.
+#[test]
+fn a_killed_daemon_leaves_its_database_free() {
+    let home = TestHome::new();
+    let d = keep_alive(&home, &[]);
+    d.signal(libc::SIGKILL);
+    let (code, _, _) = d.wait_exit(10);
+    assert_eq!(code, None, "killed by the signal");
+    let d = keep_alive(&home, &[]);
+    assert!(d.client().request(json!(1), "Version.Get", json!({}))["result"].is_object());
+}
+
+/// A launcher that is gone before the daemon starts (exited, or a zombie nobody reaped) is
+/// noticed: the daemon does not serve on.
+#[test]
+fn a_destiny_pid_already_dead_or_a_zombie_shuts_the_daemon_down() {
+    use crate::streaming::wait_exit;
+    let home = TestHome::new();
+    let mut reaped = std::process::Command::new("true").spawn().unwrap();
+    reaped.wait().unwrap();
+    let mut zombie = std::process::Command::new("true").spawn().unwrap();
+    let stat = format!("/proc/{}/stat", zombie.id());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&stat).unwrap().contains(") Z ") {
+        assert!(Instant::now() < deadline, "the child never became a zombie");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for pid in [reaped.id(), zombie.id()] {
+        let mut daemon = home
+            .butler()
+            .args(["--json", "daemon", "--keep-alive", "--dbpath", &db_arg(&home)])
+            .args(["--destiny-pid", &pid.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let status = wait_exit(&mut daemon, Duration::from_secs(10));
+        assert_eq!(status.code(), Some(0), "destiny pid {pid}");
+    }
+    zombie.wait().unwrap();
+}
