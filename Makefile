@@ -65,10 +65,14 @@ fmt: ## format everything
 fmt-check:
 	$(CARGO) fmt --all -- --check
 
-bench: ## release build, then the figures from ../shared/spec/quality.md with medians
+bench: bench-peer ## release build, then the figures from ../shared/spec/quality.md with medians
 	@if command -v npm >/dev/null 2>&1; then $(MAKE) --no-print-directory node-deps; \
 	  else echo "npm missing: the official-client figure will be skipped"; fi
-	$(CARGO) bench --locked --bench bench
+	BUTLER_BENCH_PEER=$(abspath $(PEER_DIR))/release/butler-bench-peer $(CARGO) bench --locked --bench bench
+
+PEER_DIR := $(or $(CARGO_TARGET_DIR),target)/peer
+bench-peer: ## the self_update-based updater that make bench times butler upgrade against (dev-only)
+	CARGO_TARGET_DIR=$(PEER_DIR) $(CARGO) build --release --locked --manifest-path tests/bench/peer/Cargo.toml
 
 release: ## release binaries and the broth tree in dist/broth: linux-amd64 and windows-amd64 (signed when BUTLER_SIGNING_KEY_FILE names a key)
 	$(CARGO) build --release --locked --bin butler

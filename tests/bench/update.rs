@@ -104,6 +104,7 @@ pub(crate) fn run() {
         println!("update: curl + unzip baseline skipped (curl or unzip is not installed)");
     }
     restart_in_place(&bin, &srv.url(), &key, work.path());
+    against_the_peer(&[("stripped", &bin), ("as built", &built)], &version, &key, work.path());
     // The same at four times the size: memory must not grow with the archive.
     let big_tree = work.path().join("broth-big");
     let big_archive =
@@ -371,6 +372,98 @@ fn restart_in_place(bin: &Path, url: &str, key: &SigningKey, work: &Path) {
         longest <= 100.0 && failed == 0,
         Some(format!("{calls} calls over {RUNS} restarts")),
     );
+}
+
+/// `butler upgrade` against the updater a launcher author would write with the `self_update`
+/// crate (`tests/bench/peer`, built by `make bench`; its path in `BUTLER_BENCH_PEER`), on the
+/// same signed loopback tree: the binary alone, stripped (~10 MiB) and as built (~50 MiB). Runs
+/// alternate which goes first; the peer verifies nothing, so butler's checks are in its time.
+fn against_the_peer(bins: &[(&str, &Path)], version: &str, key: &SigningKey, work: &Path) {
+    const PEER_RUNS: usize = 9;
+    let Some(peer) = std::env::var_os("BUTLER_BENCH_PEER").map(PathBuf::from) else {
+        println!(
+            "update: the self_update peer is skipped (BUTLER_BENCH_PEER unset; make bench builds it)"
+        );
+        return;
+    };
+    for (what, bin) in bins {
+        let tree = work.join(format!("broth-peer-{}", what.replace(' ', "-")));
+        let p = Publish {
+            package: "butler".into(),
+            channel: Channel::current(false),
+            version: version.into(),
+            binary: bin.to_path_buf(),
+            extra_files: Vec::new(),
+            out: tree.clone(),
+            expires_in: Duration::from_secs(3600),
+            set_latest: true,
+        };
+        butler_release::publish(&p, Some(key)).unwrap();
+        let srv = server::Server::start(tree);
+        let size = std::fs::metadata(bin).unwrap().len();
+        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        let (mut our_rss, mut their_rss) = (Vec::new(), Vec::new());
+        for i in 0..=PEER_RUNS {
+            let mut butler = || {
+                let dir = work.join(format!("peer-butler-{what}-{i}"));
+                let (t, ok, rss) = measured(&mut upgrade_cmd(bin, &dir, &srv.url(), key));
+                assert!(
+                    ok && dir.join("butler.old").exists(),
+                    "butler upgrade failed in the bench"
+                );
+                (t, rss)
+            };
+            let mut peer_run = || {
+                let dir = work.join(format!("peer-su-{what}-{i}"));
+                std::fs::create_dir_all(dir.join("tmp")).unwrap();
+                let exe = dir.join("butler");
+                std::fs::copy(&peer, &exe).unwrap();
+                let mut cmd = Command::new(&exe);
+                cmd.arg(srv.url())
+                    .arg(Channel::current(false).name())
+                    .arg("--force")
+                    .env("TMPDIR", dir.join("tmp"))
+                    .env_remove("http_proxy")
+                    .env_remove("HTTP_PROXY");
+                let (t, ok, rss) = measured(&mut cmd);
+                let installed = std::fs::metadata(&exe).map(|m| m.len()).unwrap_or(0);
+                assert!(ok && installed == size, "the self_update peer failed in the bench");
+                (t, rss)
+            };
+            let (a, b) = if i % 2 == 0 {
+                let a = butler();
+                (a, peer_run())
+            } else {
+                let b = peer_run();
+                (butler(), b)
+            };
+            // The first round warms the page cache and the server.
+            if i == 0 {
+                continue;
+            }
+            ours.push(a.0.as_secs_f64() * 1e3);
+            theirs.push(b.0.as_secs_f64() * 1e3);
+            our_rss.extend(a.1);
+            their_rss.extend(b.1);
+        }
+        let (ours, theirs) = (median(ours), median(theirs));
+        let ratio = ours / theirs;
+        let rss = |v: Vec<u64>| if v.is_empty() { f64::NAN } else { median(v) as f64 / 1024.0 };
+        crate::report(
+            &format!(
+                "update vs self_update peer, {:.0} MiB binary ({what})",
+                size as f64 / (1 << 20) as f64
+            ),
+            format!("{ratio:.2}x"),
+            "<= 1.0x",
+            ratio <= 1.0,
+            Some(format!(
+                "butler {ours:.1} ms, {:.1} MiB peak; peer {theirs:.1} ms, {:.1} MiB peak; {PEER_RUNS} runs each",
+                rss(our_rss),
+                rss(their_rss)
+            )),
+        );
+    }
 }
 
 /// `butler upgrade -y --force` of the butler already installed in `dir`, from `url`.

@@ -624,8 +624,8 @@ impl Updater {
         fs_err::create_dir(&unpacked).at(Step::Unpack)?;
         let limits = self.tuning.unpack;
         let (archive2, unpacked2) = (archive.clone(), unpacked.clone());
-        let files = tokio::task::spawn_blocking(move || {
-            unpack::unpack(&archive2, &unpacked2, main_exe, limits)
+        let (files, unsynced) = tokio::task::spawn_blocking(move || {
+            unpack::unpack_unsynced(&archive2, &unpacked2, main_exe, limits)
         })
         .await
         .map_err(|e| ErrorKind::Io(std::io::Error::other(e.to_string())))
@@ -641,14 +641,23 @@ impl Updater {
         let exe = unpacked.join(main_exe);
         let scratch = staging.join("scratch");
         fs_err::create_dir(&scratch).at(Step::SmokeTest)?;
+        // The new files reach the disk while the smoke test runs them (from the page cache); both
+        // must be done before anything is swapped.
+        // (Both are awaited whatever happens: Windows cannot remove staging under an open file.)
+        let synced = tokio::task::spawn_blocking(move || unsynced.sync());
         let reported = {
             let (exe, scratch, t) = (exe.clone(), scratch.clone(), self.tuning.smoke_timeout);
-            tokio::task::spawn_blocking(move || install::smoke_test(&exe, &scratch, t))
-                .await
-                .map_err(|e| ErrorKind::SmokeTest(e.to_string()))
-                .at(Step::SmokeTest)?
-                .at(Step::SmokeTest)?
+            tokio::task::spawn_blocking(move || install::smoke_test(&exe, &scratch, t)).await
         };
+        let synced = synced.await;
+        let reported = reported
+            .map_err(|e| ErrorKind::SmokeTest(e.to_string()))
+            .at(Step::SmokeTest)?
+            .at(Step::SmokeTest)?;
+        synced
+            .map_err(|e| ErrorKind::Io(std::io::Error::other(e.to_string())))
+            .at(Step::Unpack)?
+            .at(Step::Unpack)?;
         if ch.compare(version, &reported.version) != std::cmp::Ordering::Equal {
             return Err(ErrorKind::Mismatch(format!(
                 "the new binary reports version {}, expected {version}",

@@ -29,6 +29,33 @@ pub fn unpack(
     main_exe: &str,
     limits: Limits,
 ) -> Result<Vec<FileEntry>, ErrorKind> {
+    let (files, unsynced) = unpack_unsynced(archive, dest, main_exe, limits)?;
+    unsynced.sync()?;
+    Ok(files)
+}
+
+/// Files written but not yet on disk: [`Unsynced::sync`] must succeed before they are installed.
+/// Apart so the caller can overlap the writeback with other work (the smoke test).
+#[derive(Debug)]
+pub struct Unsynced(Vec<fs_err::File>);
+
+impl Unsynced {
+    /// fsyncs every file, together at the end so the kernel can write them back in one go.
+    pub fn sync(self) -> Result<(), ErrorKind> {
+        for f in self.0 {
+            f.sync_all()?;
+        }
+        Ok(())
+    }
+}
+
+/// [`unpack`] without the final fsync, which the returned [`Unsynced`] does.
+pub fn unpack_unsynced(
+    archive: &Path,
+    dest: &Path,
+    main_exe: &str,
+    limits: Limits,
+) -> Result<(Vec<FileEntry>, Unsynced), ErrorKind> {
     let file = fs_err::File::open(archive)?;
     let mut zip = zip::ZipArchive::new(std::io::BufReader::with_capacity(256 * 1024, file))
         .map_err(|e| unsafe_zip(format!("not a readable zip: {e}")))?;
@@ -58,7 +85,6 @@ pub fn unpack(
     let mut out = Vec::new();
     let mut written = 0u64;
     let mut buf = vec![0u8; 256 * 1024];
-    // Written files are fsynced together at the end, so the kernel can write them back in one go.
     let mut to_sync = Vec::new();
     let hasher = crate::hasher::Hasher::new();
     for i in 0..zip.len() {
@@ -118,13 +144,10 @@ pub fn unpack(
     if !out.iter().any(|e| e.path == main_exe) {
         return Err(unsafe_zip(format!("it has no {main_exe} at its root")));
     }
-    for f in to_sync {
-        f.sync_all()?;
-    }
     for (entry, digest) in out.iter_mut().zip(hasher.finish()) {
         entry.sha256 = hex(&digest);
     }
-    Ok(out)
+    Ok((out, Unsynced(to_sync)))
 }
 
 /// Accepts only plain relative paths made of normal components.
