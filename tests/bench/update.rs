@@ -404,7 +404,7 @@ fn against_the_peer(bins: &[(&str, &Path)], version: &str, key: &SigningKey, wor
         let (mut ours, mut theirs) = (Vec::new(), Vec::new());
         let (mut our_rss, mut their_rss) = (Vec::new(), Vec::new());
         for i in 0..=PEER_RUNS {
-            let mut butler = || {
+            let butler = || {
                 let dir = work.join(format!("peer-butler-{what}-{i}"));
                 let (t, ok, rss) = measured(&mut upgrade_cmd(bin, &dir, &srv.url(), key));
                 assert!(
@@ -413,7 +413,7 @@ fn against_the_peer(bins: &[(&str, &Path)], version: &str, key: &SigningKey, wor
                 );
                 (t, rss)
             };
-            let mut peer_run = || {
+            let peer_run = || {
                 let dir = work.join(format!("peer-su-{what}-{i}"));
                 std::fs::create_dir_all(dir.join("tmp")).unwrap();
                 let exe = dir.join("butler");
