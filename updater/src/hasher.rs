@@ -29,8 +29,8 @@ impl std::fmt::Debug for Hasher {
 impl Hasher {
     pub(crate) fn new() -> Hasher {
         // 4 chunks in flight at most (1 MiB of unpacked data), so a slow hasher slows the producer
-        // down and peak memory does not depend on the archive: with 16, a stored (incompressible)
-        // entry copies faster than it hashes and kept 4 MiB queued, +1.7 MiB at 40 MiB.
+        // down and peak memory does not depend on the archive (with 16, a stored entry, copied
+        // faster than it hashes, could keep 4 MiB queued).
         let (tx, rx) = sync_channel::<Msg>(4);
         let handle = std::thread::Builder::new()
             .name("butler-sha256".into())
