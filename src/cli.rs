@@ -468,6 +468,8 @@ pub(crate) struct TuningArgs {
     max_archive: Option<u64>,
     #[arg(long, hide = true, env = "BUTLER_UPGRADE_MAX_UNPACKED")]
     max_unpacked: Option<u64>,
+    #[arg(long, hide = true, env = "BUTLER_UPGRADE_SMOKE_TIMEOUT_MS")]
+    smoke_timeout_ms: Option<u64>,
 }
 
 impl TuningArgs {
@@ -499,6 +501,9 @@ impl TuningArgs {
         }
         if let Some(v) = self.max_unpacked {
             t.unpack.max_total = v;
+        }
+        if let Some(v) = self.smoke_timeout_ms {
+            t.smoke_timeout = ms(v);
         }
         t
     }

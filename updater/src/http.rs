@@ -513,3 +513,32 @@ fn net_err(url: &str, e: reqwest::Error) -> ErrorKind {
     let why = if parts.is_empty() { e.to_string() } else { parts.join(": ") };
     ErrorKind::Network { url: url.to_owned(), why }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::url_allowed;
+
+    #[test]
+    fn plain_http_only_to_loopback_by_address_or_exact_name() {
+        let allowed = |u: &str| url_allowed(&reqwest::Url::parse(u).unwrap());
+        for ok in [
+            "https://broth.example/butler",
+            "http://127.0.0.1:8080/x",
+            "http://127.9.9.9/x",
+            "http://[::1]:1/x",
+            "http://localhost/x",
+        ] {
+            assert!(allowed(ok), "{ok}");
+        }
+        for refused in [
+            "http://localhost.example.com/x",
+            "http://127.0.0.1.nip.io/x",
+            "http://10.0.0.1/x",
+            "http://[::ffff:8.8.8.8]/x",
+            "ftp://127.0.0.1/x",
+            "file:///etc/passwd",
+        ] {
+            assert!(!allowed(refused), "{refused}");
+        }
+    }
+}

@@ -131,7 +131,8 @@ pub fn create_private_dir_all(dir: &Path) -> std::io::Result<()> {
 }
 
 /// A candidate butler run in isolation: its own home in `scratch`, no test pause points, stdout
-/// piped for the caller to read, nothing else inherited. Killed and reaped when dropped.
+/// piped for the caller to read, nothing else inherited. Killed and reaped when dropped, on unix
+/// with everything it started (its own process group), so a candidate that hangs leaves nothing.
 #[derive(Debug)]
 pub struct Candidate(Child);
 
@@ -149,6 +150,8 @@ impl Candidate {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
+        #[cfg(unix)]
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         spawn(&mut cmd).map(Candidate)
     }
 
@@ -160,6 +163,12 @@ impl Candidate {
 
 impl Drop for Candidate {
     fn drop(&mut self) {
+        #[cfg(unix)]
+        if let Ok(group) = i32::try_from(self.0.id()) {
+            // SAFETY: a plain kill(2) of the group this candidate leads; not yet reaped, so the
+            // id cannot have been reused.
+            unsafe { libc::kill(-group, libc::SIGKILL) };
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }

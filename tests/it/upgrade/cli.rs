@@ -519,6 +519,37 @@ fn a_binary_reporting_another_version_is_refused() {
     inst.assert_untouched(&out);
 }
 
+#[test]
+fn a_new_build_that_hangs_is_refused_and_leaves_no_process_behind() {
+    // Its child outlives the shell unless the whole group is stopped; the odd duration marks it.
+    let broth = broth_with_zip(&[("butler", b"#!/bin/sh\nsleep 61.25\n".to_vec())]);
+    let inst = Install::new();
+    let out =
+        inst.cmd(&broth, &["-y"]).env("BUTLER_UPGRADE_SMOKE_TIMEOUT_MS", "300").output().unwrap();
+    assert_failed_with(&out, 9, "did not finish within");
+    inst.assert_untouched(&out);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let left = || {
+        std::fs::read_dir("/proc").unwrap().flatten().any(|p| {
+            std::fs::read(p.path().join("cmdline"))
+                .is_ok_and(|c| c.windows(5).any(|w| w == b"61.25"))
+        })
+    };
+    while left() {
+        assert!(std::time::Instant::now() < deadline, "the hanging build's child was left running");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn rollback_without_a_previous_build_says_so() {
+    let broth = Broth::new(true);
+    let inst = Install::new();
+    let out = inst.run(&broth, &["--rollback"]);
+    assert_failed_with(&out, 12, "no previous version");
+    inst.assert_untouched(&out);
+}
+
 /// Publishes a hand-made zip as the newest version of an unsigned tree.
 fn broth_with_zip(entries: &[(&str, Vec<u8>)]) -> Broth {
     let entries: Vec<_> = entries.iter().map(|(n, d)| (*n, d.clone(), 0o755)).collect();
