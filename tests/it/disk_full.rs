@@ -47,7 +47,9 @@ fn lines(tag: &str, n: usize) -> String {
 }
 
 fn expected(tag: &str, n: usize) -> Vec<u8> {
-    (0..n).flat_map(|i| format!("{tag} line {i}, long enough to fill a small disk\n").into_bytes()).collect()
+    (0..n)
+        .flat_map(|i| format!("{tag} line {i}, long enough to fill a small disk\n").into_bytes())
+        .collect()
 }
 
 #[test]

@@ -9,6 +9,7 @@ mod cli;
 mod daemon;
 mod disk_full;
 mod live;
+mod logdog_faults;
 mod streaming;
 mod streaming_logdog;
 mod streaming_noloss;

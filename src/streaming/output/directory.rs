@@ -101,12 +101,10 @@ impl DirectoryOutput {
         });
         let path = self.sibling(s, format!(".meta.{}", Self::base(s)));
         let tmp = self.sibling(s, format!(".meta.{}.tmp", Self::base(s)));
-        let written = crate::db::private_file()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .and_then(|mut f| f.write_all(&serde_json::to_vec_pretty(&meta).unwrap_or_default()));
+        let written =
+            crate::db::private_file().write(true).create(true).truncate(true).open(&tmp).and_then(
+                |mut f| f.write_all(&serde_json::to_vec_pretty(&meta).unwrap_or_default()),
+            );
         if let Err(e) = written {
             // A torn copy is no use to anyone, and a full disk needs its space back.
             let _ = std::fs::remove_file(&tmp);

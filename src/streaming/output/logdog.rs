@@ -205,8 +205,9 @@ impl LogdogOutput {
                     t.token(&self.client).await.map_err(|e| Failure::Transient(e.to_string()))?;
                 req = req.bearer_auth(token);
             }
-            let resp =
-                req.send().await.map_err(|e| Failure::Transient(format!("publishing: {e}")))?;
+            let resp = req.send().await.map_err(|e| {
+                Failure::Transient(format!("publishing to {url}: {}", transport_error(&e)))
+            })?;
             let status = resp.status();
             if status.is_success() {
                 return Ok(());
@@ -366,6 +367,24 @@ fn publish_url(topic: &str) -> Result<String, OutputError> {
     Ok(format!("{base}/v1/projects/{p}/topics/{t}:publish"))
 }
 
+/// Why a request got no answer: reqwest's own line only repeats the URL, so the cause chain
+/// (connection refused, reset...) or the deadline says it.
+fn transport_error(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        return "no answer in time (the timeout= option sets how long to wait)".into();
+    }
+    let mut parts = Vec::new();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        let text = s.to_string();
+        if !text.starts_with("client error (") {
+            parts.push(text);
+        }
+        src = s.source();
+    }
+    if parts.is_empty() { e.to_string() } else { parts.join(": ") }
+}
+
 async fn prpc_call(
     client: &reqwest::Client,
     url: &str,
@@ -380,14 +399,20 @@ async fn prpc_call(
     if let Some(t) = token.filter(|_| may_carry_token(url)) {
         req = req.bearer_auth(t);
     }
-    let resp = req.send().await.map_err(|e| Failure::Transient(format!("{url}: {e}")))?;
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| Failure::Transient(format!("{url}: {}", transport_error(&e))))?;
     let status = resp.status();
     let code: Option<u32> = resp
         .headers()
         .get("x-prpc-grpc-code")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok());
-    let body = resp.bytes().await.map_err(|e| Failure::Transient(format!("{url}: {e}")))?;
+    let body = resp
+        .bytes()
+        .await
+        .map_err(|e| Failure::Transient(format!("{url}: {}", transport_error(&e))))?;
     match code {
         Some(0) if status.is_success() => Ok(body.to_vec()),
         // Unknown, DeadlineExceeded, ResourceExhausted, Internal, Unavailable.
