@@ -253,6 +253,9 @@ fn hint(e: &UpdateError) -> Option<&'static str> {
             "nothing was installed; this build is broken, so wait for the next one"
         }
         K::Cancelled => "run the same command again to go on; a partial download is resumed",
+        k if k.is_disk_full() => {
+            "the disk is full; free some space and run the same command again (nothing was installed; a partial download is resumed)"
+        }
         _ => return None,
     })
 }

@@ -261,6 +261,9 @@ impl Http {
                     tracing::info!("download of {url} interrupted at {done} bytes ({e}); retrying");
                     tokio::time::sleep(self.backoff(failures, e.retry_after())).await;
                 }
+                // A full disk casts no doubt on what was written: the next run, with room
+                // again, goes on from there.
+                Err(e @ ErrorKind::Io(_)) if e.is_disk_full() => return Err(e),
                 Err(e) => {
                     // Not worth resuming later: what is there may be wrong, and the next try
                     // would meet the same answer.

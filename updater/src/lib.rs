@@ -121,6 +121,11 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// A write that found the disk full: nothing is wrong with what was written before it.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, ErrorKind::Io(e) if e.kind() == std::io::ErrorKind::StorageFull)
+    }
+
     /// Worth another attempt: connection trouble, timeouts, 429 and 5xx.
     pub fn retryable(&self) -> bool {
         matches!(
