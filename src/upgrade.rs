@@ -240,6 +240,9 @@ fn hint(e: &UpdateError) -> Option<&'static str> {
             "is --broth-url (or BUTLER_BROTH_URL) right? It must serve butler/<channel>/LATEST"
         }
         K::NotFound(_) => "the server names a version it does not serve; try again later",
+        K::WrongRange { .. } => {
+            "the server does not resume downloads correctly; run the same command again"
+        }
         K::Stalled { .. } | K::Truncated { .. } => {
             "the download was cut short; run the same command again to resume it"
         }

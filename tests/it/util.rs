@@ -275,8 +275,9 @@ impl Tmpfs {
     /// Bytes still free.
     pub(crate) fn free(&self) -> u64 {
         let c = std::ffi::CString::new(self.path().as_os_str().as_encoded_bytes()).unwrap();
-        // SAFETY: statvfs writes into the struct we own; the path is NUL-terminated.
+        // SAFETY: statvfs is plain data, for which all zeroes is a valid value.
         let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: statvfs writes into the struct we own; the path is NUL-terminated.
         assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut s) }, 0);
         s.f_bavail as u64 * s.f_frsize as u64
     }

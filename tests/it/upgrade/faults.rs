@@ -159,6 +159,37 @@ fn a_file_changed_under_a_resumed_download_with_the_same_etag_is_caught_by_the_h
 }
 
 #[test]
+fn a_resumed_range_answered_from_the_wrong_offset_is_not_spliced() {
+    let broth = Broth::new(true);
+    let inst = Install::new();
+    let first = leave_a_partial_download(&broth, &inst);
+    let path = broth.archive_path(&fixtures().new_version);
+    // Every range request is answered from the first byte: the partial file is dropped, and the
+    // download starts over without a range.
+    broth.server.fault(&path, Fault::RangeFromStart);
+    let out = inst.run(&broth, &["-y"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(version_of(&inst.exe), fixtures().new_version);
+    let gets = archive_gets(&broth, first);
+    assert_eq!(gets.len(), 2, "{gets:?}");
+    assert!(gets[0].headers.contains_key("range"), "{gets:?}");
+    assert!(!gets[1].headers.contains_key("range"), "{gets:?}");
+    assert!(cache_files(&inst).is_empty(), "{:?}", cache_files(&inst));
+}
+
+#[test]
+fn a_latest_naming_a_version_the_server_does_not_have_fails_cleanly() {
+    let broth = Broth::new(false);
+    broth.replace("LATEST", b"0.9.0\n");
+    let inst = Install::new();
+    let out = inst.run(&broth, &["-y"]);
+    assert!(!out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("404") || stderr(&out).contains("not found"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("does not serve"), "{}", stderr(&out));
+    inst.assert_untouched(&out);
+}
+
+#[test]
 fn an_unsigned_latest_whose_archive_holds_the_old_version_is_refused() {
     let f = fixtures();
     let broth = Broth::new(false);
@@ -237,5 +268,36 @@ fn a_disk_that_fills_while_unpacking_fails_cleanly_and_leaves_nothing() {
     fs.resize(&kib(3 * old + 2 * archive));
     let out = inst.run(&broth, &["-y"]);
     assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(version_of(&inst.exe), f.new_version);
+}
+
+#[test]
+fn the_daemon_answers_a_full_disk_with_an_error_and_keeps_serving() {
+    use serde_json::json;
+    let f = fixtures();
+    let archive = std::fs::metadata(template(true).join(format!(
+        "butler/{}/{}/archive/default",
+        channel().name(),
+        f.new_version
+    )))
+    .unwrap()
+    .len();
+    let old = std::fs::metadata(&f.old).unwrap().len();
+    let size = kib(old + archive + archive / 2);
+    let Some(fs) = Tmpfs::mount("the_daemon_answers_a_full_disk", &size) else { return };
+    let broth = Broth::new(true);
+    let inst = Install::in_dir(fs.path());
+    let d = super::daemon::daemon_from(&inst, &broth);
+    let mut c = d.client();
+    let (reply, _) = super::daemon::call(&mut c, 2, "Update.Apply", json!({}));
+    let message = reply["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("No space left on device"), "{reply}");
+    assert_eq!(version_of(&inst.exe), f.old_version);
+    assert_eq!(inst.listing(), ["butler"], "nothing left behind");
+    assert_eq!(inst.history().last().unwrap().1, "failed");
+    // Still serving, and with room again the same request installs.
+    fs.resize(&kib(3 * old + 2 * archive));
+    let (reply, _) = super::daemon::call(&mut c, 3, "Update.Apply", json!({}));
+    assert!(reply["error"].is_null(), "{reply}");
     assert_eq!(version_of(&inst.exe), f.new_version);
 }

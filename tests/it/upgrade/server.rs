@@ -23,6 +23,9 @@ pub(super) enum Fault {
     ResetAfter(usize, usize),
     /// As `CutAfter`, but the connection then stays open and silent.
     StallAfter(usize, usize),
+    /// A lie: a range request is answered 206 with the file from its first byte (and a
+    /// Content-Range that says so).
+    RangeFromStart,
     /// A body that never ends (no Content-Length, endless bytes).
     Endless,
     /// Headers, then a few bytes, then silence until the client gives up.
@@ -78,6 +81,11 @@ impl Server {
 
     pub(super) fn fault(&self, path: &str, fault: Fault) {
         self.faults.lock().unwrap().insert(path.to_owned(), fault);
+    }
+
+    /// Serves `path` normally again.
+    pub(super) fn heal(&self, path: &str) {
+        self.faults.lock().unwrap().remove(path);
     }
 
     pub(super) fn seen(&self) -> Vec<Seen> {
@@ -220,8 +228,12 @@ fn handle(
         out.write_all(head.as_bytes())?;
         return Ok(());
     }
+    let lie = matches!(fault, Some(Fault::RangeFromStart)) && start > 0;
+    if lie {
+        start = 0;
+    }
     let body = &data[start..];
-    let head = if start > 0 {
+    let head = if start > 0 || lie {
         format!(
             "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {start}-{}/{}\r\nETag: {etag}\r\nAccept-Ranges: bytes\r\nConnection: close\r\n\r\n",
             body.len(),
