@@ -83,11 +83,6 @@ impl Server {
         self.faults.lock().unwrap().insert(path.to_owned(), fault);
     }
 
-    /// Serves `path` normally again.
-    pub(super) fn heal(&self, path: &str) {
-        self.faults.lock().unwrap().remove(path);
-    }
-
     pub(super) fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
     }
