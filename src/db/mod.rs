@@ -197,27 +197,31 @@ pub fn open(path: &DbPath) -> Result<Connection, DbError> {
 fn disk_full(e: &rusqlite::Error, path: &DbPath) -> bool {
     match e.sqlite_error_code() {
         Some(rusqlite::ErrorCode::DiskFull) => true,
-        #[cfg(unix)]
-        Some(rusqlite::ErrorCode::SystemIoFailure) => {
-            let DbPath::File(file) = path else { return false };
-            let dir = file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-            free_bytes(dir).is_some_and(|free| free < 1 << 20)
-        }
+        Some(rusqlite::ErrorCode::SystemIoFailure) => little_space_beside(path),
         _ => false,
     }
 }
 
+/// Whether the database file's folder has less than 1 MiB free.
 #[cfg(unix)]
-fn free_bytes(dir: &Path) -> Option<u64> {
+fn little_space_beside(path: &DbPath) -> bool {
     use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let DbPath::File(file) = path else { return false };
+    let dir = file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else { return false };
     // SAFETY: statvfs is plain data, for which all zeroes is a valid value.
     let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: statvfs only writes into the struct we own; the path is NUL-terminated.
     if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
-        return None;
+        return false;
     }
-    Some(s.f_bavail as u64 * s.f_frsize as u64)
+    (s.f_bavail as u64).saturating_mul(s.f_frsize as u64) < 1 << 20
+}
+
+/// Windows reports a full disk as such (`SQLITE_FULL`).
+#[cfg(not(unix))]
+fn little_space_beside(_: &DbPath) -> bool {
+    false
 }
 
 /// Switching a new database to WAL needs an exclusive lock, and when several openers each hold a
