@@ -304,12 +304,19 @@ mod tests {
                 backoff: logdog::Backoff::default(),
             }
         );
+        let OutputSpec::Logdog { backoff, .. } = OutputSpec::parse("logdog,timeout=250ms").unwrap()
+        else {
+            panic!("not logdog")
+        };
+        assert_eq!(backoff.timeout, std::time::Duration::from_millis(250));
         for bad in [
             "directory",
             "bogus",
             "null,x=1",
             "log,bundle-size=x",
             "logdog,host=x",
+            "logdog,timeout=0s",
+            "logdog,timeout=soon",
             "directory,path",
         ] {
             assert!(OutputSpec::parse(bad).is_err(), "{bad}");
