@@ -225,7 +225,8 @@ impl Emulator {
         true
     }
 
-    fn start(port: u16, data_dir: &Path) -> Emulator {
+    /// Starts it and waits until it answers; `Err` with its output when it exits first.
+    fn start(port: u16, data_dir: &Path) -> Result<Emulator, String> {
         use std::os::unix::process::CommandExt;
         let log = std::fs::File::create(data_dir.join("emulator.log")).unwrap();
         let child = Command::new("gcloud")
@@ -245,10 +246,11 @@ impl Emulator {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if http(port, "GET", "/", "").is_some_and(|(s, _)| s == 200) {
-                return emu;
+                return Ok(emu);
             }
             if let Some(status) = emu.child.try_wait().unwrap() {
-                panic!("the emulator exited ({status}): {}", emu.log());
+                emu.stopped = true;
+                return Err(format!("the emulator exited ({status}): {}", emu.log()));
             }
             assert!(
                 Instant::now() < deadline,
@@ -428,7 +430,16 @@ fn the_logdog_output_publishes_to_the_real_pubsub_emulator_through_a_restart() {
     }
     let data_dir = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut emulator = Emulator::start(port, data_dir.path());
+    let mut emulator = match Emulator::start(port, data_dir.path()) {
+        Ok(e) => e,
+        // gcloud without its pubsub-emulator component, or a Java it cannot use: this machine
+        // cannot run the emulator at all, which is no fault of butler's.
+        Err(log) if log.contains("component") || log.contains("Java") || log.contains("java") => {
+            eprintln!("skipped {TEST}: {log}");
+            return;
+        }
+        Err(log) => panic!("{log}"),
+    };
     emulator.create_topic_and_subscription();
     // Only RegisterPrefix is the stand-in's; it names the topic made above.
     let state = Arc::new(Mutex::new(State::default()));
@@ -491,7 +502,8 @@ fn the_logdog_output_publishes_to_the_real_pubsub_emulator_through_a_restart() {
     }
 
     // Back (empty, as a restarted emulator is): the spooled bundles go first, then the rest.
-    emulator = Emulator::start(port, data_dir.path());
+    emulator =
+        Emulator::start(port, data_dir.path()).unwrap_or_else(|log| panic!("restart: {log}"));
     emulator.create_topic_and_subscription();
     std::fs::write(&go2, "").unwrap();
     let all = format!("{before}{}{}", lines("during", 2000), lines("after", 2000));
