@@ -149,6 +149,25 @@ fn a_coordinator_that_refuses_fails_at_once_and_runs_nothing_unlogged() {
 }
 
 #[test]
+fn a_coordinator_that_is_down_fails_after_its_retries_and_says_why() {
+    let down = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let home = TestHome::new();
+    let marker = home.path().join("ran");
+    let out = logdog_run(
+        &home,
+        down,
+        "down/coordinator",
+        "retry-attempts=2",
+        &format!("touch {}", marker.display()),
+    );
+    assert_ne!(out.status.code(), Some(0), "{}", stderr(&out));
+    let error = one_error_line(&out);
+    assert!(error.contains("RegisterPrefix") && error.contains("Connection refused"), "{error}");
+    assert!(error.contains("after 10 attempts"), "{error}");
+    assert!(!marker.exists(), "the child ran although its log had nowhere to go");
+}
+
+#[test]
 fn a_full_disk_under_the_spool_holds_bundles_until_the_endpoint_is_back() {
     let Some(fs) = Tmpfs::mount("a_full_disk_under_the_spool", "1m") else { return };
     // Publishing fails long enough that every bundle of the run wants the spool.
