@@ -240,6 +240,9 @@ fn hint(e: &UpdateError) -> Option<&'static str> {
             "is --broth-url (or BUTLER_BROTH_URL) right? It must serve butler/<channel>/LATEST"
         }
         K::NotFound(_) => "the server names a version it does not serve; try again later",
+        K::WrongRange { .. } => {
+            "the server does not resume downloads correctly; run the same command again"
+        }
         K::Stalled { .. } | K::Truncated { .. } => {
             "the download was cut short; run the same command again to resume it"
         }
@@ -253,6 +256,9 @@ fn hint(e: &UpdateError) -> Option<&'static str> {
             "nothing was installed; this build is broken, so wait for the next one"
         }
         K::Cancelled => "run the same command again to go on; a partial download is resumed",
+        k if k.is_disk_full() => {
+            "the disk is full; free some space and run the same command again (nothing was installed; a partial download is resumed)"
+        }
         _ => return None,
     })
 }

@@ -38,6 +38,10 @@ pub enum DbError {
     )]
     NotADatabase { path: String },
     #[error(
+        "cannot open the database {path}: the disk holding it is full; free some space and run again (what it holds is kept)"
+    )]
+    DiskFull { path: String },
+    #[error(
         "the database {path} has schema version {found}, newer than this butler knows ({known}); upgrade butler"
     )]
     TooNew { path: String, found: i64, known: i64 },
@@ -189,10 +193,46 @@ pub fn open(path: &DbPath) -> Result<Connection, DbError> {
         {
             DbError::NotADatabase { path: name.clone() }
         }
+        DbError::Sqlite(e) | DbError::Migrate { error: e, .. } if disk_full(&e, path) => {
+            DbError::DiskFull { path: name.clone() }
+        }
         DbError::Sqlite(error) => DbError::Open { path: name.clone(), error },
         e => e,
     })?;
     Ok(conn)
+}
+
+/// Whether `e` comes from a full disk. SQLite says so when a write finds no room, but growing
+/// the WAL index (a memory map) on a full disk only shows as a "disk I/O error": then the free
+/// space of the database's folder decides.
+fn disk_full(e: &rusqlite::Error, path: &DbPath) -> bool {
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DiskFull) => true,
+        Some(rusqlite::ErrorCode::SystemIoFailure) => little_space_beside(path),
+        _ => false,
+    }
+}
+
+/// Whether the database file's folder has less than 1 MiB free.
+#[cfg(unix)]
+fn little_space_beside(path: &DbPath) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let DbPath::File(file) = path else { return false };
+    let dir = file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else { return false };
+    // SAFETY: statvfs is plain data, for which all zeroes is a valid value.
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: statvfs only writes into the struct we own; the path is NUL-terminated.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
+        return false;
+    }
+    (s.f_bavail as u64).saturating_mul(s.f_frsize as u64) < 1 << 20
+}
+
+/// Windows reports a full disk as such (`SQLITE_FULL`).
+#[cfg(not(unix))]
+fn little_space_beside(_: &DbPath) -> bool {
+    false
 }
 
 /// Switching a new database to WAL needs an exclusive lock, and when several openers each hold a

@@ -7,7 +7,9 @@
 mod architecture;
 mod cli;
 mod daemon;
+mod disk_full;
 mod live;
+mod logdog_faults;
 mod streaming;
 mod streaming_logdog;
 mod streaming_noloss;

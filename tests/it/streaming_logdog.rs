@@ -1,5 +1,7 @@
 //! The `logdog` output against a strict loopback stand-in for the Coordinator and Pub/Sub that
 //! decodes every frame as the Collector would, including a period where both return errors.
+//! `logdog_faults.rs` uses the same stand-in (as the Coordinator before the real Pub/Sub
+//! emulator, and with endpoints that stall or refuse).
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -11,42 +13,49 @@ use prost::Message;
 use crate::util::{TestHome, stderr};
 
 #[allow(clippy::all, dead_code, unreachable_pub)] // generated code
-mod logpb {
+pub(crate) mod logpb {
     include!(concat!(env!("OUT_DIR"), "/logpb.rs"));
 }
 
 #[allow(clippy::all, dead_code, unreachable_pub)] // generated code
-mod logdog {
+pub(crate) mod logdog {
     include!(concat!(env!("OUT_DIR"), "/logdog.rs"));
 }
 
-const SECRET: [u8; 36] = [7; 36];
+pub(crate) const SECRET: [u8; 36] = [7; 36];
 
 #[derive(Default)]
-struct StreamSeen {
-    desc: Option<logpb::LogStreamDescriptor>,
-    entries: BTreeMap<u64, logpb::LogEntry>,
-    terminal_index: Option<u64>,
+pub(crate) struct StreamSeen {
+    pub desc: Option<logpb::LogStreamDescriptor>,
+    pub entries: BTreeMap<u64, logpb::LogEntry>,
+    pub terminal_index: Option<u64>,
 }
 
 #[derive(Default)]
-struct State {
+pub(crate) struct State {
     /// Requests to fail before succeeding (the outage).
-    register_failures: u32,
-    publish_failures: u32,
-    nonces: Vec<Vec<u8>>,
+    pub register_failures: u32,
+    pub publish_failures: u32,
+    /// Publish requests to refuse with 403 (a permanent error) before accepting.
+    pub publish_rejections: u32,
+    /// Publish requests to hold unanswered for `stall` before accepting them.
+    pub publish_stalls: u32,
+    pub stall: std::time::Duration,
+    /// RegisterPrefix is refused with PERMISSION_DENIED.
+    pub register_denied: bool,
+    pub nonces: Vec<Vec<u8>>,
     /// Registered prefixes.
-    registered: HashMap<String, logdog::RegisterPrefixRequest>,
-    register: Option<logdog::RegisterPrefixRequest>,
-    publishes: u32,
+    pub registered: HashMap<String, logdog::RegisterPrefixRequest>,
+    pub register: Option<logdog::RegisterPrefixRequest>,
+    pub publishes: u32,
     /// By (prefix, name).
-    streams: HashMap<(String, String), StreamSeen>,
-    violations: Vec<String>,
+    pub streams: HashMap<(String, String), StreamSeen>,
+    pub violations: Vec<String>,
     /// When set: the service account's public key; every call must carry the issued token.
-    service_account: Option<(String, Vec<u8>)>,
-    tokens_issued: u32,
+    pub service_account: Option<(String, Vec<u8>)>,
+    pub tokens_issued: u32,
     /// The token's `expires_in`; 3600 when unset.
-    expires_in: Option<u64>,
+    pub expires_in: Option<u64>,
 }
 
 const ISSUED_TOKEN: &str = "ya29.stand-in-token";
@@ -150,7 +159,7 @@ fn valid_name(n: &str) -> bool {
 }
 
 /// What the Collector does with one Pub/Sub message; `Err` = it would reject it.
-fn collect(st: &mut State, data: &[u8]) -> Result<(), String> {
+pub(crate) fn collect(st: &mut State, data: &[u8]) -> Result<(), String> {
     let (mlen, used) = uvarint(data).ok_or("bad metadata length")?;
     let rest = &data[used..];
     let meta = logpb::ButlerMetadata::decode(&rest[..mlen as usize])
@@ -315,6 +324,15 @@ fn serve_conn(stream: TcpStream, state: Arc<Mutex<State>>) {
                 continue;
             };
             st.nonces.push(msg.op_nonce.to_vec());
+            if st.register_denied {
+                respond(
+                    &mut w,
+                    "403 Forbidden",
+                    &[("x-prpc-grpc-code", "7")],
+                    b"the caller may not register prefixes in this project",
+                );
+                continue;
+            }
             if st.register_failures > 0 {
                 st.register_failures -= 1;
                 respond(
@@ -339,6 +357,20 @@ fn serve_conn(stream: TcpStream, state: Arc<Mutex<State>>) {
             );
         } else if req.path == "/v1/projects/luci-logdog/topics/logs:publish" {
             st.publishes += 1;
+            if st.publish_stalls > 0 {
+                st.publish_stalls -= 1;
+                let stall = st.stall;
+                drop(st);
+                // The client gives up first; what it sent is not collected.
+                std::thread::sleep(stall);
+                respond(&mut w, "504 Gateway Timeout", &[], b"");
+                continue;
+            }
+            if st.publish_rejections > 0 {
+                st.publish_rejections -= 1;
+                respond(&mut w, "403 Forbidden", &[], b"{\"error\":\"permission denied\"}");
+                continue;
+            }
             if st.publish_failures > 0 {
                 st.publish_failures -= 1;
                 respond(&mut w, "503 Service Unavailable", &[], b"{\"error\":\"outage\"}");
@@ -376,7 +408,7 @@ fn serve_conn(stream: TcpStream, state: Arc<Mutex<State>>) {
     }
 }
 
-fn stand_in(state: Arc<Mutex<State>>) -> u16 {
+pub(crate) fn stand_in(state: Arc<Mutex<State>>) -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     std::thread::spawn(move || {
@@ -388,7 +420,7 @@ fn stand_in(state: Arc<Mutex<State>>) -> u16 {
     port
 }
 
-fn text_of(s: &StreamSeen) -> Vec<u8> {
+pub(crate) fn text_of(s: &StreamSeen) -> Vec<u8> {
     let mut out = Vec::new();
     for e in s.entries.values() {
         if let Some(logpb::log_entry::Content::Text(t)) = &e.content {
@@ -450,7 +482,7 @@ fn logdog_output_registers_publishes_and_survives_an_outage() {
     assert!(stderr(&out).contains("spooled"), "the outage spooled bundles: {}", stderr(&out));
 }
 
-fn logdog_run(
+pub(crate) fn logdog_run(
     home: &TestHome,
     port: u16,
     prefix: &str,

@@ -230,3 +230,88 @@ impl RpcClient {
         self.recv()
     }
 }
+
+/// A small tmpfs mounted on a temp folder, for disk-full tests; unmounted on drop, even when the
+/// test fails. Mounting needs root (as here and in CI); elsewhere `mount` says why and the test
+/// is skipped.
+pub(crate) struct Tmpfs {
+    dir: Option<tempfile::TempDir>,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (`mount`'s syntax: `2m`), or prints why not and returns `None`.
+    pub(crate) fn mount(test: &str, size: &str) -> Option<Tmpfs> {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped {test}: mounting a tmpfs needs root");
+            return None;
+        }
+        let dir = tempfile::Builder::new().prefix("butler-tmpfs-").tempdir().unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .arg(dir.path())
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(Tmpfs { dir: Some(dir) }),
+            Ok(o) => {
+                eprintln!("skipped {test}: mount -t tmpfs failed: {}", stderr(&o).trim());
+                None
+            }
+            Err(e) => {
+                eprintln!("skipped {test}: cannot run mount: {e}");
+                None
+            }
+        }
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        self.dir.as_ref().unwrap().path()
+    }
+
+    /// Changes the size in place (what is stored stays): a bigger size is space freed.
+    pub(crate) fn resize(&self, size: &str) {
+        let out = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(self.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "remount: {}", stderr(&out));
+    }
+
+    /// Fills the disk with a file named `filler` until at most `leave` bytes are free.
+    pub(crate) fn fill(&self, leave: u64) -> PathBuf {
+        use std::io::Write;
+        let path = self.path().join("filler");
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).unwrap();
+        let mut block = 64 * 1024;
+        while self.free() > leave && block >= 512 {
+            let chunk = (block as u64).min(self.free().saturating_sub(leave).max(512)) as usize;
+            match f.write(&vec![0x5a; chunk]) {
+                Ok(n) if n > 0 => {}
+                Ok(_) => block /= 2,
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => block /= 2,
+                Err(e) => panic!("filling {}: {e}", path.display()),
+            }
+        }
+        path
+    }
+
+    /// Bytes still free.
+    pub(crate) fn free(&self) -> u64 {
+        let c = std::ffi::CString::new(self.path().as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: statvfs is plain data, for which all zeroes is a valid value.
+        let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: statvfs writes into the struct we own; the path is NUL-terminated.
+        assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut s) }, 0);
+        s.f_bavail as u64 * s.f_frsize as u64
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let Some(dir) = self.dir.take() else { return };
+        // Lazy: a process the failed test left behind may still hold a file there.
+        let _ = Command::new("umount").arg("-l").arg(dir.path()).status();
+        drop(dir);
+    }
+}

@@ -261,6 +261,9 @@ impl Http {
                     tracing::info!("download of {url} interrupted at {done} bytes ({e}); retrying");
                     tokio::time::sleep(self.backoff(failures, e.retry_after())).await;
                 }
+                // A full disk casts no doubt on what was written: the next run, with room
+                // again, goes on from there.
+                Err(e @ ErrorKind::Io(_)) if e.is_disk_full() => return Err(e),
                 Err(e) => {
                     // Not worth resuming later: what is there may be wrong, and the next try
                     // would meet the same answer.
@@ -311,6 +314,24 @@ impl Http {
                 return Err(ErrorKind::TooLarge { url: url.to_owned(), limit: cap });
             }
         } else {
+            if status == StatusCode::PARTIAL_CONTENT && resuming {
+                // A server that lies about ranges: nothing it sent can be spliced, and what is
+                // kept cannot be trusted to be the start of the file it serves now. Start over,
+                // and without a validator the next attempt asks for the whole file.
+                use std::io::Seek;
+                file.set_len(0)?;
+                file.seek(std::io::SeekFrom::Start(0))?;
+                hasher.reset();
+                let asked = std::mem::take(done);
+                *validator = None;
+                let _ = std::fs::remove_file(sidecar);
+                let sent = resp
+                    .headers()
+                    .get(reqwest::header::CONTENT_RANGE)
+                    .and_then(|v| v.to_str().ok())
+                    .map_or_else(|| "no Content-Range".to_owned(), |r| format!("bytes {r}"));
+                return Err(ErrorKind::WrongRange { url: url.to_owned(), asked, sent });
+            }
             if status == StatusCode::PARTIAL_CONTENT {
                 return Err(ErrorKind::Http {
                     url: url.to_owned(),

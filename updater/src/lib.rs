@@ -76,6 +76,10 @@ pub enum ErrorKind {
     TooLarge { url: String, limit: u64 },
     #[error("GET {url}: the body ended after {got} of {expected} bytes")]
     Truncated { url: String, got: u64, expected: u64 },
+    #[error(
+        "GET {url}: asked to resume at byte {asked}, the server sent {sent}; the download starts over"
+    )]
+    WrongRange { url: String, asked: u64, sent: String },
     #[error("{0} was not found on the server (HTTP 404)")]
     NotFound(String),
     #[error("the LATEST file is garbage: {0}")]
@@ -121,6 +125,11 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// A write that found the disk full: nothing is wrong with what was written before it.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, ErrorKind::Io(e) if e.kind() == std::io::ErrorKind::StorageFull)
+    }
+
     /// Worth another attempt: connection trouble, timeouts, 429 and 5xx.
     pub fn retryable(&self) -> bool {
         matches!(
@@ -129,6 +138,7 @@ impl ErrorKind {
                 | ErrorKind::Network { .. }
                 | ErrorKind::Stalled { .. }
                 | ErrorKind::Truncated { .. }
+                | ErrorKind::WrongRange { .. }
         )
     }
 
@@ -149,7 +159,8 @@ impl ErrorKind {
             ErrorKind::Stalled { .. }
             | ErrorKind::TooSlow { .. }
             | ErrorKind::TooLarge { .. }
-            | ErrorKind::Truncated { .. } => ErrorClass::Download,
+            | ErrorKind::Truncated { .. }
+            | ErrorKind::WrongRange { .. } => ErrorClass::Download,
             ErrorKind::BadLatest(_)
             | ErrorKind::BadVersions(_)
             | ErrorKind::BadVersion { .. }

@@ -36,7 +36,7 @@ struct DirStream {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> OutputError + '_ {
-    move |source| OutputError::Io { path: path.display().to_string(), source }
+    move |source| OutputError::Io { path: path.display().to_string(), error: source }
 }
 
 /// The relative path of stream `name` (see the module doc).
@@ -101,13 +101,15 @@ impl DirectoryOutput {
         });
         let path = self.sibling(s, format!(".meta.{}", Self::base(s)));
         let tmp = self.sibling(s, format!(".meta.{}.tmp", Self::base(s)));
-        crate::db::private_file()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .and_then(|mut f| f.write_all(&serde_json::to_vec_pretty(&meta).unwrap_or_default()))
-            .map_err(io(&tmp))?;
+        let written =
+            crate::db::private_file().write(true).create(true).truncate(true).open(&tmp).and_then(
+                |mut f| f.write_all(&serde_json::to_vec_pretty(&meta).unwrap_or_default()),
+            );
+        if let Err(e) = written {
+            // A torn copy is no use to anyone, and a full disk needs its space back.
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io(&tmp)(e));
+        }
         std::fs::rename(&tmp, &path).map_err(io(&path))
     }
 }

@@ -28,7 +28,7 @@ impl Output for LogOutput {
     }
 
     fn send(&mut self, bundle: Bundle) -> Result<(), OutputError> {
-        let err = |source| OutputError::Io { path: "stderr".into(), source };
+        let err = |source| OutputError::Io { path: "stderr".into(), error: source };
         let mut w = std::io::stderr().lock();
         writeln!(w, "bundle #{} ({} streams)", self.count, bundle.entries.len()).map_err(err)?;
         self.count += 1;

@@ -27,6 +27,9 @@ pub struct Backoff {
     pub attempts: u32,
     /// At close, how long to keep re-sending spooled bundles.
     pub drain: Duration,
+    /// One request's deadline: an endpoint that accepts but never answers is a transient
+    /// failure after this long, not a hang.
+    pub timeout: Duration,
 }
 
 impl Default for Backoff {
@@ -36,6 +39,7 @@ impl Default for Backoff {
             max: Duration::from_secs(30),
             attempts: 5,
             drain: Duration::from_secs(60),
+            timeout: Duration::from_secs(30),
         }
     }
 }
@@ -74,7 +78,15 @@ pub struct LogdogOutput {
     /// Spooled files are named by this counter so they are re-sent in order.
     seq: u64,
     host_url: String,
+    /// Bundles that could be neither delivered nor spooled (a full disk), kept in memory up to
+    /// [`HELD_MAX`] bytes and tried again (delivery first, then the spool) with each send and at
+    /// close.
+    held: std::collections::VecDeque<Vec<u8>>,
+    held_bytes: usize,
 }
+
+/// Most bytes of bundles held in memory while the spool's disk is full.
+const HELD_MAX: usize = 64 << 20;
 
 /// `https://host`, except plain http for a loopback host (a local Coordinator or stand-in).
 fn url_base(host: &str) -> String {
@@ -102,7 +114,7 @@ impl LogdogOutput {
     /// ready output.
     pub async fn register(cfg: LogdogConfig) -> Result<LogdogOutput, OutputError> {
         let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
+            .timeout(cfg.backoff.timeout)
             .build()
             .map_err(|e| OutputError::Other(format!("HTTP client: {e}")))?;
         let host = match &cfg.service {
@@ -158,9 +170,9 @@ impl LogdogOutput {
             )));
         }
         let publish_url = publish_url(&topic)?;
-        crate::db::create_private_dir_all(&cfg.spool_dir).map_err(|source| OutputError::Io {
+        crate::db::create_private_dir_all(&cfg.spool_dir).map_err(|error| OutputError::Io {
             path: cfg.spool_dir.display().to_string(),
-            source,
+            error,
         })?;
         let out = LogdogOutput {
             client,
@@ -171,6 +183,8 @@ impl LogdogOutput {
             tokens,
             seq: 0,
             host_url,
+            held: std::collections::VecDeque::new(),
+            held_bytes: 0,
             cfg,
         };
         Ok(out)
@@ -191,8 +205,9 @@ impl LogdogOutput {
                     t.token(&self.client).await.map_err(|e| Failure::Transient(e.to_string()))?;
                 req = req.bearer_auth(token);
             }
-            let resp =
-                req.send().await.map_err(|e| Failure::Transient(format!("publishing: {e}")))?;
+            let resp = req.send().await.map_err(|e| {
+                Failure::Transient(format!("publishing to {url}: {}", transport_error(&e)))
+            })?;
             let status = resp.status();
             if status.is_success() {
                 return Ok(());
@@ -228,13 +243,27 @@ impl LogdogOutput {
         Err(last)
     }
 
-    fn spool(&mut self, msg: &[u8]) -> Result<(), OutputError> {
+    /// Spools `msg`, or, when the disk will not take it, holds it in memory while there is room.
+    fn spool(&mut self, msg: Vec<u8>) -> Result<(), OutputError> {
+        match self.spool_to_disk(&msg) {
+            Ok(()) => Ok(()),
+            Err(e) if self.held_bytes + msg.len() <= HELD_MAX => {
+                tracing::warn!("{e}; holding the bundle in memory and trying again later");
+                self.held_bytes += msg.len();
+                self.held.push_back(msg);
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn spool_to_disk(&mut self, msg: &[u8]) -> Result<(), OutputError> {
         let name = format!("{:020}-{:010}", crate::report::unix_now(), self.seq);
         self.seq += 1;
         let dir = &self.cfg.spool_dir;
         let io = |p: &Path| {
             let p = p.display().to_string();
-            move |source| OutputError::Io { path: p, source }
+            move |source| OutputError::Io { path: p, error: source }
         };
         // The topic travels with the message so a later run can deliver it; never a URL: where a
         // token goes is decided by this run's configuration, not by a file anyone could plant.
@@ -247,12 +276,30 @@ impl LogdogOutput {
             .create(true)
             .truncate(true)
             .open(&tmp)
-            .and_then(|mut f| std::io::Write::write_all(&mut f, &content));
-        written.map_err(io(&tmp))?;
-        let dst = dir.join(format!("{name}.msg"));
-        std::fs::rename(&tmp, &dst).map_err(io(&dst))?;
-        tracing::warn!("bundle spooled to {} for a later retry", dst.display());
+            .and_then(|mut f| std::io::Write::write_all(&mut f, &content))
+            .and_then(|()| std::fs::rename(&tmp, dir.join(format!("{name}.msg"))));
+        if let Err(e) = written {
+            // Half a bundle is worth nothing and holds space a whole one needs.
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io(&tmp)(e));
+        }
+        tracing::warn!("bundle spooled to {} for a later retry", dir.join(name).display());
         Ok(())
+    }
+
+    /// Delivers, or else spools, what is held in memory; returns how many are still held.
+    fn resend_held(&mut self) -> usize {
+        while let Some(msg) = self.held.pop_front() {
+            self.held_bytes -= msg.len();
+            let url = self.publish_url.clone();
+            let delivered = self.publish(&url, &msg, 1).is_ok();
+            if !delivered && self.spool_to_disk(&msg).is_err() {
+                self.held_bytes += msg.len();
+                self.held.push_front(msg);
+                break;
+            }
+        }
+        self.held.len()
     }
 
     fn spooled(&self) -> Vec<PathBuf> {
@@ -320,6 +367,24 @@ fn publish_url(topic: &str) -> Result<String, OutputError> {
     Ok(format!("{base}/v1/projects/{p}/topics/{t}:publish"))
 }
 
+/// Why a request got no answer: reqwest's own line only repeats the URL, so the cause chain
+/// (connection refused, reset...) or the deadline says it.
+fn transport_error(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        return "no answer in time (the timeout= option sets how long to wait)".into();
+    }
+    let mut parts = Vec::new();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        let text = s.to_string();
+        if !text.starts_with("client error (") {
+            parts.push(text);
+        }
+        src = s.source();
+    }
+    if parts.is_empty() { e.to_string() } else { parts.join(": ") }
+}
+
 async fn prpc_call(
     client: &reqwest::Client,
     url: &str,
@@ -334,14 +399,20 @@ async fn prpc_call(
     if let Some(t) = token.filter(|_| may_carry_token(url)) {
         req = req.bearer_auth(t);
     }
-    let resp = req.send().await.map_err(|e| Failure::Transient(format!("{url}: {e}")))?;
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| Failure::Transient(format!("{url}: {}", transport_error(&e))))?;
     let status = resp.status();
     let code: Option<u32> = resp
         .headers()
         .get("x-prpc-grpc-code")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok());
-    let body = resp.bytes().await.map_err(|e| Failure::Transient(format!("{url}: {e}")))?;
+    let body = resp
+        .bytes()
+        .await
+        .map_err(|e| Failure::Transient(format!("{url}: {}", transport_error(&e))))?;
     match code {
         Some(0) if status.is_success() => Ok(body.to_vec()),
         // Unknown, DeadlineExceeded, ResourceExhausted, Internal, Unavailable.
@@ -375,15 +446,15 @@ impl Output for LogdogOutput {
         let msg = proto::pubsub_message(&bundle, &self.cfg.project, &self.cfg.prefix, &self.secret)
             .map_err(|e| OutputError::Other(format!("framing a bundle: {e}")))?;
         // Older bundles first: the Collector does not mind order, but a backlog should shrink.
-        if self.resend_spooled() > 0 {
-            return self.spool(&msg);
+        if self.resend_spooled() > 0 || self.resend_held() > 0 {
+            return self.spool(msg);
         }
         let url = self.publish_url.clone();
         match self.publish(&url, &msg, self.cfg.backoff.attempts) {
             Ok(()) => Ok(()),
             Err(m) => {
                 tracing::warn!("{m}");
-                self.spool(&msg)
+                self.spool(msg)
             }
         }
     }
@@ -392,11 +463,20 @@ impl Output for LogdogOutput {
         let deadline = std::time::Instant::now() + self.cfg.backoff.drain;
         let mut delay = self.cfg.backoff.initial;
         loop {
-            let left = self.resend_spooled();
+            let left = self.resend_spooled() + self.resend_held();
             if left == 0 {
                 return Ok(());
             }
             if std::time::Instant::now() + delay > deadline {
+                if !self.held.is_empty() {
+                    return Err(OutputError::Other(format!(
+                        "{} bundles could be neither delivered nor spooled to {} (is its disk full?) and are lost; {} more stay spooled there and are re-sent by the next butler run with the logdog output (host {})",
+                        self.held.len(),
+                        self.cfg.spool_dir.display(),
+                        left - self.held.len(),
+                        self.host_url
+                    )));
+                }
                 return Err(OutputError::Other(format!(
                     "{left} bundles could not be delivered yet; they stay spooled in {} and are re-sent by the next butler run with the logdog output (host {})",
                     self.cfg.spool_dir.display(),

@@ -22,16 +22,42 @@ pub const LOCAL_BUNDLE_SIZE: usize = 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutputError {
-    #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    /// The cause is in the message, not a `source`, so a report prints it once.
+    #[error("{path}: {}", disk_full_hint(.error))]
+    Io { path: String, error: std::io::Error },
     #[error(transparent)]
     Db(#[from] DbError),
-    #[error("log store: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    /// The cause is in the message, not a `source`: SQLite's error carries its own cause with the
+    /// same words, and a report would print them three times.
+    #[error("log store: {}", sqlite_message(.0))]
+    Sqlite(rusqlite::Error),
     #[error("{0}")]
     Config(String),
     #[error("{0}")]
     Other(String),
+}
+
+impl From<rusqlite::Error> for OutputError {
+    fn from(e: rusqlite::Error) -> Self {
+        OutputError::Sqlite(e)
+    }
+}
+
+/// A full disk says what to do about it; other errors as they are.
+fn disk_full_hint(e: &std::io::Error) -> String {
+    if e.kind() == std::io::ErrorKind::StorageFull {
+        format!("{e}; free some space and run again (what was written before is kept)")
+    } else {
+        e.to_string()
+    }
+}
+
+fn sqlite_message(e: &rusqlite::Error) -> String {
+    if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+        "the disk is full; free some space and run again (what was stored before is kept)".into()
+    } else {
+        e.to_string()
+    }
 }
 
 /// A bundle destination.
@@ -69,15 +95,16 @@ pub enum OutputSpec {
     Logdog {
         service: Option<String>,
         prefix_expiration: Option<std::time::Duration>,
-        /// `retry-initial=DUR,retry-attempts=N,drain=DUR`: the retry policy (short in tests).
+        /// `retry-initial=DUR,retry-max=DUR,retry-attempts=N,drain=DUR,timeout=DUR`: the retry
+        /// policy and the per-request deadline (short in tests).
         backoff: logdog::Backoff,
     },
 }
 
 impl PartialEq for logdog::Backoff {
     fn eq(&self, o: &Self) -> bool {
-        (self.initial, self.max, self.attempts, self.drain)
-            == (o.initial, o.max, o.attempts, o.drain)
+        (self.initial, self.max, self.attempts, self.drain, self.timeout)
+            == (o.initial, o.max, o.attempts, o.drain, o.timeout)
     }
 }
 
@@ -158,6 +185,11 @@ impl OutputSpec {
                         "retry-initial" => backoff.initial = dur(&v)?,
                         "retry-max" => backoff.max = dur(&v)?,
                         "drain" => backoff.drain = dur(&v)?,
+                        "timeout" => {
+                            backoff.timeout = Some(dur(&v)?)
+                                .filter(|d| !d.is_zero())
+                                .ok_or_else(|| bad("--output logdog: timeout must be > 0".into()))?
+                        }
                         "retry-attempts" => {
                             backoff.attempts =
                                 v.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
@@ -272,12 +304,19 @@ mod tests {
                 backoff: logdog::Backoff::default(),
             }
         );
+        let OutputSpec::Logdog { backoff, .. } = OutputSpec::parse("logdog,timeout=250ms").unwrap()
+        else {
+            panic!("not logdog")
+        };
+        assert_eq!(backoff.timeout, std::time::Duration::from_millis(250));
         for bad in [
             "directory",
             "bogus",
             "null,x=1",
             "log,bundle-size=x",
             "logdog,host=x",
+            "logdog,timeout=0s",
+            "logdog,timeout=soon",
             "directory,path",
         ] {
             assert!(OutputSpec::parse(bad).is_err(), "{bad}");

@@ -80,7 +80,7 @@ fn the_daemon_reports_a_stale_latest_and_a_missing_server() {
 }
 
 /// An installed old butler running as a TCP daemon, its updates from `broth`.
-fn daemon_from(install: &Install, broth: &Broth) -> crate::util::DaemonProc {
+pub(super) fn daemon_from(install: &Install, broth: &Broth) -> crate::util::DaemonProc {
     daemon_at(install, &install.exe, broth, &[])
 }
 
@@ -98,7 +98,7 @@ fn daemon_at(
 }
 
 /// Sends a request and reads until its reply; returns the reply and the notifications before it.
-fn call(
+pub(super) fn call(
     c: &mut crate::util::RpcClient,
     id: i64,
     method: &str,

@@ -5,12 +5,14 @@
 //! `BUTLER_BUILD_VERSION`); `BUTLER_IT_FIXTURES` may point elsewhere.
 //!
 //! This file is the harness (fixtures, the broth tree, an install folder); the tests are in
-//! `cli.rs` (`butler upgrade`), `crash.rs` (kills and concurrent runs mid-update) and `daemon.rs`
-//! (`Update.*`), with the loopback server in `server.rs`.
+//! `cli.rs` (`butler upgrade`), `crash.rs` (kills and concurrent runs mid-update), `faults.rs`
+//! (a broth server that lies, resets or stalls; a disk that fills) and `daemon.rs` (`Update.*`),
+//! with the loopback server in `server.rs`.
 
 mod cli;
 mod crash;
 mod daemon;
+mod faults;
 pub(crate) mod server;
 
 use std::io::{BufRead, BufReader};
@@ -205,7 +207,12 @@ struct Install {
 
 impl Install {
     fn new() -> Install {
-        let dir = tempfile::Builder::new().prefix("butler-install-").tempdir().unwrap();
+        Install::in_dir(&std::env::temp_dir())
+    }
+
+    /// An install in a folder made inside `parent` (a small disk, for disk-full tests).
+    fn in_dir(parent: &Path) -> Install {
+        let dir = tempfile::Builder::new().prefix("butler-install-").tempdir_in(parent).unwrap();
         let bin = dir.path().join("bin");
         std::fs::create_dir(&bin).unwrap();
         let exe = bin.join("butler");

@@ -1,5 +1,6 @@
 //! A tiny static HTTP/1.1 server on loopback for the updater tests: serves a folder (a broth
-//! tree from the release tool) with ETag + Range/If-Range, and injects faults on request.
+//! tree from the release tool) with ETag + Range/If-Range, and injects faults on request (a
+//! status, a cut, a reset or a stall after some bytes, an endless, silent or trickling body).
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -18,6 +19,13 @@ pub(super) enum Fault {
     StatusTimes(u16, usize),
     /// Promise the full length, send this many bytes and hang up, the first `n` times.
     CutAfter(usize, usize),
+    /// As `CutAfter`, but the connection is reset (RST), not closed.
+    ResetAfter(usize, usize),
+    /// As `CutAfter`, but the connection then stays open and silent.
+    StallAfter(usize, usize),
+    /// A lie: a range request is answered 206 with the file from its first byte (and a
+    /// Content-Range that says so).
+    RangeFromStart,
     /// A body that never ends (no Content-Length, endless bytes).
     Endless,
     /// Headers, then a few bytes, then silence until the client gives up.
@@ -130,7 +138,15 @@ fn handle(
                 map.insert(path.clone(), Fault::CutAfter(bytes, n - 1));
                 Some(Fault::CutAfter(bytes, n))
             }
-            Some(Fault::CutAfter(..)) => None,
+            Some(Fault::ResetAfter(bytes, n)) if n > 0 => {
+                map.insert(path.clone(), Fault::ResetAfter(bytes, n - 1));
+                Some(Fault::ResetAfter(bytes, n))
+            }
+            Some(Fault::StallAfter(bytes, n)) if n > 0 => {
+                map.insert(path.clone(), Fault::StallAfter(bytes, n - 1));
+                Some(Fault::StallAfter(bytes, n))
+            }
+            Some(Fault::CutAfter(..) | Fault::ResetAfter(..) | Fault::StallAfter(..)) => None,
             other => other,
         }
     };
@@ -164,20 +180,7 @@ fn handle(
                 "HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\nConnection: close\r\n\r\nabc"
             )?;
             out.flush()?;
-            // Silence until the client hangs up (a read returns 0) or the test ends.
-            out.set_read_timeout(Some(Duration::from_millis(50)))?;
-            let mut b = [0u8; 1];
-            while !stop.load(Ordering::SeqCst) {
-                match (&out).read(&mut b) {
-                    Ok(0) => break,
-                    Ok(_) => {}
-                    Err(e)
-                        if e.kind() == std::io::ErrorKind::WouldBlock
-                            || e.kind() == std::io::ErrorKind::TimedOut => {}
-                    Err(_) => break,
-                }
-            }
-            return Ok(());
+            return silence(&out, stop);
         }
         _ => {}
     }
@@ -220,8 +223,12 @@ fn handle(
         out.write_all(head.as_bytes())?;
         return Ok(());
     }
+    let lie = matches!(fault, Some(Fault::RangeFromStart)) && start > 0;
+    if lie {
+        start = 0;
+    }
     let body = &data[start..];
-    let head = if start > 0 {
+    let head = if start > 0 || lie {
         format!(
             "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {start}-{}/{}\r\nETag: {etag}\r\nAccept-Ranges: bytes\r\nConnection: close\r\n\r\n",
             body.len(),
@@ -235,12 +242,61 @@ fn handle(
         )
     };
     out.write_all(head.as_bytes())?;
-    if let Some(Fault::CutAfter(bytes, _)) = fault {
-        out.write_all(&body[..bytes.min(body.len())])?;
-        out.flush()?;
-        // Hang up hard so the client sees a cut, not a clean end.
-        let _ = out.shutdown(std::net::Shutdown::Both);
-        return Ok(());
+    match fault {
+        Some(Fault::CutAfter(bytes, _)) => {
+            out.write_all(&body[..bytes.min(body.len())])?;
+            out.flush()?;
+            // Hang up hard so the client sees a cut, not a clean end.
+            let _ = out.shutdown(std::net::Shutdown::Both);
+            Ok(())
+        }
+        Some(Fault::ResetAfter(bytes, _)) => {
+            out.write_all(&body[..bytes.min(body.len())])?;
+            out.flush()?;
+            // Give the bytes time to leave before the reset discards what is still queued.
+            std::thread::sleep(Duration::from_millis(50));
+            reset(out);
+            Ok(())
+        }
+        Some(Fault::StallAfter(bytes, _)) => {
+            out.write_all(&body[..bytes.min(body.len())])?;
+            out.flush()?;
+            silence(&out, stop)
+        }
+        _ => out.write_all(body),
     }
-    out.write_all(body)
+}
+
+/// Silence until the client hangs up (a read returns 0) or the test ends.
+fn silence(out: &TcpStream, stop: &AtomicBool) -> std::io::Result<()> {
+    out.set_read_timeout(Some(Duration::from_millis(50)))?;
+    let mut b = [0u8; 1];
+    while !stop.load(Ordering::SeqCst) {
+        match (&*out).read(&mut b) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => break,
+        }
+    }
+    Ok(())
+}
+
+/// Closes with a TCP reset: SO_LINGER on with a zero timeout makes close() send RST.
+fn reset(out: TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: a valid socket and a correctly sized option value.
+    unsafe {
+        libc::setsockopt(
+            out.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+    drop(out);
 }
