@@ -51,6 +51,7 @@ IT_FIXTURES := $(or $(CARGO_TARGET_DIR),target)/it-fixtures
 IT_NEW_VERSION ?= 0.2.0
 it-fixtures: ## build the old/new butler pair the updater tests upgrade between
 	mkdir -p $(IT_FIXTURES)
+	rm -rf $(IT_FIXTURES)/broth-*
 	BUTLER_BUILD_VERSION=$(IT_NEW_VERSION) $(CARGO) build --locked --bin butler
 	strip -o $(IT_FIXTURES)/butler-new $(or $(CARGO_TARGET_DIR),target)/debug/butler 2>/dev/null || cp $(or $(CARGO_TARGET_DIR),target)/debug/butler $(IT_FIXTURES)/butler-new
 	$(CARGO) build --locked --bin butler

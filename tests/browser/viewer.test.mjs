@@ -75,10 +75,11 @@ test('the log viewer in a headless browser', async (t) => {
   const noToken = await fetch(new URL('/', web.line));
   assert.equal(noToken.status, 403, 'no page without the token');
 
+  const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'butler-chromium-'));
   const browser = await puppeteer.launch({
     executablePath: CHROMIUM,
     headless: true,
-    userDataDir: fs.mkdtempSync(path.join(os.tmpdir(), 'butler-chromium-')),
+    userDataDir: profile,
     args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
       '--disable-component-update', '--disable-sync', '--disable-dev-shm-usage'],
     defaultViewport: { width: 1280, height: 760 },
@@ -86,6 +87,8 @@ test('the log viewer in a headless browser', async (t) => {
   t.after(async () => {
     await browser.close();
     for (const c of children) c.kill('SIGTERM');
+    // Temp folders are this test's to remove: nothing else cleans the system's temp folder.
+    for (const dir of [profile, home]) fs.rmSync(dir, { recursive: true, force: true });
   });
   const page = await browser.newPage();
   const problems = [];

@@ -112,7 +112,10 @@ fn template(signed: bool) -> &'static Path {
     let cell = if signed { &SIGNED } else { &UNSIGNED };
     cell.get_or_init(|| {
         let f = fixtures();
-        let dir = tempfile::Builder::new().prefix("butler-broth-").tempdir().unwrap();
+        // Statics are never dropped, so a temp folder would outlive every run: these go beside
+        // the fixtures, where `make it-fixtures` clears them.
+        let fixtures_dir = f.old.parent().unwrap();
+        let dir = tempfile::Builder::new().prefix("broth-").tempdir_in(fixtures_dir).unwrap();
         let k = signed.then(key);
         publish(dir.path(), &f.old, &f.old_version, false, k, 3600);
         publish(dir.path(), &f.new, &f.new_version, true, k, 3600);
