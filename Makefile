@@ -2,7 +2,7 @@
 CARGO ?= cargo
 SHELL := /bin/bash
 
-.PHONY: help build run test test-node node-deps test-browser it-fixtures lint fmt fmt-check bench release clean \
+.PHONY: help build run test test-node node-deps api-docs test-browser it-fixtures lint fmt fmt-check bench release clean \
 	windows windows-toolchain lint-windows test-windows wine-prefix windows-386
 
 help: ## list targets
@@ -21,6 +21,9 @@ test: it-fixtures node-deps ## every test, then fmt and clippy with warnings den
 	$(MAKE) test-browser
 	$(MAKE) lint
 	$(MAKE) test-windows
+
+api-docs: ## regenerate docs/api/ (OpenRPC, reference, TypeScript typings) from the daemon's code
+	$(CARGO) run --locked --quiet --bin butler -- api-docs --out docs/api
 
 node-deps: ## the official @itchio/butlerd client, which integration tests and the bench drive
 	cd tests/node && npm ci --no-audit --no-fund --loglevel=error

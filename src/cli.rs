@@ -240,6 +240,14 @@ Examples:
     },
     /// Print the man page (roff), e.g. `butler man > butler.1`.
     Man,
+    /// Internal: write the daemon's API description (OpenRPC, reference, TypeScript typings) as
+    /// this build generates it from its code; `make api-docs` runs it.
+    #[command(hide = true)]
+    ApiDocs {
+        /// The folder to write `butlerd.openrpc.json`, `README.md` and `butlerd.d.ts` into.
+        #[arg(long, default_value = "docs/api")]
+        out: std::path::PathBuf,
+    },
 }
 
 /// `butler completions` / `butler man`: written from the same definitions as the parser.

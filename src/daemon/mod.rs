@@ -4,6 +4,7 @@
 //! (auth, concurrency, replies) → [`router`] (typed handlers) → [`methods`] (what we answer).
 //! [`state`] is what every connection shares.
 
+pub(crate) mod api;
 mod connection;
 mod framing;
 pub(crate) mod hand_over;

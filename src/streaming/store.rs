@@ -28,8 +28,9 @@ impl From<StoreError> for crate::db::DbError {
 }
 
 /// A stream as the store knows it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(rename = "Stream")]
 pub(crate) struct StoredStream {
     #[serde(skip)]
     pub id: i64,

@@ -8,8 +8,9 @@ use tokio::task::JoinHandle;
 use crate::db::{self, Db, DbPath};
 
 /// What was attempted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
+#[schemars(rename = "UpdateAction")]
 pub(crate) enum Action {
     Check,
     Upgrade,
@@ -17,8 +18,9 @@ pub(crate) enum Action {
 }
 
 /// How it ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
+#[schemars(rename = "UpdateOutcome")]
 pub(crate) enum Outcome {
     Available,
     UpToDate,
@@ -259,8 +261,9 @@ impl History {
 }
 
 /// One row of the update history, newest first from [`recent`].
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(rename = "UpdateHistoryEntry")]
 pub(crate) struct HistoryEntry {
     /// Unix seconds.
     pub(crate) time: i64,
@@ -300,7 +303,7 @@ pub(crate) fn recent(
 }
 
 /// A version that failed its probation.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct BadVersion {
     pub(crate) channel: String,
