@@ -124,8 +124,9 @@ $(WINE_SHIM): tests/windows/processprng.c tests/windows/processprng.def | window
 
 # The Windows lane: every crate's unit tests run under Wine (cargo's runner), then the Linux-side
 # integration tests drive the real butler.exe under Wine (tests/it/windows.rs): an old and a new
-# build (BUTLER_BUILD_VERSION; only the butler crate recompiles) for the in-place upgrade, and
-# the stream-client example as a Windows client of a net.pipe stream server.
+# build (BUTLER_BUILD_VERSION; only the butler crate recompiles) for the in-place upgrade, the
+# stream-client example as a Windows client of a net.pipe stream server, and the pipe-relay
+# example as the Linux tests' way into a daemon on a net.pipe.
 WIN_FIXTURES := $(WIN_DIR)/it-fixtures
 test-windows: lint-windows wine-prefix node-deps ## Windows unit tests under Wine, then butler.exe under Wine driven from Linux
 	$(WINE_ENV) CARGO_TARGET_$(shell echo $(WIN_TARGET) | tr a-z- A-Z_)_RUNNER=wine \
@@ -133,9 +134,10 @@ test-windows: lint-windows wine-prefix node-deps ## Windows unit tests under Win
 	mkdir -p $(WIN_FIXTURES)
 	BUTLER_BUILD_VERSION=$(IT_NEW_VERSION) $(WIN_CARGO) build $(WIN_FLAGS) --bin butler
 	x86_64-w64-mingw32-strip -o $(WIN_FIXTURES)/butler-new.exe $(WIN_OUT)/debug/butler.exe
-	$(WIN_CARGO) build $(WIN_FLAGS) --bin butler --example stream_client
+	$(WIN_CARGO) build $(WIN_FLAGS) --bin butler --example stream_client --example pipe_relay
 	x86_64-w64-mingw32-strip -o $(WIN_FIXTURES)/butler-old.exe $(WIN_OUT)/debug/butler.exe
 	cp $(WIN_OUT)/debug/examples/stream_client.exe $(WIN_FIXTURES)/stream_client.exe
+	cp $(WIN_OUT)/debug/examples/pipe_relay.exe $(WIN_FIXTURES)/pipe_relay.exe
 	$(WINE_ENV) BUTLER_WINDOWS_FIXTURES=$(WIN_FIXTURES) $(CARGO) test --locked --test it windows:: -- --ignored
 	@# The @itchio/butlerd client's own suite, with tests/windows/butler standing in for butler.
 	@tmp=$$(mktemp -d) && cd $$tmp && \
