@@ -553,6 +553,9 @@ export interface Stream {
   terminal: boolean;
   terminalIndex: number | null;
   timestamp: string;
+  /**
+   * `text`, `binary` or `datagram`.
+   */
   type: string;
 }
 

@@ -266,10 +266,14 @@ impl History {
 #[schemars(rename = "UpdateHistoryEntry")]
 pub(crate) struct HistoryEntry {
     /// Unix seconds.
+    #[schemars(example = 1796096244)]
     pub(crate) time: i64,
     pub(crate) action: Action,
+    #[schemars(example = &"linux-amd64")]
     pub(crate) channel: String,
+    #[schemars(example = &"0.1.0")]
     pub(crate) from_version: Option<String>,
+    #[schemars(example = &"0.2.0")]
     pub(crate) to_version: Option<String>,
     pub(crate) outcome: Outcome,
     pub(crate) step: Option<String>,

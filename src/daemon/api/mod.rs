@@ -250,7 +250,7 @@ fn pascal(name: &str) -> String {
 /// `all`: every property (a result) rather than the required ones and those with examples
 /// (params).
 fn sample(schema: &Value, defs: &Map<String, Value>, all: bool, depth: usize) -> Value {
-    if depth > 6 {
+    if depth > 16 {
         return Value::Null;
     }
     if let Some(ex) = schema.get("examples").and_then(|e| e.get(0)) {

@@ -120,6 +120,7 @@ struct CheckResult {
     #[schemars(example = &"0.2.0")]
     latest_version: Option<String>,
     update_available: bool,
+    #[schemars(example = &"linux-amd64")]
     channel: String,
     signed: bool,
     /// The server's signed LATEST has expired: nothing can be said to be up to date.
@@ -401,7 +402,9 @@ struct StatusResult {
     #[schemars(example = &"0.1.0")]
     current_version: String,
     /// Installed over this running build; a restart makes it current.
+    #[schemars(example = &"0.2.0")]
     awaiting_restart: Option<String>,
+    #[schemars(example = &"linux-amd64")]
     channel: String,
     last_check: Option<HistoryEntry>,
     last_result: Option<Outcome>,
