@@ -2,7 +2,7 @@
 CARGO ?= cargo
 SHELL := /bin/bash
 
-.PHONY: help build run test test-node node-deps test-browser it-fixtures lint fmt fmt-check bench release clean \
+.PHONY: help build run test test-node node-deps api-docs test-browser it-fixtures lint fmt fmt-check bench release clean \
 	windows windows-toolchain lint-windows test-windows wine-prefix windows-386
 
 help: ## list targets
@@ -21,6 +21,9 @@ test: it-fixtures node-deps ## every test, then fmt and clippy with warnings den
 	$(MAKE) test-browser
 	$(MAKE) lint
 	$(MAKE) test-windows
+
+api-docs: ## regenerate docs/api/ (OpenRPC, reference, TypeScript typings) from the daemon's code
+	$(CARGO) run --locked --quiet --bin butler -- api-docs --out docs/api
 
 node-deps: ## the official @itchio/butlerd client, which integration tests and the bench drive
 	cd tests/node && npm ci --no-audit --no-fund --loglevel=error
@@ -126,8 +129,9 @@ $(WINE_SHIM): tests/windows/processprng.c tests/windows/processprng.def | window
 
 # The Windows lane: every crate's unit tests run under Wine (cargo's runner), then the Linux-side
 # integration tests drive the real butler.exe under Wine (tests/it/windows.rs): an old and a new
-# build (BUTLER_BUILD_VERSION; only the butler crate recompiles) for the in-place upgrade, and
-# the stream-client example as a Windows client of a net.pipe stream server.
+# build (BUTLER_BUILD_VERSION; only the butler crate recompiles) for the in-place upgrade, the
+# stream-client example as a Windows client of a net.pipe stream server, and the pipe-relay
+# example as the Linux tests' way into a daemon on a net.pipe.
 WIN_FIXTURES := $(WIN_DIR)/it-fixtures
 test-windows: lint-windows wine-prefix node-deps ## Windows unit tests under Wine, then butler.exe under Wine driven from Linux
 	$(WINE_ENV) CARGO_TARGET_$(shell echo $(WIN_TARGET) | tr a-z- A-Z_)_RUNNER=wine \
@@ -135,9 +139,10 @@ test-windows: lint-windows wine-prefix node-deps ## Windows unit tests under Win
 	mkdir -p $(WIN_FIXTURES)
 	BUTLER_BUILD_VERSION=$(IT_NEW_VERSION) $(WIN_CARGO) build $(WIN_FLAGS) --bin butler
 	x86_64-w64-mingw32-strip -o $(WIN_FIXTURES)/butler-new.exe $(WIN_OUT)/debug/butler.exe
-	$(WIN_CARGO) build $(WIN_FLAGS) --bin butler --example stream_client
+	$(WIN_CARGO) build $(WIN_FLAGS) --bin butler --example stream_client --example pipe_relay
 	x86_64-w64-mingw32-strip -o $(WIN_FIXTURES)/butler-old.exe $(WIN_OUT)/debug/butler.exe
 	cp $(WIN_OUT)/debug/examples/stream_client.exe $(WIN_FIXTURES)/stream_client.exe
+	cp $(WIN_OUT)/debug/examples/pipe_relay.exe $(WIN_FIXTURES)/pipe_relay.exe
 	$(WINE_ENV) BUTLER_WINDOWS_FIXTURES=$(WIN_FIXTURES) $(CARGO) test --locked --test it windows:: -- --ignored
 	@# The @itchio/butlerd client's own suite, with tests/windows/butler standing in for butler.
 	@tmp=$$(mktemp -d) && cd $$tmp && \

@@ -240,6 +240,14 @@ Examples:
     },
     /// Print the man page (roff), e.g. `butler man > butler.1`.
     Man,
+    /// Internal: write the daemon's API description (OpenRPC, reference, TypeScript typings) as
+    /// this build generates it from its code; `make api-docs` runs it.
+    #[command(hide = true)]
+    ApiDocs {
+        /// The folder to write `butlerd.openrpc.json`, `README.md` and `butlerd.d.ts` into.
+        #[arg(long, default_value = "docs/api")]
+        out: std::path::PathBuf,
+    },
 }
 
 /// `butler completions` / `butler man`: written from the same definitions as the parser.
@@ -317,18 +325,32 @@ impl ProbationArgs {
     }
 }
 
-/// `--transport`: `tcp`, `stdio`, or `unix:<path>`.
+/// `--transport`: `tcp`, `stdio`, `unix:<path>` (unix) or `net.pipe:<name>` (Windows).
 fn parse_transport(s: &str) -> Result<Transport, String> {
     match s {
         "tcp" => Ok(Transport::Tcp),
         "stdio" => Ok(Transport::Stdio),
+        _ if s.starts_with("net.pipe:") => {
+            if cfg!(not(windows)) {
+                return Err("net.pipe: pipes are for Windows; here use tcp or unix:<path>".into());
+            }
+            match crate::streaming::address::Address::parse(s) {
+                Ok(crate::streaming::address::Address::Pipe(name)) => Ok(Transport::Pipe(name)),
+                Ok(_) => unreachable!("a net.pipe: address parses as a pipe"),
+                Err(e) => Err(format!("{e}; as in net.pipe:butler-daemon")),
+            }
+        }
         _ => match s.strip_prefix("unix:") {
             Some(path) if !path.is_empty() && cfg!(unix) => Ok(Transport::Unix(path.into())),
             Some(_) if cfg!(unix) => {
                 Err("unix: needs a socket path, as in unix:/run/user/1000/butler.sock".into())
             }
-            Some(_) => Err("unix: sockets are for unix; on Windows use tcp".into()),
-            None => Err(format!("{s:?} is not a transport (tcp, stdio, unix:<path>)")),
+            Some(_) => {
+                Err("unix: sockets are for unix; on Windows use tcp or net.pipe:<name>".into())
+            }
+            None => Err(format!(
+                "{s:?} is not a transport (tcp, stdio, unix:<path>, or net.pipe:<name> on Windows)"
+            )),
         },
     }
 }
@@ -336,8 +358,9 @@ fn parse_transport(s: &str) -> Result<Transport, String> {
 #[derive(Debug, Args)]
 pub(crate) struct DaemonArgs {
     /// How clients connect: loopback TCP (with a secret), this process's stdin/stdout, or an
-    /// owner-only unix socket, unix:<path> (with a secret).
-    #[arg(long, default_value = "tcp", value_parser = parse_transport, value_name = "tcp|stdio|unix:PATH")]
+    /// owner-only unix socket, unix:<path>, or on Windows an owner-only named pipe,
+    /// net.pipe:<name> (both with a secret).
+    #[arg(long, default_value = "tcp", value_parser = parse_transport, value_name = "tcp|stdio|unix:PATH|net.pipe:NAME")]
     pub(crate) transport: Transport,
 
     /// TCP: serve any number of connections until shut down (else exactly one).

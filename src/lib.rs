@@ -76,6 +76,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
             cli::print_man_page()?;
             Ok(ExitStatus::Success)
         }
+        Command::ApiDocs { out } => {
+            daemon::api::write_files(&out).map_err(|e| {
+                anyhow::anyhow!("writing the API description into {}: {e}", out.display())
+            })?;
+            Ok(ExitStatus::Success)
+        }
     }
 }
 

@@ -523,6 +523,7 @@ impl Connection {
             daemon: Arc::clone(&self.daemon),
             cancel: cancel.clone(),
             shutdown_after_reply: Arc::clone(&shutdown_after),
+            method: "",
         };
         let daemon = Arc::clone(&self.daemon);
         let task = async move {

@@ -35,6 +35,53 @@ pub(crate) mod code {
     pub(crate) const OPERATION_CANCELLED: i64 = 499;
     /// Upstream's `NetworkDisconnected`.
     pub(crate) const NETWORK_DISCONNECTED: i64 = 9000;
+
+    /// Every code with its name and meaning, for the API description; JSON-RPC's own (the
+    /// negative ones from -32700 to -32603) may come from any method.
+    pub(crate) const TABLE: &[(i64, &str, &str)] = &[
+        (PARSE_ERROR, "ParseError", "The line is not JSON (the reply's id is null)."),
+        (
+            INVALID_REQUEST,
+            "InvalidRequest",
+            "Not a JSON-RPC request, a line or batch over the limit, a request before \
+             Meta.Authenticate, or a wrong secret.",
+        ),
+        (METHOD_NOT_FOUND, "MethodNotFound", "No such method."),
+        (
+            INVALID_PARAMS,
+            "InvalidParams",
+            "The params do not fit the method; the message says why, and `data.field` names \
+             the field when one is to blame. Unknown fields are ignored, not refused.",
+        ),
+        (INTERNAL_ERROR, "InternalError", "The daemon failed; the message says what."),
+        (
+            TOO_MANY_CONNECTIONS,
+            "TooManyConnections",
+            "The connection limit is reached; the connection is closed after this reply.",
+        ),
+        (
+            AUTHENTICATION_TIMEOUT,
+            "AuthenticationTimeout",
+            "No Meta.Authenticate in time; the connection is closed after this reply.",
+        ),
+        (
+            DATABASE_UNAVAILABLE,
+            "DatabaseUnavailable",
+            "The database could not be opened or migrated.",
+        ),
+        (
+            RESTARTING,
+            "Restarting",
+            "A long request ended so a restart in place need not wait for it; send it again \
+             on the same connection, which stays open.",
+        ),
+        (OPERATION_CANCELLED, "OperationCancelled", "The operation was cancelled (as upstream)."),
+        (
+            NETWORK_DISCONNECTED,
+            "NetworkDisconnected",
+            "The update server could not be reached (as upstream).",
+        ),
+    ];
 }
 
 /// An error reply. `data` always carries `butlerVersion`, plus any details given.

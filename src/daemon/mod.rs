@@ -4,6 +4,7 @@
 //! (auth, concurrency, replies) → [`router`] (typed handlers) → [`methods`] (what we answer).
 //! [`state`] is what every connection shares.
 
+pub(crate) mod api;
 mod connection;
 mod framing;
 pub(crate) mod hand_over;
@@ -43,6 +44,10 @@ pub(crate) enum Transport {
     /// A unix socket at this path (owner-only), with a secret: for firewalls that inspect
     /// loopback TCP.
     Unix(std::path::PathBuf),
+    /// Windows: the named pipe `\\.\pipe\<name>` (owner-only, local clients only), with a
+    /// secret, for the same firewalls.
+    #[cfg_attr(not(windows), allow(dead_code, reason = "refused on the command line"))]
+    Pipe(String),
 }
 
 /// How the daemon runs, resolved from its command line (`crate::cli::DaemonArgs`).
@@ -255,15 +260,26 @@ async fn serve(
                 "butlerd/listen-notification",
                 json!({ "secret": daemon.secret_for_listen_notification(), "unix": { "address": format!("unix:{}", path.display()) } }),
             );
-            let spawn = |socket: tokio::net::UnixStream, id| {
-                let (reader, writer) = socket.into_split();
-                let serving =
-                    connection::serve(Arc::clone(&daemon), id, reader, writer, Carried::default());
-                daemon.tracker.spawn(async move {
-                    serving.await;
-                })
-            };
+            let spawn = |socket, id| spawn_plain(&daemon, socket, id);
             accept_loop(&daemon, socket, &args, spawn).await;
+            None
+        }
+        #[cfg(windows)]
+        None if matches!(args.transport, Transport::Pipe(_)) => {
+            let Transport::Pipe(name) = &args.transport else { unreachable!() };
+            let address = format!("net.pipe:{name}");
+            let pipe = crate::streaming::pipe::PipeListener::bind(name).with_context(|| {
+                format!("listening on {address} (a pipe of that name exists already?)")
+            })?;
+            crate::report::print_json_line(
+                "butlerd/listen-notification",
+                json!({
+                    "secret": daemon.secret_for_listen_notification(),
+                    "pipe": { "address": address, "path": crate::streaming::address::pipe_path(name) },
+                }),
+            );
+            let spawn = |socket, id| spawn_plain(&daemon, socket, id);
+            accept_loop(&daemon, pipe, &args, spawn).await;
             None
         }
         None => {
@@ -350,7 +366,22 @@ fn transport_name(transport: &Transport) -> &'static str {
         Transport::Tcp => "tcp",
         Transport::Stdio => "stdio",
         Transport::Unix(_) => "unix socket",
+        Transport::Pipe(_) => "named pipe",
     }
+}
+
+/// Serves one connection of a transport that no restart carries over (a unix socket, a pipe)
+/// on a tracked task.
+fn spawn_plain<S>(daemon: &Arc<Daemon>, socket: S, conn_id: u64) -> tokio::task::JoinHandle<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    let (reader, writer) = tokio::io::split(socket);
+    let serving =
+        connection::serve(Arc::clone(daemon), conn_id, reader, writer, Carried::default());
+    daemon.tracker.spawn(async move {
+        serving.await;
+    })
 }
 
 /// Connections that came to rest for a restart in place, ready to pass on.
@@ -412,7 +443,8 @@ async fn announce(daemon: &Daemon, news: hand_over::Announcement) {
     }
 }
 
-/// A listening socket the accept loop takes clients from: loopback TCP, or a unix socket.
+/// A listening socket the accept loop takes clients from: loopback TCP, a unix socket, or a
+/// named pipe.
 trait Listener: Send {
     type Socket: tokio::io::AsyncWrite + Unpin + Send + 'static;
     async fn next(&mut self) -> std::io::Result<Self::Socket>;
@@ -462,6 +494,15 @@ impl Listener for UnixDaemonSocket {
                 Err(e) => tracing::warn!("refusing a daemon client of unknown uid: {e}"),
             }
         }
+    }
+}
+
+/// A daemon listening on a named pipe: owner-only, remote clients refused (`streaming::pipe`).
+#[cfg(windows)]
+impl Listener for crate::streaming::pipe::PipeListener {
+    type Socket = tokio::net::windows::named_pipe::NamedPipeServer;
+    async fn next(&mut self) -> std::io::Result<Self::Socket> {
+        self.accept().await
     }
 }
 

@@ -5,12 +5,13 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::Serialize;
 
 use crate::report::Level;
 
 /// A message the daemon sends without expecting a reply; `METHOD` is its JSON-RPC method name.
-pub(crate) trait Notification: Serialize + Send + Sync {
+pub(crate) trait Notification: Serialize + JsonSchema + Send + Sync {
     const METHOD: &'static str;
 }
 
@@ -23,7 +24,7 @@ macro_rules! notification {
 }
 
 /// A newer butler is published (a check found it).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct UpdateAvailable {
     pub(crate) current_version: String,
@@ -34,7 +35,7 @@ pub(crate) struct UpdateAvailable {
 notification!(UpdateAvailable => "Update.Available");
 
 /// A signed update was downloaded and verified ahead of time: `Update.Apply` needs no download.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct UpdateReady {
     pub(crate) current_version: String,
@@ -44,7 +45,7 @@ pub(crate) struct UpdateReady {
 notification!(UpdateReady => "Update.Ready");
 
 /// `Update.Apply` installed a build.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct UpdateApplied {
     pub(crate) previous_version: String,
@@ -59,7 +60,7 @@ pub(crate) struct UpdateApplied {
 notification!(UpdateApplied => "Update.Applied");
 
 /// `Update.Rollback` made the previous build active again.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct UpdateRolledBack {
     /// `None` when the restored build would not say.
@@ -71,7 +72,7 @@ pub(crate) struct UpdateRolledBack {
 notification!(UpdateRolledBack => "Update.RolledBack");
 
 /// A `Process.Run` child opened a stream.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct StreamsOpened {
     pub(crate) path: String,
@@ -84,7 +85,7 @@ pub(crate) struct StreamsOpened {
 notification!(StreamsOpened => "Streams.Opened");
 
 /// A `Process.Run` child's stream ended; `entries` were cut from it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct StreamsClosed {
     pub(crate) path: String,
@@ -94,7 +95,7 @@ pub(crate) struct StreamsClosed {
 notification!(StreamsClosed => "Streams.Closed");
 
 /// `Process.Run` started its child.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct ProcessStarted {
     pub(crate) pid: u32,
@@ -104,14 +105,14 @@ pub(crate) struct ProcessStarted {
 notification!(ProcessStarted => "Process.Started");
 
 /// `Meta.Flow` made this connection the daemon's event channel.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
 pub(crate) struct MetaFlowEstablished {
     pub(crate) pid: u32,
 }
 notification!(MetaFlowEstablished => "MetaFlowEstablished");
 
 /// A message for the person behind the launcher, about the request it came with.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
 pub(crate) struct Log<'a> {
     pub(crate) level: Level,
     pub(crate) message: &'a str,
@@ -119,7 +120,7 @@ pub(crate) struct Log<'a> {
 notification!(Log<'_> => "Log");
 
 /// How far a long request got: `progress` in 0..1, `eta` in seconds, `bps` bytes per second.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
 pub(crate) struct Progress {
     pub(crate) progress: f64,
     pub(crate) eta: f64,

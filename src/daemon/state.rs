@@ -299,6 +299,11 @@ impl Daemon {
 
     /// Sends a daemon-wide notification to every `Meta.Flow` connection still open.
     pub(crate) async fn broadcast<N: Notification>(&self, n: N) {
+        debug_assert!(
+            self.router.may_send("Meta.Flow", N::METHOD),
+            "{} goes to Meta.Flow connections, but Meta.Flow's description does not list it",
+            N::METHOD
+        );
         let peers: Vec<Arc<Peer>> = {
             let mut flows = lock(&self.flows);
             flows.retain(|w| w.strong_count() > 0);

@@ -18,6 +18,8 @@ pub mod handshake;
 mod job;
 pub mod names;
 pub mod output;
+#[cfg(windows)]
+pub(crate) mod pipe;
 pub(crate) mod process;
 mod proto;
 pub mod server;

@@ -257,24 +257,19 @@ mod unix_listener {
     }
 }
 
-/// Byte-mode pipe instances, as upstream's go-winio listener makes them (1 MiB buffers, local
-/// clients only, which is tokio's default). A pipe has no backlog: each accepted client takes the
-/// waiting instance, and the next one is created at once so later clients find it.
+/// The stream server's end of `net.pipe:<name>`: the owner-only pipe listener the daemon's
+/// `--transport net.pipe:` uses too.
 #[cfg(windows)]
 mod pipe_listener {
     use std::io;
 
-    use tokio::net::windows::named_pipe::{NamedPipeServer, ServerOptions};
+    use tokio::net::windows::named_pipe::NamedPipeServer;
 
-    use crate::streaming::address::{Address, AddressError, pipe_path};
-
-    const PIPE_BUFFER: u32 = 1 << 20;
+    use crate::streaming::address::{Address, AddressError};
+    use crate::streaming::pipe::PipeListener;
 
     #[derive(Debug)]
-    pub(super) struct Listener {
-        path: String,
-        waiting: NamedPipeServer,
-    }
+    pub(super) struct Listener(PipeListener);
 
     impl Listener {
         pub(super) fn bind(address: &Address) -> io::Result<Listener> {
@@ -284,26 +279,12 @@ mod pipe_listener {
                     AddressError::Unsupported("unix"),
                 ));
             };
-            let path = pipe_path(name);
-            // The first instance must be ours: another process owning the name would get our
-            // clients' logs.
-            let waiting = options().first_pipe_instance(true).create(&path)?;
-            Ok(Listener { path, waiting })
+            PipeListener::bind(name).map(Listener)
         }
 
-        /// Cancel-safe: tokio's `connect` loses no connection when dropped.
+        /// Cancel-safe.
         pub(super) async fn accept(&mut self) -> io::Result<NamedPipeServer> {
-            self.waiting.connect().await?;
-            let next = options().create(&self.path)?;
-            Ok(std::mem::replace(&mut self.waiting, next))
+            self.0.accept().await
         }
-    }
-
-    fn options() -> ServerOptions {
-        // Duplex, though we never write back: clients built on go-winio open pipes for reading
-        // and writing, and an inbound-only pipe would refuse them.
-        let mut o = ServerOptions::new();
-        o.in_buffer_size(PIPE_BUFFER).out_buffer_size(PIPE_BUFFER);
-        o
     }
 }

@@ -28,19 +28,28 @@ impl From<StoreError> for crate::db::DbError {
 }
 
 /// A stream as the store knows it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(rename = "Stream")]
 pub(crate) struct StoredStream {
     #[serde(skip)]
     pub id: i64,
+    #[schemars(example = &"butler")]
     pub project: String,
+    #[schemars(example = &"game")]
     pub prefix: String,
+    #[schemars(example = &"stdout")]
     pub name: String,
+    #[schemars(example = &"game/+/stdout")]
     pub path: String,
+    /// `text`, `binary` or `datagram`.
     #[serde(rename = "type")]
+    #[schemars(example = &"text")]
     pub stream_type: String,
+    #[schemars(example = &"text/plain")]
     pub content_type: String,
     pub tags: BTreeMap<String, String>,
+    #[schemars(example = &"2026-12-01T03:00:00Z")]
     pub timestamp: String,
     pub entries: u64,
     pub bytes: u64,

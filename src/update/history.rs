@@ -8,8 +8,9 @@ use tokio::task::JoinHandle;
 use crate::db::{self, Db, DbPath};
 
 /// What was attempted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
+#[schemars(rename = "UpdateAction")]
 pub(crate) enum Action {
     Check,
     Upgrade,
@@ -17,8 +18,9 @@ pub(crate) enum Action {
 }
 
 /// How it ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
+#[schemars(rename = "UpdateOutcome")]
 pub(crate) enum Outcome {
     Available,
     UpToDate,
@@ -259,14 +261,19 @@ impl History {
 }
 
 /// One row of the update history, newest first from [`recent`].
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(rename = "UpdateHistoryEntry")]
 pub(crate) struct HistoryEntry {
     /// Unix seconds.
+    #[schemars(example = 1796096244)]
     pub(crate) time: i64,
     pub(crate) action: Action,
+    #[schemars(example = &"linux-amd64")]
     pub(crate) channel: String,
+    #[schemars(example = &"0.1.0")]
     pub(crate) from_version: Option<String>,
+    #[schemars(example = &"0.2.0")]
     pub(crate) to_version: Option<String>,
     pub(crate) outcome: Outcome,
     pub(crate) step: Option<String>,
@@ -300,7 +307,7 @@ pub(crate) fn recent(
 }
 
 /// A version that failed its probation.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct BadVersion {
     pub(crate) channel: String,

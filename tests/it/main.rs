@@ -4,6 +4,7 @@
 //! (`windows.rs`, `make test-windows`).
 #![cfg(unix)]
 
+mod api;
 mod architecture;
 mod cli;
 mod daemon;

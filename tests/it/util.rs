@@ -114,9 +114,14 @@ impl DaemonProc {
                 .unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {line:?}"));
             lines.push(line.trim().to_owned());
             if v["type"] == "butlerd/listen-notification" {
+                // tcp, or the address of a unix socket or (Windows) a named pipe.
+                let address = ["tcp", "unix", "pipe"]
+                    .iter()
+                    .find_map(|t| v[t]["address"].as_str())
+                    .unwrap_or_else(|| panic!("no address in {v}"));
                 return DaemonProc {
                     child,
-                    address: v["tcp"]["address"].as_str().unwrap().to_owned(),
+                    address: address.to_owned(),
                     secret: v["secret"].as_str().unwrap().to_owned(),
                     stdout_lines: lines,
                     stdout: Some(stdout),

@@ -6,10 +6,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::daemon::jsonrpc::RpcError;
+use crate::daemon::jsonrpc::{RpcError, code};
 use crate::daemon::notifications::{ProcessStarted, StreamsClosed, StreamsOpened};
 use crate::daemon::router::{Ctx, Router};
 use crate::daemon::state::Daemon;
@@ -24,18 +25,31 @@ use crate::streaming::server::StreamServer;
 use crate::streaming::store;
 
 pub(super) fn register(r: &mut Router) {
-    r.method_owning_cancel("Process.Run", run);
+    r.method_owning_cancel("Process.Run", run)
+        .doc(
+            "Runs a command (a game, say) with a stream server, its stdout and stderr captured \
+             into the local log store as streams, exactly as `butler run` does; answers when \
+             it exits. `Process.Started` comes first; the streams it opens and closes are \
+             announced to `Meta.Flow` connections. Cancelling (closing the connection, \
+             `Operation.Cancel`) stops the child and answers 499 with `data.exitCode`.",
+        )
+        .notifies::<ProcessStarted>()
+        .errors(&[code::DATABASE_UNAVAILABLE, code::OPERATION_CANCELLED]);
 }
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// After a cancel's SIGTERM, how long the child has before SIGKILL.
 const KILL_GRACE: Duration = Duration::from_secs(3);
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 struct RunParams {
+    /// The program and its arguments.
+    #[schemars(example = ["game", "--windowed"])]
     command: Vec<String>,
+    /// Its working directory (default: the daemon's).
     cwd: Option<PathBuf>,
+    /// Variables added to the daemon's environment.
     #[serde(default)]
     env: BTreeMap<String, String>,
     /// The stream stdout becomes: a name, or `name=N,content-type=C,tag=k=v`. Default `stdout`.
@@ -46,7 +60,7 @@ struct RunParams {
     prefix: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 struct RunResult {
     /// The exit code, or 128 + N when signal N killed the child.
@@ -94,10 +108,9 @@ async fn run(ctx: Ctx, p: RunParams) -> Result<RunResult, RpcError> {
         // The caller's prefix is taken: their mistake.
         OutputError::Config(why) => invalid(why),
         // The store cannot be opened: the database is down, whatever the params.
-        e => RpcError::new(
-            crate::daemon::jsonrpc::code::DATABASE_UNAVAILABLE,
-            format!("the log store is unavailable: {e}"),
-        ),
+        e => {
+            RpcError::new(code::DATABASE_UNAVAILABLE, format!("the log store is unavailable: {e}"))
+        }
     })?;
     let server = StreamServer::bind(None).map_err(RpcError::internal)?;
     let server_uri = server.uri().to_owned();

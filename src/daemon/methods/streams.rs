@@ -1,19 +1,40 @@
 //! `Streams.*`: what the local log store holds, for launchers that show a game's logs.
 
 use base64::Engine;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::daemon::jsonrpc::{RpcError, code};
-use crate::daemon::notifications::Notification;
+use crate::daemon::notifications::{Log, Notification};
 use crate::daemon::router::{Ctx, Router};
 use crate::report::Level;
 use crate::streaming::names::DEFAULT_PROJECT;
 use crate::streaming::store::{self, StoredEntry, StoredStream};
 
 pub(super) fn register(r: &mut Router) {
-    r.method("Streams.List", list);
-    r.method("Streams.Read", read);
-    r.method("Streams.Follow", follow);
+    r.method("Streams.List", list)
+        .doc("The streams of the local log store in a project, optionally under a path prefix.")
+        .errors(&[code::DATABASE_UNAVAILABLE]);
+    r.method("Streams.Read", read)
+        .doc(
+            "One page of a stream's entries from `fromIndex` (at most 1000, or `limit`); \
+             `nextIndex` is where the next page starts, `terminal` says the stream has ended \
+             and every entry was read. A path that is not `<prefix>/+/<name>`, or names no \
+             stream, is -32602.",
+        )
+        .errors(&[code::DATABASE_UNAVAILABLE]);
+    r.method("Streams.Follow", follow)
+        .doc(
+            "Sends a stream's entries from `fromIndex` as `Streams.Entries` notifications as \
+             they arrive, and answers once the stream has ended and every entry was sent. A \
+             stream a `Process.Run` child announced (`Streams.Opened`) is waited for. \
+             Cancelled (499) by closing the connection or by `Operation.Cancel`; a restart in \
+             place ends it with -32005 and `data.nextIndex` (follow again on the same \
+             connection).",
+        )
+        .notifies::<EntriesNotification<'static>>()
+        .notifies::<Log<'static>>()
+        .errors(&[code::DATABASE_UNAVAILABLE, code::RESTARTING, code::OPERATION_CANCELLED]);
 }
 
 /// Most entries one `Streams.Read` returns, so a reply stays a reasonable size.
@@ -21,14 +42,17 @@ const MAX_READ: usize = 1000;
 /// How often `Streams.Follow` looks for new entries (writers may be other processes).
 const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 struct ListParams {
+    /// Only streams whose path starts with this.
+    #[schemars(example = &"butler/users/me/")]
     prefix: Option<String>,
+    /// Default `butler`.
     project: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
 struct ListResult {
     streams: Vec<StoredStream>,
 }
@@ -45,17 +69,22 @@ async fn list(ctx: Ctx, p: ListParams) -> Result<ListResult, RpcError> {
     Ok(ListResult { streams })
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 struct ReadParams {
+    /// `<prefix>/+/<name>`.
+    #[schemars(example = &"game/+/stdout")]
     path: String,
+    /// Default `butler`.
     project: Option<String>,
+    /// The first entry wanted (default 0).
     #[serde(default)]
     from_index: u64,
+    /// At most this many entries (1..=1000, default 1000).
     limit: Option<usize>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 struct ReadResult {
     entries: Vec<EntryDto>,
@@ -65,22 +94,28 @@ struct ReadResult {
 
 /// One entry on the wire: text as a string when it is UTF-8 (lines keep their delimiters), any
 /// other content (binary, datagrams, or text cut inside a character at close) as base64 `data`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(rename = "StreamEntry")]
 struct EntryDto {
     stream_index: u64,
     sequence: u64,
     /// Seconds since the stream's timestamp.
     time_offset: f64,
+    /// The entry's text (a text stream's lines, with their delimiters).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(example = &"hello\n")]
     text: Option<String>,
+    /// Base64 of any other content.
     #[serde(skip_serializing_if = "Option::is_none")]
     data: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     partial: Option<PartialDto>,
 }
 
-#[derive(Debug, Serialize)]
+/// One piece of a datagram larger than an entry.
+#[derive(Debug, Serialize, JsonSchema)]
+#[schemars(rename = "PartialEntry")]
 struct PartialDto {
     index: u32,
     size: u64,
@@ -154,16 +189,21 @@ async fn read(ctx: Ctx, p: ReadParams) -> Result<ReadResult, RpcError> {
         .ok_or_else(|| no_stream("Streams.Read", &p.path))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 struct FollowParams {
+    /// `<prefix>/+/<name>`.
+    #[schemars(example = &"game/+/stdout")]
     path: String,
+    /// Default `butler`.
     project: Option<String>,
+    /// The first entry wanted (default 0).
     #[serde(default)]
     from_index: u64,
 }
 
-#[derive(Debug, Serialize)]
+/// New entries of the stream a `Streams.Follow` request follows, in order.
+#[derive(Debug, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 struct EntriesNotification<'a> {
     path: &'a str,
@@ -174,7 +214,7 @@ impl Notification for EntriesNotification<'_> {
     const METHOD: &'static str = "Streams.Entries";
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 struct FollowResult {
     next_index: u64,

@@ -6,11 +6,14 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use butler_updater::{Channel, ErrorClass, ErrorKind, Event, Step, Target, Want};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::daemon::hand_over::Announcement;
 use crate::daemon::jsonrpc::{RpcError, code};
-use crate::daemon::notifications::{UpdateApplied, UpdateAvailable, UpdateReady, UpdateRolledBack};
+use crate::daemon::notifications::{
+    Log, Progress, UpdateApplied, UpdateAvailable, UpdateReady, UpdateRolledBack,
+};
 use crate::daemon::router::{Ctx, Router};
 use crate::daemon::state::{Daemon, Restart};
 use crate::report::Level;
@@ -19,12 +22,41 @@ use crate::update::{self, History, ProgressThrottle, SettingsError, UpdateServic
 use crate::version::VERSION;
 
 pub(super) fn register(r: &mut Router) {
-    r.method("Update.Check", check);
-    r.method_owning_cancel("Update.Apply", apply);
+    r.method("Update.Check", check)
+        .doc(
+            "Asks the update server whether a newer butler is published on a channel, and \
+             records the check. News of one also goes to every `Meta.Flow` connection \
+             (`Update.Available`). A signed channel whose signed LATEST has expired answers \
+             `stale: true`, never \"up to date\".",
+        )
+        .errors(&[code::NETWORK_DISCONNECTED]);
+    r.method_owning_cancel("Update.Apply", apply)
+        .doc(
+            "Downloads, verifies and installs a butler (the newest on the channel, or \
+             `version`), with `Progress` and `Log` notifications; `Meta.Flow` connections hear \
+             `Update.Applied`. With `restart: true` a TCP `--keep-alive` daemon on unix \
+             restarts into it on the same socket and secret, keeping connections open; \
+             otherwise `restartRequired` says a restart is left to the launcher (with \
+             `executable`). Cancelling stops it before the swap (499).",
+        )
+        .notifies::<Progress>()
+        .notifies::<Log<'static>>()
+        .errors(&[code::NETWORK_DISCONNECTED, code::OPERATION_CANCELLED]);
     // Owns its cancellation by ignoring it: a rollback is short, and once started it must be
     // recorded and announced, not dropped half-way.
-    r.method_owning_cancel("Update.Rollback", rollback);
-    r.method("Update.Status", status);
+    r.method_owning_cancel("Update.Rollback", rollback)
+        .doc(
+            "Puts back the build the last update replaced (`butler upgrade --rollback`); \
+             `Meta.Flow` connections hear `Update.RolledBack`. `restart` as for `Update.Apply`.",
+        )
+        .notifies::<Log<'static>>();
+    r.method("Update.Status", status)
+        .doc(
+            "The running version, an install waiting for a restart, the last check and the \
+             recent update history (newest first), and versions refused after a failed \
+             probation.",
+        )
+        .errors(&[code::DATABASE_UNAVAILABLE]);
 }
 
 /// The channel a request names: `stable` (default) or `head`, or a full name ending in `-head`.
@@ -72,18 +104,23 @@ async fn open_history(daemon: &Daemon, channel: &Channel) -> History {
     History::with_db(db.ok(), &daemon.config.update.broth_url, &channel.name(), &install)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 struct CheckParams {
     /// `stable` (default) or `head`, or a full channel name such as `linux-amd64-head`.
     channel: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 struct CheckResult {
+    /// The running build (plain semver, as every version here).
+    #[schemars(example = &"0.1.0")]
     current_version: String,
+    /// `None` when stale.
+    #[schemars(example = &"0.2.0")]
     latest_version: Option<String>,
     update_available: bool,
+    #[schemars(example = &"linux-amd64")]
     channel: String,
     signed: bool,
     /// The server's signed LATEST has expired: nothing can be said to be up to date.
@@ -137,8 +174,9 @@ async fn check_now(daemon: &Daemon, channel: &Channel) -> Result<CheckResult, Rp
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 struct ApplyParams {
+    /// As for `Update.Check`.
     channel: Option<String>,
     /// A version (may downgrade) or a semver range; the newest on the channel when absent.
     version: Option<String>,
@@ -147,11 +185,13 @@ struct ApplyParams {
     restart: bool,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 struct ApplyResult {
+    #[schemars(example = &"0.1.0")]
     previous_version: String,
     /// `None` when nothing was installed: already up to date.
+    #[schemars(example = &"0.2.0")]
     installed_version: Option<String>,
     verified: bool,
     /// Another build is on disk but this daemon still runs this one.
@@ -295,13 +335,14 @@ async fn restart_after_reply(
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 struct RollbackParams {
+    /// Restart into the restored build, as `Update.Apply`'s `restart`.
     #[serde(default)]
     restart: bool,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 struct RollbackResult {
     /// `None` when the restored build would not say (it is active all the same).
@@ -355,12 +396,15 @@ fn update_error(e: butler_updater::Error) -> RpcError {
         .with("kind", class.as_str())
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 struct StatusResult {
+    #[schemars(example = &"0.1.0")]
     current_version: String,
     /// Installed over this running build; a restart makes it current.
+    #[schemars(example = &"0.2.0")]
     awaiting_restart: Option<String>,
+    #[schemars(example = &"linux-amd64")]
     channel: String,
     last_check: Option<HistoryEntry>,
     last_result: Option<Outcome>,
@@ -369,7 +413,7 @@ struct StatusResult {
     bad_versions: Vec<BadVersion>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 struct StatusParams {}
 
 async fn status(ctx: Ctx, _: StatusParams) -> Result<StatusResult, RpcError> {
