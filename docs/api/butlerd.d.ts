@@ -661,6 +661,7 @@ export type ErrorCode =
   | -32003 // AuthenticationTimeout
   | -32004 // DatabaseUnavailable
   | -32005 // Restarting
+  | -32006 // TooManyInFlight
   | 499 // OperationCancelled
   | 9000 // NetworkDisconnected
   ;

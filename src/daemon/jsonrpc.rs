@@ -75,6 +75,14 @@ pub(crate) mod code {
             "A long request ended so a restart in place need not wait for it; send it again \
              on the same connection, which stays open.",
         ),
+        (
+            TOO_MANY_IN_FLIGHT,
+            "TooManyInFlight",
+            "Every in-flight slot of the connection (256) is taken while some of its requests \
+             wait for the client's answers to the daemon's calls: answer those, then send the \
+             request again. (Without such calls the daemon simply stops reading until a slot \
+             frees.)",
+        ),
         (OPERATION_CANCELLED, "OperationCancelled", "The operation was cancelled (as upstream)."),
         (
             NETWORK_DISCONNECTED,
