@@ -963,7 +963,23 @@ fn stubborn_child(c: &mut RpcClient) -> libc::pid_t {
     c.send(&json!({"jsonrpc": "2.0", "id": 1, "method": "Process.Run", "params": {
         "command": ["sh", "-c", "trap '' TERM; sleep 30"], "id": "stubborn",
     }}));
-    c.recv()["params"]["pid"].as_u64().unwrap() as libc::pid_t
+    let pid = c.recv()["params"]["pid"].as_u64().unwrap() as libc::pid_t;
+    // The pid is announced at spawn, before the shell has run its trap: wait until SIGTERM (bit
+    // 15) shows as ignored, or a signal sent now would still stop it at once.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let ignored = status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigIgn:"))
+            .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+            .unwrap_or(0);
+        if ignored & (1 << (libc::SIGTERM - 1)) != 0 {
+            return pid;
+        }
+        assert!(Instant::now() < deadline, "the child never came to ignore SIGTERM");
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// A first signal starts the drain; a second one during it exits at once with 130.
