@@ -157,14 +157,24 @@ impl DaemonProc {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                let mut out = String::new();
-                if let Some(mut s) = self.stdout.take() {
-                    let _ = s.read_to_string(&mut out);
-                }
-                let mut err = String::new();
-                if let Some(mut s) = self.child.stderr.take() {
-                    let _ = s.read_to_string(&mut err);
-                }
+                // Read to the end on other threads: a process that inherited the pipes (a child
+                // the daemon left behind; any process of the prefix under Wine) keeps them open,
+                // and that must fail the test, not hang it.
+                let (out, err) = (self.stdout.take(), self.child.stderr.take());
+                let (tx, rx) = std::sync::mpsc::channel();
+                std::thread::spawn(move || {
+                    let mut text = (String::new(), String::new());
+                    if let Some(mut s) = out {
+                        let _ = s.read_to_string(&mut text.0);
+                    }
+                    if let Some(mut s) = err {
+                        let _ = s.read_to_string(&mut text.1);
+                    }
+                    let _ = tx.send(text);
+                });
+                let (out, err) = rx
+                    .recv_timeout(std::time::Duration::from_secs(10))
+                    .expect("the daemon's stdout or stderr still open 10 s after it exited");
                 return (status.code(), out, err);
             }
             assert!(std::time::Instant::now() < deadline, "daemon did not exit within {secs}s");
