@@ -536,6 +536,12 @@ pub(crate) fn logs(cmd: LogsCommand, global: &GlobalArgs) -> anyhow::Result<Exit
                     if cur.terminal && next >= cur.entries {
                         break;
                     }
+                    if cur.abandoned && next >= cur.entries {
+                        eprintln!(
+                            "butler: {path} was cut short: the butler writing it died before ending it"
+                        );
+                        return Ok(ExitStatus::Runtime);
+                    }
                     std::thread::sleep(poll);
                 }
             }
