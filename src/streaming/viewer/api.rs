@@ -35,10 +35,10 @@ pub(crate) struct StreamDto {
     pub tags: std::collections::BTreeMap<String, String>,
     pub entries: u64,
     pub bytes: u64,
-    /// Still being written (no terminal entry yet, and its writer is alive).
-    pub open: bool,
     /// Cut short: its writer died before ending it.
     pub abandoned: bool,
+    /// Still being written (no terminal entry yet, and its writer is alive).
+    pub open: bool,
 }
 
 impl From<StoredStream> for StreamDto {
@@ -54,8 +54,8 @@ impl From<StoredStream> for StreamDto {
             tags: s.tags,
             entries: s.entries,
             bytes: s.bytes,
-            open: !s.terminal && !s.abandoned,
             abandoned: s.abandoned,
+            open: !s.terminal && !s.abandoned,
         }
     }
 }

@@ -51,8 +51,8 @@ pub(crate) fn watch_store(
             let project = project.clone();
             // A writer that dies changes nothing in the database, so while streams are open the
             // list is read again now and then to notice those that were cut short.
-            let recheck = listed.elapsed() >= LIVENESS_RECHECK
-                && tx.borrow().streams.iter().any(|s| s.open);
+            let recheck =
+                listed.elapsed() >= LIVENESS_RECHECK && tx.borrow().streams.iter().any(|s| s.open);
             let read = db
                 .call(move |conn| {
                     let v = store::data_version(conn)?;
