@@ -483,10 +483,10 @@ pub(crate) fn logs(cmd: LogsCommand, global: &GlobalArgs) -> anyhow::Result<Exit
         cmd => cmd,
     };
     // A malformed path is a usage error whether or not there is a database.
-    if let LogsCommand::Cat { path: stream, .. } | LogsCommand::Tail { path: stream, .. } = &cmd {
-        if names::split_path(stream).is_none() {
-            return Err(usage(store::StoreError::BadPath(stream.clone())));
-        }
+    if let LogsCommand::Cat { path: stream, .. } | LogsCommand::Tail { path: stream, .. } = &cmd
+        && names::split_path(stream).is_none()
+    {
+        return Err(usage(store::StoreError::BadPath(stream.clone())));
     }
     // Reading needs no write (a full disk must not stop it); only `tail -f` may wait for a
     // database that does not exist yet.
