@@ -280,3 +280,26 @@ fn streams_follow_of_an_open_stream_is_cancelled_by_operation_cancel() {
     drop(w);
     serve.stop();
 }
+
+#[test]
+fn a_killed_daemon_leaves_its_process_run_streams_cut_short() {
+    let home = TestHome::new();
+    let mut d = DaemonProc::start(&home, &["--keep-alive"]);
+    let mut c = d.client();
+    c.send(&json!({"jsonrpc": "2.0", "id": 1, "method": "Process.Run", "params": {
+        "command": ["sh", "-c", "echo started; sleep 30"], "prefix": "game",
+    }}));
+    let child = c.recv()["params"]["pid"].as_u64().unwrap() as libc::pid_t;
+    wait_entries(&home, "game/+/stdout", 1);
+    let s = ls(&home, "local");
+    assert!(s.iter().all(|s| s["abandoned"] == false), "{s:?}");
+    d.child.kill().unwrap();
+    d.child.wait().unwrap();
+    // SAFETY: the test's own grandchild, which the killed daemon leaves behind.
+    unsafe { libc::kill(child, libc::SIGKILL) };
+    let (mut tail, lines) = tail_f(&home, "game/+/stdout");
+    assert_eq!(lines.recv_timeout(NOTICE).unwrap(), "started");
+    assert_eq!(wait_exit(&mut tail, NOTICE).code(), Some(250), "{}", stderr_of(&mut tail));
+    let s = ls(&home, "local");
+    assert!(s.iter().all(|s| s["abandoned"] == true && s["terminal"] == false), "{s:?}");
+}
