@@ -15,6 +15,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0002_updates.sql"),
     include_str!("migrations/0003_log_store.sql"),
     include_str!("migrations/0004_bad_versions.sql"),
+    include_str!("migrations/0005_stream_writers.sql"),
 ];
 
 /// How long a statement waits for another writer (CLI commands and the daemon share the file).
@@ -57,6 +58,10 @@ pub enum DbError {
     Lock { path: String, error: std::io::Error },
     #[error("the database folder cannot be found: set BUTLER_HOME or pass --dbpath")]
     NoHome,
+    #[error(
+        "there is no database at {path}: nothing has been stored there yet; check --dbpath or BUTLER_HOME"
+    )]
+    Missing { path: String },
     #[error("database query failed: {0}")]
     Query(String),
     #[error(transparent)]
@@ -200,6 +205,40 @@ pub fn open(path: &DbPath) -> Result<Connection, DbError> {
         e => e,
     })?;
     Ok(conn)
+}
+
+/// Opens the database for a command that only reads (`butler logs ls|cat|tail`). A database that
+/// exists at the current schema is opened read-only, so reading works where writing cannot (a
+/// full disk, a read-only copy); one that needs migrating is opened as `open` does. A missing
+/// file is an error (`Missing`), not a new empty database.
+pub fn open_for_reading(path: &DbPath) -> Result<Connection, DbError> {
+    let DbPath::File(p) = path else { return open(path) };
+    let name = path.display();
+    if !p.exists() {
+        return Err(DbError::Missing { path: name });
+    }
+    // Narrowing a mode an older butler left writes no data, so it works on a full disk too.
+    if let Err(e) = make_private_file(p) {
+        tracing::debug!("could not make {} owner-only: {e}", p.display());
+    }
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+        | OpenFlags::SQLITE_OPEN_URI
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(p, flags)
+        .map_err(|error| DbError::Open { path: name.clone(), error })?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    match user_version(&conn) {
+        Ok(v) if v as usize == MIGRATIONS.len() => Ok(conn),
+        Ok(v) if v as usize > MIGRATIONS.len() => {
+            Err(DbError::TooNew { path: name, found: v, known: MIGRATIONS.len() as i64 })
+        }
+        // Older, or unreadable read-only (say a WAL whose index must be built): `open` migrates
+        // or says precisely what is wrong.
+        _ => {
+            drop(conn);
+            open(path)
+        }
+    }
 }
 
 /// Whether `e` comes from a full disk. SQLite says so when a write finds no room, but growing

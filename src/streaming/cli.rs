@@ -482,7 +482,36 @@ pub(crate) fn logs(cmd: LogsCommand, global: &GlobalArgs) -> anyhow::Result<Exit
         }
         cmd => cmd,
     };
-    let conn = db::open(&path).map_err(runtime)?;
+    // A malformed path is a usage error whether or not there is a database.
+    if let LogsCommand::Cat { path: stream, .. } | LogsCommand::Tail { path: stream, .. } = &cmd
+        && names::split_path(stream).is_none()
+    {
+        return Err(usage(store::StoreError::BadPath(stream.clone())));
+    }
+    // Reading needs no write (a full disk must not stop it); only `tail -f` may wait for a
+    // database that does not exist yet.
+    let conn = match db::open_for_reading(&path) {
+        Err(db::DbError::Missing { .. })
+            if matches!(cmd, LogsCommand::Tail { follow: true, .. }) =>
+        {
+            db::open(&path)
+        }
+        // No database holds no streams: `ls` lists none (from an empty one in memory) and
+        // creates nothing.
+        Err(db::DbError::Missing { .. }) if matches!(cmd, LogsCommand::Ls { .. }) => {
+            db::open(&DbPath::Special(":memory:".into()))
+        }
+        Err(e @ db::DbError::Missing { .. }) => {
+            let (LogsCommand::Cat { path: stream, .. } | LogsCommand::Tail { path: stream, .. }) =
+                &cmd
+            else {
+                unreachable!("ls and web are handled above")
+            };
+            return Err(runtime(anyhow::anyhow!("no stream {stream}: {e}")));
+        }
+        other => other,
+    }
+    .map_err(runtime)?;
     let reporter = Reporter::new(global.json, global.verbose, global.quiet);
     match cmd {
         LogsCommand::Ls { prefix } => {
@@ -535,6 +564,12 @@ pub(crate) fn logs(cmd: LogsCommand, global: &GlobalArgs) -> anyhow::Result<Exit
                     out.flush().map_err(runtime)?;
                     if cur.terminal && next >= cur.entries {
                         break;
+                    }
+                    if cur.abandoned && next >= cur.entries {
+                        eprintln!(
+                            "butler: {path} was cut short: the butler writing it died before ending it"
+                        );
+                        return Ok(ExitStatus::Runtime);
                     }
                     std::thread::sleep(poll);
                 }

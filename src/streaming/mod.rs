@@ -27,6 +27,7 @@ pub(crate) mod store;
 pub mod streamclient;
 pub mod timefmt;
 pub(crate) mod viewer;
+pub(crate) mod writers;
 
 pub use butler::{Butler, ButlerConfig, ButlerHandle, StreamEvent, StreamObserver};
 pub use entry::{Bundle, BundleEntry, Content, LogEntry, Partial, StreamInfo, StreamType};

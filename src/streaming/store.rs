@@ -8,7 +8,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::entry::{Partial, StreamType};
 use super::handshake::put_uvarint;
-use super::names;
+use super::{names, writers};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -55,6 +55,12 @@ pub(crate) struct StoredStream {
     pub bytes: u64,
     pub terminal: bool,
     pub terminal_index: Option<u64>,
+    /// Cut short: its writer died before the terminal entry, so it will never end. Readers stop
+    /// following it once they have every entry it has.
+    pub abandoned: bool,
+    /// The writer's lease token (see `writers`); `None` for streams from before leases.
+    #[serde(skip)]
+    pub writer: Option<String>,
 }
 
 impl StoredStream {
@@ -77,7 +83,7 @@ pub(crate) struct StoredEntry {
     pub data: Vec<u8>,
 }
 
-const STREAM_COLUMNS: &str = "id, project, prefix, name, stream_type, content_type, tags, timestamp, entries, bytes, terminal, terminal_index";
+const STREAM_COLUMNS: &str = "id, project, prefix, name, stream_type, content_type, tags, timestamp, entries, bytes, terminal, terminal_index, abandoned, writer";
 
 fn stream_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredStream> {
     let prefix: String = r.get(2)?;
@@ -97,7 +103,63 @@ fn stream_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredStream> {
         bytes: r.get::<_, i64>(9)? as u64,
         terminal: r.get(10)?,
         terminal_index: r.get::<_, Option<i64>>(11)?.map(|i| i as u64),
+        abandoned: r.get(12)?,
+        writer: r.get(13)?,
     })
+}
+
+/// Works out `abandoned` for a stream whose writer died but no later writer has marked yet
+/// (readers never write). A writer that ended the stream and then exited cleanly looks dead
+/// too, so the row is read again after the liveness check: what it says then is final.
+fn settle(conn: &Connection, s: StoredStream) -> Result<StoredStream, StoreError> {
+    if s.terminal || s.abandoned {
+        return Ok(s);
+    }
+    let Some(token) = s.writer.as_deref() else { return Ok(s) };
+    if writers::alive(conn.path().unwrap_or(""), token) {
+        return Ok(s);
+    }
+    let again = conn.query_row(
+        &format!("SELECT {STREAM_COLUMNS} FROM log_streams WHERE id = ?1"),
+        params![s.id],
+        stream_row,
+    )?;
+    Ok(StoredStream { abandoned: !again.terminal, ..again })
+}
+
+/// Marks the streams of writers that died as abandoned, and removes their lease files; run by
+/// each writer as it starts (`me` is its own token). Streams from before leases that never ended
+/// are marked too: no butler that still writes them can be running against this schema.
+pub(crate) fn mark_abandoned(conn: &Connection, me: &str) -> Result<usize, StoreError> {
+    let db_file = conn.path().unwrap_or("").to_owned();
+    let owners: Vec<Option<String>> = conn
+        .prepare(
+            "SELECT DISTINCT writer FROM log_streams
+             WHERE terminal = 0 AND abandoned = 0 AND (writer IS NULL OR writer != ?1)",
+        )?
+        .query_map(params![me], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut marked = 0;
+    for owner in owners {
+        match owner {
+            Some(token) if writers::alive(&db_file, &token) => {}
+            Some(token) => {
+                marked += conn.execute(
+                    "UPDATE log_streams SET abandoned = 1 WHERE writer = ?1 AND terminal = 0",
+                    params![token],
+                )?;
+                writers::forget(&db_file, &token);
+            }
+            None if db_file.is_empty() => {}
+            None => {
+                marked += conn.execute(
+                    "UPDATE log_streams SET abandoned = 1 WHERE writer IS NULL AND terminal = 0",
+                    [],
+                )?;
+            }
+        }
+    }
+    Ok(marked)
 }
 
 /// Streams of `project` whose path starts with `prefix` (all when `None`), oldest first.
@@ -117,7 +179,8 @@ pub(crate) fn list_streams(
             out.push(s);
         }
     }
-    Ok(out)
+    drop(stmt);
+    out.into_iter().map(|s| settle(conn, s)).collect()
 }
 
 /// The newest `limit` streams of `project` whose path starts with `prefix`, newest first.
@@ -132,9 +195,10 @@ pub(crate) fn list_recent(
          WHERE project = ?1 AND substr(prefix || '/+/' || name, 1, length(?2)) = ?2
          ORDER BY id DESC LIMIT ?3"
     ))?;
-    let rows =
-        stmt.query_map(params![project, prefix, limit.min(i64::MAX as usize) as i64], stream_row)?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    let rows: Vec<StoredStream> = stmt
+        .query_map(params![project, prefix, limit.min(i64::MAX as usize) as i64], stream_row)?
+        .collect::<Result<_, _>>()?;
+    rows.into_iter().map(|s| settle(conn, s)).collect()
 }
 
 /// A number that changes whenever another connection commits to the database (SQLite's
@@ -151,24 +215,26 @@ pub(crate) fn find_stream(
 ) -> Result<Option<StoredStream>, StoreError> {
     let (prefix, name) =
         names::split_path(path).ok_or_else(|| StoreError::BadPath(path.to_owned()))?;
-    Ok(conn
-        .query_row(
-            &format!("SELECT {STREAM_COLUMNS} FROM log_streams WHERE project = ?1 AND prefix = ?2 AND name = ?3"),
-            params![project, prefix, name],
-            stream_row,
-        )
-        .optional()?)
+    conn.query_row(
+        &format!("SELECT {STREAM_COLUMNS} FROM log_streams WHERE project = ?1 AND prefix = ?2 AND name = ?3"),
+        params![project, prefix, name],
+        stream_row,
+    )
+    .optional()?
+    .map(|s| settle(conn, s))
+    .transpose()
 }
 
 /// Re-reads a stream's row (for followers).
 pub(crate) fn refresh(conn: &Connection, id: i64) -> Result<Option<StoredStream>, StoreError> {
-    Ok(conn
-        .query_row(
-            &format!("SELECT {STREAM_COLUMNS} FROM log_streams WHERE id = ?1"),
-            params![id],
-            stream_row,
-        )
-        .optional()?)
+    conn.query_row(
+        &format!("SELECT {STREAM_COLUMNS} FROM log_streams WHERE id = ?1"),
+        params![id],
+        stream_row,
+    )
+    .optional()?
+    .map(|s| settle(conn, s))
+    .transpose()
 }
 
 /// Up to `limit` entries from `from_index` on, in order.

@@ -127,7 +127,7 @@ fn database_errors_name_the_file_once_and_say_what_to_do() {
     let file = home.path().join("a-file");
     std::fs::write(&file, "x").unwrap();
     let db = file.join("sub/butler.db");
-    let out = home.run(&["--dbpath", db.to_str().unwrap(), "logs", "ls"]);
+    let out = home.run(&["--dbpath", db.to_str().unwrap(), "run", "--", "true"]);
     assert_eq!(out.status.code(), Some(250), "{}", stderr(&out));
     let err = stderr(&out);
     assert!(err.contains("cannot create the database folder"), "{err}");

@@ -959,27 +959,22 @@ fn a_client_that_never_reads_is_held_back_without_loss_or_growth() {
 
 /// Starts `sh -c 'trap "" TERM; sleep 30'` through `Process.Run` on `c`: a child that ignores
 /// SIGTERM, so stopping it takes the whole kill grace. Returns its pid.
-fn stubborn_child(c: &mut RpcClient) -> libc::pid_t {
+///
+/// Returns once the trap is set: the caller's client closing cancels the run, and a SIGTERM that
+/// came before the trap would end the shell at once.
+fn stubborn_child(home: &TestHome, c: &mut RpcClient) -> libc::pid_t {
+    let ready = home.path().join("trapped");
+    let script = format!("trap '' TERM; touch '{}'; sleep 30", ready.display());
     c.send(&json!({"jsonrpc": "2.0", "id": 1, "method": "Process.Run", "params": {
-        "command": ["sh", "-c", "trap '' TERM; sleep 30"], "id": "stubborn",
+        "command": ["sh", "-c", script], "id": "stubborn",
     }}));
     let pid = c.recv()["params"]["pid"].as_u64().unwrap() as libc::pid_t;
-    // The pid is announced at spawn, before the shell has run its trap: wait until SIGTERM (bit
-    // 15) shows as ignored, or a signal sent now would still stop it at once.
     let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let ignored = status
-            .lines()
-            .find_map(|l| l.strip_prefix("SigIgn:"))
-            .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
-            .unwrap_or(0);
-        if ignored & (1 << (libc::SIGTERM - 1)) != 0 {
-            return pid;
-        }
-        assert!(Instant::now() < deadline, "the child never came to ignore SIGTERM");
-        std::thread::sleep(Duration::from_millis(5));
+    while !ready.exists() {
+        assert!(Instant::now() < deadline, "the child never set its trap");
+        std::thread::sleep(Duration::from_millis(10));
     }
+    pid
 }
 
 /// A first signal starts the drain; a second one during it exits at once with 130.
@@ -987,7 +982,7 @@ fn stubborn_child(c: &mut RpcClient) -> libc::pid_t {
 fn a_second_signal_during_the_drain_exits_at_once() {
     let home = TestHome::new();
     let d = keep_alive(&home, &["--drain-timeout", "60s"]);
-    let pid = stubborn_child(&mut d.client());
+    let pid = stubborn_child(&home, &mut d.client());
     d.signal(libc::SIGTERM);
     // The listener closes before the drain starts: once connecting fails, the daemon is draining.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -1007,7 +1002,7 @@ fn a_second_signal_during_the_drain_exits_at_once() {
 fn the_drain_timeout_bounds_a_shutdown() {
     let home = TestHome::new();
     let d = keep_alive(&home, &["--drain-timeout", "200ms"]);
-    let pid = stubborn_child(&mut d.client());
+    let pid = stubborn_child(&home, &mut d.client());
     d.signal(libc::SIGTERM);
     let (code, out, err) = d.wait_exit(10);
     // SAFETY: as above.

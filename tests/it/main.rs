@@ -11,6 +11,7 @@ mod daemon;
 mod disk_full;
 mod live;
 mod logdog_faults;
+mod stream_follow;
 mod streaming;
 mod streaming_logdog;
 mod streaming_noloss;

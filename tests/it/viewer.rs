@@ -405,3 +405,25 @@ fn the_command_line_refuses_other_addresses_and_reports_in_json_and_opens_a_brow
     signal(&child, "INT");
     assert_eq!(wait_exit(&mut child, Duration::from_secs(10)).code(), Some(0));
 }
+
+/// A stream whose writer is killed ends in the live view as cut short, not left open forever.
+#[test]
+fn a_stream_whose_writer_was_killed_ends_as_cut_short() {
+    let home = TestHome::new();
+    let web = Web::start(&home, &[]);
+    let mut streams = web.events("api/streams/live");
+    streams.until("event: streams");
+    let mut serve = Serve::start(&home, &["--prefix", "killed"]);
+    let mut s = serve.connect();
+    s.write_all(&handshake(r#"{"name":"game"}"#)).unwrap();
+    s.write_all(b"hello\n").unwrap();
+    let mut follow = web.events("api/follow?path=killed%2F%2B%2Fgame&from=0");
+    follow.until(r#""text":"hello\n""#);
+    streams.until(r#""abandoned":false,"open":true}"#);
+    serve.child.kill().unwrap();
+    serve.child.wait().unwrap();
+    let end = follow.until("event: end");
+    assert!(!end.contains("hello"), "nothing is sent twice: {end}");
+    follow.until(r#""terminal":false,"abandoned":true"#);
+    streams.until(r#""abandoned":true,"open":false}"#);
+}

@@ -90,6 +90,9 @@ struct ReadResult {
     entries: Vec<EntryDto>,
     next_index: u64,
     terminal: bool,
+    /// The stream was cut short: its writer died before ending it, and this page reaches the
+    /// last entry it will ever have.
+    abandoned: bool,
 }
 
 /// One entry on the wire: text as a string when it is UTF-8 (lines keep their delimiters), any
@@ -174,7 +177,8 @@ async fn read_page(
     let entries: Vec<EntryDto> = entries.into_iter().map(|e| EntryDto::new(e, text)).collect();
     // Terminal only once the reader has everything up to the terminal entry.
     let terminal = stream.terminal && stream.terminal_index.is_none_or(|t| next_index > t);
-    Ok(Some(ReadResult { entries, next_index, terminal }))
+    let abandoned = stream.abandoned && next_index >= stream.entries;
+    Ok(Some(ReadResult { entries, next_index, terminal, abandoned }))
 }
 
 fn no_stream(method: &str, path: &str) -> RpcError {
@@ -219,10 +223,14 @@ impl Notification for EntriesNotification<'_> {
 struct FollowResult {
     next_index: u64,
     terminal: bool,
+    /// The follow ended because the stream's writer died before ending it (`terminal` is false).
+    abandoned: bool,
 }
 
 /// Sends `Streams.Entries` notifications as entries arrive; answers once the stream has ended
-/// and every entry was sent. A stream announced by `Streams.Opened` is waited for. Cancelled (499) when its connection closes or by `Operation.Cancel`.
+/// and every entry was sent, or once it was cut short (`abandoned`: its writer died) and every
+/// entry it has was sent. A stream announced by `Streams.Opened` is waited for. Cancelled (499)
+/// when its connection closes or by `Operation.Cancel`.
 async fn follow(ctx: Ctx, p: FollowParams) -> Result<FollowResult, RpcError> {
     let project = p.project.as_deref().unwrap_or(DEFAULT_PROJECT);
     let mut next = p.from_index;
@@ -241,8 +249,16 @@ async fn follow(ctx: Ctx, p: FollowParams) -> Result<FollowResult, RpcError> {
         if !page.entries.is_empty() {
             ctx.notify(EntriesNotification { path: &p.path, entries: page.entries }).await;
         }
-        if page.terminal {
-            return Ok(FollowResult { next_index: next, terminal: true });
+        if page.terminal || page.abandoned {
+            let abandoned = !page.terminal;
+            if abandoned {
+                let message = format!(
+                    "{} was cut short: the process writing it died before ending it",
+                    p.path
+                );
+                ctx.log(Level::Warning, &message).await;
+            }
+            return Ok(FollowResult { next_index: next, terminal: page.terminal, abandoned });
         }
         if caught_up {
             tokio::select! {

@@ -9,7 +9,9 @@ use rusqlite::{Connection, params};
 use super::{LOCAL_BUNDLE_SIZE, Output, OutputError};
 use crate::db::{self, DbPath};
 use crate::streaming::entry::{Bundle, Content, StreamInfo};
+use crate::streaming::store;
 use crate::streaming::timefmt;
+use crate::streaming::writers::WriterLease;
 
 /// WAL bytes between two checkpoints.
 const CHECKPOINT_EVERY: i64 = 4 << 20;
@@ -19,6 +21,9 @@ pub struct StoreOutput {
     conn: Connection,
     /// Stream id in this butler → row id in `log_streams`.
     rows: HashMap<u64, i64>,
+    /// Held while this output lives; its streams name it, so readers can tell when the process
+    /// writing them died (see `writers`).
+    lease: WriterLease,
 }
 
 impl StoreOutput {
@@ -45,7 +50,17 @@ impl StoreOutput {
                 "prefix {prefix:?} already holds streams in project {project:?} of the log store; choose another --prefix"
             )));
         }
-        Ok(StoreOutput { conn, rows: HashMap::new() })
+        let lease = WriterLease::acquire(path).map_err(|e| {
+            OutputError::Config(format!("cannot take a writer lease beside the log store: {e}"))
+        })?;
+        // Streams that a killed writer left open end here for good (readers already treat them
+        // as cut short; this records it and clears the dead leases).
+        match store::mark_abandoned(&conn, lease.token()) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("marked {n} stream(s) whose writer died as abandoned"),
+            Err(e) => tracing::warn!("could not mark streams of dead writers: {e}"),
+        }
+        Ok(StoreOutput { conn, rows: HashMap::new(), lease })
     }
 }
 
@@ -53,6 +68,7 @@ impl StoreOutput {
 fn register(
     conn: &Connection,
     rows: &mut HashMap<u64, i64>,
+    writer: &str,
     s: &StreamInfo,
 ) -> Result<i64, OutputError> {
     if let Some(r) = rows.get(&s.id) {
@@ -60,8 +76,8 @@ fn register(
     }
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
     conn.prepare_cached(
-        "INSERT INTO log_streams (project, prefix, name, stream_type, content_type, tags, timestamp, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO log_streams (project, prefix, name, stream_type, content_type, tags, timestamp, created_at, writer)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?
     .execute(params![
         s.project,
@@ -72,6 +88,7 @@ fn register(
         serde_json::to_string(&s.tags).unwrap_or_else(|_| "{}".into()),
         timefmt::format_rfc3339(s.timestamp),
         now,
+        writer,
     ])?;
     let r = conn.last_insert_rowid();
     rows.insert(s.id, r);
@@ -90,7 +107,7 @@ impl Output for StoreOutput {
     /// The stream's row goes in at once (its own small transaction), so `butler logs`, the
     /// daemon's `Streams.*` and the viewer know an open stream before it has data.
     fn open_stream(&mut self, stream: &StreamInfo) -> Result<(), OutputError> {
-        register(&self.conn, &mut self.rows, stream)?;
+        register(&self.conn, &mut self.rows, self.lease.token(), stream)?;
         Ok(())
     }
 
@@ -131,7 +148,7 @@ impl StoreOutput {
                 if !self.rows.contains_key(&e.stream.id) {
                     fresh.push(e.stream.id);
                 }
-                let row = register(&tx, &mut self.rows, &e.stream)?;
+                let row = register(&tx, &mut self.rows, self.lease.token(), &e.stream)?;
                 let mut bytes = 0i64;
                 for l in &e.logs {
                     let (lines, partial) = match &l.content {

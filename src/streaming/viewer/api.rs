@@ -35,7 +35,9 @@ pub(crate) struct StreamDto {
     pub tags: std::collections::BTreeMap<String, String>,
     pub entries: u64,
     pub bytes: u64,
-    /// Still being written (no terminal entry yet).
+    /// Cut short: its writer died before ending it.
+    pub abandoned: bool,
+    /// Still being written (no terminal entry yet, and its writer is alive).
     pub open: bool,
 }
 
@@ -52,7 +54,8 @@ impl From<StoredStream> for StreamDto {
             tags: s.tags,
             entries: s.entries,
             bytes: s.bytes,
-            open: !s.terminal,
+            abandoned: s.abandoned,
+            open: !s.terminal && !s.abandoned,
         }
     }
 }
@@ -79,6 +82,8 @@ pub(crate) struct PageDto {
     pub next: u64,
     /// The stream has ended and the page reaches its last entry.
     pub terminal: bool,
+    /// The stream was cut short (its writer died) and the page reaches its last entry.
+    pub abandoned: bool,
     pub entries: Vec<EntryDto>,
 }
 
@@ -201,7 +206,8 @@ pub(crate) fn page(
         (_, _, PageAt::Tail) => (stream.entries, stream.entries),
     };
     let terminal = stream.terminal && next >= stream.entries;
-    Ok(Some(PageDto { stream: stream.into(), first, next, terminal, entries }))
+    let abandoned = stream.abandoned && next >= stream.entries;
+    Ok(Some(PageDto { stream: stream.into(), first, next, terminal, abandoned, entries }))
 }
 
 #[cfg(test)]

@@ -23,6 +23,8 @@ use crate::streaming::store;
 
 /// A comment line sent on an idle event stream, so a vanished browser is noticed.
 const KEEPALIVE: Duration = Duration::from_secs(15);
+/// How often open streams are checked for a writer that died.
+const LIVENESS_RECHECK: Duration = Duration::from_secs(1);
 
 /// The newest streams as of one change in the store (every new one wakes the followers, who
 /// re-read their stream).
@@ -44,19 +46,28 @@ pub(crate) fn watch_store(
     let (tx, rx) = watch::channel(Arc::new(Snapshot::default()));
     tracker.spawn(async move {
         let mut seen: Option<i64> = None;
+        let mut listed = std::time::Instant::now();
         loop {
             let project = project.clone();
+            // A writer that dies changes nothing in the database, so while streams are open the
+            // list is read again now and then to notice those that were cut short.
+            let recheck =
+                listed.elapsed() >= LIVENESS_RECHECK && tx.borrow().streams.iter().any(|s| s.open);
             let read = db
                 .call(move |conn| {
                     let v = store::data_version(conn)?;
-                    let streams =
-                        if seen == Some(v) { None } else { Some(api::list(conn, &project, "")?) };
+                    let streams = if seen == Some(v) && !recheck {
+                        None
+                    } else {
+                        Some(api::list(conn, &project, "")?)
+                    };
                     Ok((v, streams))
                 })
                 .await;
             match read {
                 Ok((v, Some(streams))) => {
                     seen = Some(v);
+                    listed = std::time::Instant::now();
                     tx.send_replace(Arc::new(Snapshot { streams, error: None }));
                 }
                 Ok((_, None)) => {}
@@ -215,7 +226,7 @@ pub(crate) fn follow_events(
                     }
                     Ok(None) => {} // not in the store yet: wait for it
                     Ok(Some(page)) => {
-                        if page.terminal && page.entries.is_empty() {
+                        if (page.terminal || page.abandoned) && page.entries.is_empty() {
                             st.done = true;
                             return Some((event("end", Some(page.next), &page), st));
                         }

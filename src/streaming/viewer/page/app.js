@@ -132,7 +132,7 @@ function streamButton(s) {
   info.className = 'info';
   const state = document.createElement('span');
   state.className = s.open ? 'state-open' : 'state-closed';
-  state.textContent = s.open ? '● open' : 'closed';
+  state.textContent = s.open ? '● open' : s.abandoned ? 'cut short' : 'closed';
   const kind = document.createElement('span');
   kind.textContent = s.type;
   const size = document.createElement('span');
@@ -187,7 +187,8 @@ class View {
 
   setStream(s) {
     this.stream = s;
-    const parts = [s.type, s.open && !this.ended ? 'open, following live' : 'closed',
+    const parts = [s.type, s.open && !this.ended ? 'open, following live'
+      : s.abandoned ? 'cut short (its writer died before ending it)' : 'closed',
       plural(s.entries, 'entry', 'entries'), fmtBytes(s.bytes), s.contentType, 'started ' + fmtTime(s.timestamp)];
     $('stream-meta').textContent = parts.join(' · ');
   }
@@ -201,7 +202,7 @@ class View {
     this.setStream(page.stream);
     $('earlier').hidden = this.first === 0;
     this.scrollToEnd();
-    if (!page.terminal) this.follow();
+    if (!page.terminal && !page.abandoned) this.follow();
     else { this.ended = true; this.setStream(page.stream); }
   }
 
