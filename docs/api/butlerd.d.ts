@@ -143,6 +143,10 @@ export interface StreamsFollowParams {
  * Sends a stream's entries from `fromIndex` as `Streams.Entries` notifications as they arrive, and answers once the stream has ended and every entry was sent. A stream a `Process.Run` child announced (`Streams.Opened`) is waited for. Cancelled (499) by closing the connection or by `Operation.Cancel`; a restart in place ends it with -32005 and `data.nextIndex` (follow again on the same connection).
  */
 export interface StreamsFollowResult {
+  /**
+   * The follow ended because the stream's writer died before ending it (`terminal` is false).
+   */
+  abandoned: boolean;
   nextIndex: number;
   terminal: boolean;
 }
@@ -192,6 +196,11 @@ export interface StreamsReadParams {
  * One page of a stream's entries from `fromIndex` (at most 1000, or `limit`); `nextIndex` is where the next page starts, `terminal` says the stream has ended and every entry was read. A path that is not `<prefix>/+/<name>`, or names no stream, is -32602.
  */
 export interface StreamsReadResult {
+  /**
+   * The stream was cut short: its writer died before ending it, and this page reaches the
+   * last entry it will ever have.
+   */
+  abandoned: boolean;
   entries: StreamEntry[];
   nextIndex: number;
   terminal: boolean;
@@ -542,6 +551,11 @@ export interface PartialEntry {
  * A stream as the store knows it.
  */
 export interface Stream {
+  /**
+   * Cut short: its writer died before the terminal entry, so it will never end. Readers stop
+   * following it once they have every entry it has.
+   */
+  abandoned: boolean;
   bytes: number;
   contentType: string;
   entries: number;
