@@ -25,6 +25,8 @@ pub(crate) mod store;
 pub mod streamclient;
 pub mod timefmt;
 pub(crate) mod viewer;
+#[cfg(unix)]
+mod watchdog;
 
 pub use butler::{Butler, ButlerConfig, ButlerHandle, StreamEvent, StreamObserver};
 pub use entry::{Bundle, BundleEntry, Content, LogEntry, Partial, StreamInfo, StreamType};

@@ -8,6 +8,7 @@ mod architecture;
 mod cli;
 mod daemon;
 mod live;
+mod process_tree;
 mod streaming;
 mod streaming_logdog;
 mod streaming_noloss;

@@ -116,6 +116,7 @@ async fn run(ctx: Ctx, p: RunParams) -> Result<RunResult, RpcError> {
         tee_stderr: false,
         forward_stdin: false,
         kill_grace: KILL_GRACE,
+        die_with_butler: true,
         coordinator_host: None,
     };
 
