@@ -12,6 +12,7 @@ mod process_tree;
 mod streaming;
 mod streaming_logdog;
 mod streaming_noloss;
+mod streams_paging;
 mod upgrade;
 mod util;
 mod viewer;
