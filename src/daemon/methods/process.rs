@@ -82,15 +82,17 @@ async fn run(ctx: Ctx, p: RunParams) -> Result<RunResult, RpcError> {
     let stderr = stream_flags(p.stderr.as_deref(), "stderr")?;
 
     let daemon = ctx.daemon();
-    let out = output::open(
-        &OutputSpec::Store,
-        &OutputContext {
-            dbpath: daemon.config.dbpath.clone(),
-            project: PROJECT.to_owned(),
-            prefix: prefix.clone(),
-        },
-    )
-    .map_err(|e| match e {
+    let context = OutputContext {
+        dbpath: daemon.config.dbpath.clone(),
+        project: PROJECT.to_owned(),
+        prefix: prefix.clone(),
+    };
+    // Opening the store may wait for SQLite's lock (up to its busy timeout): never on one of the
+    // runtime's two workers, which every connection shares.
+    let store = tokio::task::spawn_blocking(move || output::open(&OutputSpec::Store, &context))
+        .await
+        .map_err(RpcError::internal)?;
+    let out = store.map_err(|e| match e {
         // The caller's prefix is taken: their mistake.
         OutputError::Config(why) => invalid(why),
         // The store cannot be opened: the database is down, whatever the params.
