@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 
 use tokio_util::sync::CancellationToken;
 
-use super::butler::{AddStreamError, Butler, ButlerHandle, Stats};
+use super::butler::{AddStreamError, Butler, ButlerHandle, Stats, sleep_opt};
 use super::handshake::StreamFlags;
 use super::output::OutputError;
 use super::server::StreamServer;
@@ -244,13 +244,6 @@ pub(crate) async fn run_child(
 
 /// After SIGKILL, how long the streams of the tree have to reach their end of file.
 const AFTER_KILL: Duration = Duration::from_millis(500);
-
-async fn sleep_opt(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
-}
 
 /// Aborts the tasks when dropped.
 struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
