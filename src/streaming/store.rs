@@ -91,24 +91,33 @@ fn stream_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredStream> {
     })
 }
 
-/// Streams of `project` whose path starts with `prefix` (all when `None`), oldest first.
+/// Streams of `project` whose path starts with `prefix` (all when `None`), oldest first. The
+/// filter runs in SQLite: a store holds any number of streams, and only the matches are built.
 pub(crate) fn list_streams(
     conn: &Connection,
     project: &str,
     prefix: Option<&str>,
 ) -> Result<Vec<StoredStream>, StoreError> {
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {STREAM_COLUMNS} FROM log_streams WHERE project = ?1 ORDER BY id"
+        "SELECT {STREAM_COLUMNS} FROM log_streams
+         WHERE project = ?1 AND substr(prefix || '/+/' || name, 1, length(?2)) = ?2 ORDER BY id"
     ))?;
-    let rows = stmt.query_map(params![project], stream_row)?;
-    let mut out = Vec::new();
-    for r in rows {
-        let s = r?;
-        if prefix.is_none_or(|p| s.path.starts_with(p)) {
-            out.push(s);
-        }
-    }
-    Ok(out)
+    let rows = stmt.query_map(params![project, prefix.unwrap_or_default()], stream_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The streams under exactly `prefix` (one run's), oldest first, through the store's
+/// `(project, prefix, name)` index.
+pub(crate) fn streams_of_prefix(
+    conn: &Connection,
+    project: &str,
+    prefix: &str,
+) -> Result<Vec<StoredStream>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {STREAM_COLUMNS} FROM log_streams WHERE project = ?1 AND prefix = ?2 ORDER BY id"
+    ))?;
+    let rows = stmt.query_map(params![project, prefix], stream_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// One page of [`list_page`]: the streams, and the id to continue after when more may follow.

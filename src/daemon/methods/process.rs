@@ -166,9 +166,7 @@ async fn run(ctx: Ctx, p: RunParams) -> Result<RunResult, RpcError> {
     }
     let db = daemon.db().await?;
     let streams = db
-        .call(move |conn| {
-            store::list_streams(conn, PROJECT, Some(&format!("{prefix}/+/"))).map_err(Into::into)
-        })
+        .call(move |conn| store::streams_of_prefix(conn, PROJECT, &prefix).map_err(Into::into))
         .await
         .map_err(RpcError::internal)?;
     Ok(RunResult {
