@@ -2,8 +2,8 @@
 CARGO ?= cargo
 SHELL := /bin/bash
 
-.PHONY: help build run test test-node node-deps api-docs test-browser it-fixtures lint fmt fmt-check bench release clean \
-	windows windows-toolchain lint-windows test-windows wine-prefix windows-386
+.PHONY: help build run test test-node node-deps api-docs test-browser it-fixtures lint fmt fmt-check bench bench-peer release clean \
+	soak windows windows-toolchain lint-windows test-windows wine-prefix windows-386
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -77,6 +77,18 @@ bench: bench-peer ## release build, then the figures from ../shared/spec/quality
 PEER_DIR := $(or $(CARGO_TARGET_DIR),target)/peer
 bench-peer: ## the self_update-based updater that make bench times butler upgrade against (dev-only)
 	CARGO_TARGET_DIR=$(PEER_DIR) $(CARGO) build --release --locked --manifest-path tests/bench/peer/Cargo.toml
+
+# The soak restarts the daemon in place into a newer build of the same source, built first (the
+# bench build that follows is the one under load).
+SOAK_SECONDS ?= 120
+SOAK_NEW_VERSION ?= 0.2.0
+SOAK_DIR := $(or $(CARGO_TARGET_DIR),target)/soak
+soak: ## release build under mixed load for SOAK_SECONDS (default 120) with a restart in place: throughput, errors, RSS
+	mkdir -p $(SOAK_DIR)
+	BUTLER_BUILD_VERSION=$(SOAK_NEW_VERSION) $(CARGO) build --release --locked --bin butler
+	cp $(or $(CARGO_TARGET_DIR),target)/release/butler $(SOAK_DIR)/butler-new
+	BENCH_ONLY=soak SOAK_SECONDS=$(SOAK_SECONDS) SOAK_NEW_BIN=$(abspath $(SOAK_DIR))/butler-new \
+	  $(CARGO) bench --locked --bench bench
 
 release: ## release binaries and the broth tree in dist/broth: linux-amd64 and windows-amd64 (signed when BUTLER_SIGNING_KEY_FILE names a key)
 	$(CARGO) build --release --locked --bin butler

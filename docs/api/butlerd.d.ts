@@ -155,6 +155,14 @@ export interface StreamsFollowResult {
 
 export interface StreamsListParams {
   /**
+   * Where to go on from: a previous reply's `nextCursor`.
+   */
+  cursor?: string | null;
+  /**
+   * Most streams in the reply (default and most: 1000); fewer when they are big.
+   */
+  limit?: number | null;
+  /**
    * Only streams whose path starts with this.
    */
   prefix?: string | null;
@@ -168,6 +176,10 @@ export interface StreamsListParams {
  * The streams of the local log store in a project, optionally under a path prefix.
  */
 export interface StreamsListResult {
+  /**
+   * Present when more streams may follow: pass it as `cursor` for the next page.
+   */
+  nextCursor?: string | null;
   streams: Stream[];
 }
 

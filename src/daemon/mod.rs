@@ -98,6 +98,7 @@ pub(crate) fn run(args: DaemonSettings, reporter: Reporter) -> anyhow::Result<Ex
     #[cfg(debug_assertions)]
     test_fault();
     raise_fd_limit();
+    tune_allocator();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -759,6 +760,26 @@ fn raise_fd_limit() {
                 lim.rlim_cur = lim.rlim_max;
                 libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
             }
+        }
+    }
+}
+
+/// glibc's malloc, left alone, made the daemon under a soak (`make soak`) grow from 7 to 110 MiB
+/// and keep what it took: every thread that allocates (each `Process.Run` has an output thread
+/// of its own) may get an arena of its own (up to 8 per core), and freeing a big block raises the
+/// mmap and trim thresholds for good, so later big blocks come from heaps that are never given
+/// back. One arena and fixed thresholds kept it at 20-24 MiB, at the same throughput. A variable
+/// the user set (`MALLOC_ARENA_MAX`, ...) wins.
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    for (var, param, value) in [
+        ("MALLOC_ARENA_MAX", libc::M_ARENA_MAX, 1),
+        ("MALLOC_MMAP_THRESHOLD_", libc::M_MMAP_THRESHOLD, 256 << 10),
+        ("MALLOC_TRIM_THRESHOLD_", libc::M_TRIM_THRESHOLD, 1 << 20),
+    ] {
+        if std::env::var_os(var).is_none() {
+            // SAFETY: mallopt only sets malloc's tunables; called before any thread starts.
+            unsafe { libc::mallopt(param, value) };
         }
     }
 }

@@ -398,7 +398,8 @@ async fn pump<R: AsyncRead + Unpin>(
     cutter.next_stream_index()
 }
 
-async fn sleep_opt(deadline: Option<tokio::time::Instant>) {
+/// Sleeps until `deadline`, or forever without one.
+pub(super) async fn sleep_opt(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,

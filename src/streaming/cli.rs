@@ -404,6 +404,7 @@ pub(crate) fn run(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<ExitStat
             tee_stderr,
             forward_stdin: args.forward_stdin,
             kill_grace,
+            die_with_butler: false,
             coordinator_host,
         };
         let (result, flushed) =

@@ -27,6 +27,8 @@ pub(crate) mod store;
 pub mod streamclient;
 pub mod timefmt;
 pub(crate) mod viewer;
+#[cfg(unix)]
+mod watchdog;
 pub(crate) mod writers;
 
 pub use butler::{Butler, ButlerConfig, ButlerHandle, StreamEvent, StreamObserver};

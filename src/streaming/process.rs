@@ -2,9 +2,12 @@
 //! `LOGDOG_*` environment, named stdout/stderr as text streams, signal forwarding with a grace
 //! period, and waiting for every stream (grandchildren's too) before returning.
 //!
-//! Stopping differs by platform ([`Tree`]): on unix the child gets the forwarded signal, then
-//! SIGKILL; on Windows the child and all it starts are in a Job Object (`job.rs`), a stop is a
-//! Ctrl-Break to the child's process group, then the whole job is terminated.
+//! Stopping differs by platform ([`Tree`]): on unix the child leads a process group of its own,
+//! which gets the forwarded signal, then SIGKILL; on Windows the child and all it starts are in a
+//! Job Object (`job.rs`), a stop is a Ctrl-Break to the child's process group, then the whole job
+//! is terminated. A stop reaches the tree even after the direct child has exited while a
+//! grandchild still holds an output open, and the run ends within the grace period (plus the
+//! butler's short drain) whatever the tree does.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -16,7 +19,7 @@ use tokio::sync::mpsc;
 
 use tokio_util::sync::CancellationToken;
 
-use super::butler::{AddStreamError, Butler, ButlerHandle, Stats};
+use super::butler::{AddStreamError, Butler, ButlerHandle, Stats, sleep_opt};
 use super::handshake::StreamFlags;
 use super::output::OutputError;
 use super::server::StreamServer;
@@ -53,6 +56,10 @@ pub(crate) struct RunOptions {
     pub forward_stdin: bool,
     /// After a forwarded signal, how long the child has before SIGKILL.
     pub kill_grace: Duration,
+    /// The child's tree dies with butler however butler ends (unix: `watchdog.rs`; Windows: the
+    /// job is kill-on-close anyway), and so does the stream server's socket file.
+    #[cfg_attr(windows, expect(dead_code, reason = "a job is kill-on-close anyway"))]
+    pub die_with_butler: bool,
     pub coordinator_host: Option<String>,
 }
 
@@ -135,10 +142,29 @@ pub(crate) async fn run_child(
     }
     #[cfg(windows)]
     cmd.creation_flags(super::job::CREATION_FLAGS);
-    let spawned = Tree::spawn(&mut cmd);
+    #[cfg(unix)]
+    let mut watchdog = if opts.die_with_butler {
+        let socket = match super::address::Address::resolve(Some(server_uri)) {
+            Ok(super::address::Address::Unix(path)) => Some(path),
+            _ => None,
+        };
+        Some(
+            super::watchdog::Watchdog::start(socket.as_deref())
+                .map_err(|source| ProcessError::Spawn { command: "/bin/sh".into(), source })?,
+        )
+    } else {
+        None
+    };
+    let spawned = Tree::spawn(&mut cmd, opts);
     let (mut child, tree) =
         spawned.map_err(|source| ProcessError::Spawn { command: program.clone(), source })?;
     let pid = tree.pid;
+    #[cfg(unix)]
+    if let Some(w) = &mut watchdog
+        && tree.group
+    {
+        w.watch(pid).await;
+    }
     started(pid);
     let mut capture_err = None;
     let mut tees = Vec::new();
@@ -171,33 +197,53 @@ pub(crate) async fn run_child(
     if capture_err.is_some() {
         tree.kill();
     }
+    // Until every stream is in (the child's stdout/stderr and whatever its descendants opened),
+    // signals still go to the tree: a grandchild holding an output open must not outlast a stop.
+    let mut status = None;
     let mut kill_at: Option<tokio::time::Instant> = None;
+    let mut give_up_at: Option<tokio::time::Instant> = None;
     let mut signals_open = true;
-    let status = loop {
+    loop {
         tokio::select! {
-            s = child.wait() => break s.map_err(ProcessError::Wait)?,
+            s = child.wait(), if status.is_none() => status = Some(s.map_err(ProcessError::Wait)?),
+            () = butler.wait_idle(), if status.is_some() => break,
             sig = signals.recv(), if signals_open => match sig {
                 Some(sig) => {
-                    tracing::info!("forwarding {sig:?} to the child (pid {pid})");
+                    tracing::info!("forwarding {sig:?} to the child's tree (pid {pid})");
                     tree.forward(sig);
-                    kill_at.get_or_insert(tokio::time::Instant::now() + opts.kill_grace);
+                    if give_up_at.is_none() {
+                        kill_at.get_or_insert(tokio::time::Instant::now() + opts.kill_grace);
+                    }
                 }
                 None => signals_open = false,
             },
-            () = async { tokio::time::sleep_until(kill_at.unwrap_or_else(tokio::time::Instant::now)).await }, if kill_at.is_some() => {
-                tracing::warn!("the child (pid {pid}) outlived its grace period; killing it");
+            () = sleep_opt(kill_at) => {
+                tracing::warn!("the child's tree (pid {pid}) outlived its grace period; killing it");
                 tree.kill();
                 kill_at = None;
+                give_up_at = Some(tokio::time::Instant::now() + AFTER_KILL);
+            }
+            // Only a process that left the tree can still hold a stream: the butler's shutdown
+            // closes it once it goes quiet.
+            () = sleep_opt(give_up_at), if status.is_some() => {
+                tracing::warn!("a stream of the run (pid {pid}) is still open after the kill; closing it");
+                break;
             }
         }
-    };
+    }
+    #[cfg(unix)]
+    if let Some(w) = watchdog {
+        w.done().await;
+    }
     if let Some(e) = capture_err {
         return Err(e);
     }
-    // Every stream: the child's stdout/stderr and whatever its descendants opened.
-    butler.wait_idle().await;
+    let status = status.ok_or_else(|| ProcessError::Wait(std::io::Error::other("no status")))?;
     Ok(tree.finished(status))
 }
+
+/// After SIGKILL, how long the streams of the tree have to reach their end of file.
+const AFTER_KILL: Duration = Duration::from_millis(500);
 
 /// Aborts the tasks when dropped.
 struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
@@ -243,6 +289,9 @@ where
 #[derive(Debug)]
 struct Tree {
     pid: u32,
+    /// The child leads its own process group, so signals go to the whole tree.
+    #[cfg(unix)]
+    group: bool,
     /// `None` only where the child could not join a job (the error was logged): then only the
     /// child itself can be stopped.
     #[cfg(windows)]
@@ -250,16 +299,30 @@ struct Tree {
 }
 
 impl Tree {
+    /// The child leads a process group of its own, except when it reads butler's terminal: a
+    /// background group reading it would be stopped (SIGTTIN), so there only the child itself
+    /// can be signalled.
     #[cfg(unix)]
-    fn spawn(cmd: &mut tokio::process::Command) -> std::io::Result<(tokio::process::Child, Tree)> {
+    fn spawn(
+        cmd: &mut tokio::process::Command,
+        opts: &RunOptions,
+    ) -> std::io::Result<(tokio::process::Child, Tree)> {
+        use std::io::IsTerminal;
+        let group = !(opts.forward_stdin && std::io::stdin().is_terminal());
+        if group {
+            cmd.process_group(0);
+        }
         let child = cmd.spawn()?;
         let pid = child.id().unwrap_or(0);
-        Ok((child, Tree { pid }))
+        Ok((child, Tree { pid, group }))
     }
 
     /// The child starts suspended (`job::CREATION_FLAGS`) and runs once it is in its job.
     #[cfg(windows)]
-    fn spawn(cmd: &mut tokio::process::Command) -> std::io::Result<(tokio::process::Child, Tree)> {
+    fn spawn(
+        cmd: &mut tokio::process::Command,
+        _opts: &RunOptions,
+    ) -> std::io::Result<(tokio::process::Child, Tree)> {
         use super::job::{AdoptError, Job};
         let job = Job::new()?;
         let mut child = cmd.spawn()?;
@@ -283,7 +346,7 @@ impl Tree {
     /// Passes a request to stop on to the child.
     #[cfg(unix)]
     fn forward(&self, sig: Signal) {
-        signal(self.pid, sig.number());
+        signal(self.pid, self.group, sig.number());
     }
 
     /// Ctrl-Break to the child's process group; where it shares no console with butler, there is
@@ -299,10 +362,11 @@ impl Tree {
         }
     }
 
-    /// Stops the child at once (unix: the child; Windows: its whole tree).
+    /// Stops the tree at once (unix: the child's process group, or the child alone when it has
+    /// none; Windows: its job).
     #[cfg(unix)]
     fn kill(&self) {
-        signal(self.pid, libc::SIGKILL);
+        signal(self.pid, self.group, libc::SIGKILL);
     }
 
     #[cfg(windows)]
@@ -351,12 +415,15 @@ impl Tree {
 }
 
 #[cfg(unix)]
-fn signal(pid: u32, sig: i32) {
+fn signal(pid: u32, group: bool, sig: i32) {
     if pid == 0 {
         return;
     }
-    // SAFETY: kill(2) with a pid we spawned and still reap; no memory is involved.
+    // A group outlives its leader while any member lives; the leader's pid cannot be reused as
+    // another group's id before the group is empty.
+    let target = if group { -(pid as libc::pid_t) } else { pid as libc::pid_t };
+    // SAFETY: kill(2) on a process (group) we spawned; no memory is involved.
     unsafe {
-        libc::kill(pid as libc::pid_t, sig);
+        libc::kill(target, sig);
     }
 }

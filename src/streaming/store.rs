@@ -162,25 +162,91 @@ pub(crate) fn mark_abandoned(conn: &Connection, me: &str) -> Result<usize, Store
     Ok(marked)
 }
 
-/// Streams of `project` whose path starts with `prefix` (all when `None`), oldest first.
+/// Streams of `project` whose path starts with `prefix` (all when `None`), oldest first. The
+/// filter runs in SQLite: a store holds any number of streams, and only the matches are built.
 pub(crate) fn list_streams(
     conn: &Connection,
     project: &str,
     prefix: Option<&str>,
 ) -> Result<Vec<StoredStream>, StoreError> {
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {STREAM_COLUMNS} FROM log_streams WHERE project = ?1 ORDER BY id"
+        "SELECT {STREAM_COLUMNS} FROM log_streams
+         WHERE project = ?1 AND substr(prefix || '/+/' || name, 1, length(?2)) = ?2 ORDER BY id"
     ))?;
-    let rows = stmt.query_map(params![project], stream_row)?;
-    let mut out = Vec::new();
-    for r in rows {
-        let s = r?;
-        if prefix.is_none_or(|p| s.path.starts_with(p)) {
-            out.push(s);
-        }
-    }
+    let rows: Vec<StoredStream> = stmt
+        .query_map(params![project, prefix.unwrap_or_default()], stream_row)?
+        .collect::<Result<_, _>>()?;
     drop(stmt);
-    out.into_iter().map(|s| settle(conn, s)).collect()
+    rows.into_iter().map(|s| settle(conn, s)).collect()
+}
+
+/// The streams under exactly `prefix` (one run's), oldest first, through the store's
+/// `(project, prefix, name)` index.
+pub(crate) fn streams_of_prefix(
+    conn: &Connection,
+    project: &str,
+    prefix: &str,
+) -> Result<Vec<StoredStream>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {STREAM_COLUMNS} FROM log_streams WHERE project = ?1 AND prefix = ?2 ORDER BY id"
+    ))?;
+    let rows: Vec<StoredStream> =
+        stmt.query_map(params![project, prefix], stream_row)?.collect::<Result<_, _>>()?;
+    drop(stmt);
+    rows.into_iter().map(|s| settle(conn, s)).collect()
+}
+
+/// One page of [`list_page`]: the streams, and the id to continue after when more may follow.
+#[derive(Debug)]
+pub(crate) struct StreamPage {
+    pub streams: Vec<StoredStream>,
+    pub next_after: Option<i64>,
+}
+
+/// Up to `limit` streams of `project` whose path starts with `prefix`, oldest first, after the
+/// stream with id `after`. The page also ends once what it holds passes about `max_bytes` (it
+/// always holds one stream), so a reply stays bounded whatever the streams' tags.
+pub(crate) fn list_page(
+    conn: &Connection,
+    project: &str,
+    prefix: &str,
+    after: i64,
+    limit: usize,
+    max_bytes: usize,
+) -> Result<StreamPage, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {STREAM_COLUMNS} FROM log_streams
+         WHERE project = ?1 AND id > ?2 AND substr(prefix || '/+/' || name, 1, length(?3)) = ?3
+         ORDER BY id LIMIT ?4"
+    ))?;
+    // One more than asked tells whether another page follows.
+    let fetch = limit.saturating_add(1).min(i64::MAX as usize) as i64;
+    let mut rows = stmt.query_map(params![project, after, prefix, fetch], stream_row)?;
+    let (mut streams, mut bytes) = (Vec::new(), 0usize);
+    let mut next_after = None;
+    while let Some(s) = rows.next().transpose()? {
+        if streams.len() == limit || (bytes >= max_bytes && !streams.is_empty()) {
+            next_after = streams.last().map(|l: &StoredStream| l.id);
+            break;
+        }
+        bytes += s.approximate_size();
+        streams.push(s);
+    }
+    drop(rows);
+    drop(stmt);
+    let streams = streams.into_iter().map(|s| settle(conn, s)).collect::<Result<_, _>>()?;
+    Ok(StreamPage { streams, next_after })
+}
+
+impl StoredStream {
+    /// About what the stream takes as JSON.
+    fn approximate_size(&self) -> usize {
+        let tags: usize = self.tags.iter().map(|(k, v)| k.len() + v.len() + 8).sum();
+        256 + 2 * (self.path.len() + self.prefix.len())
+            + self.project.len()
+            + self.content_type.len()
+            + tags
+    }
 }
 
 /// The newest `limit` streams of `project` whose path starts with `prefix`, newest first.
@@ -244,6 +310,18 @@ pub(crate) fn read_entries(
     from_index: u64,
     limit: usize,
 ) -> Result<Vec<StoredEntry>, StoreError> {
+    read_entries_bounded(conn, stream_id, from_index, limit, usize::MAX)
+}
+
+/// As [`read_entries`], but stops once the entries' data passes `max_bytes` (always returning at
+/// least one entry), so a reply stays bounded however big each entry is.
+pub(crate) fn read_entries_bounded(
+    conn: &Connection,
+    stream_id: i64,
+    from_index: u64,
+    limit: usize,
+    max_bytes: usize,
+) -> Result<Vec<StoredEntry>, StoreError> {
     query_entries(
         conn,
         "SELECT stream_index, prefix_index, sequence, time_offset_ns, lines, partial_index, partial_size, partial_last, data
@@ -251,6 +329,7 @@ pub(crate) fn read_entries(
         stream_id,
         from_index,
         limit,
+        max_bytes,
     )
 }
 
@@ -268,6 +347,7 @@ pub(crate) fn read_entries_before(
         stream_id,
         before_index,
         limit,
+        usize::MAX,
     )?;
     entries.reverse();
     Ok(entries)
@@ -279,6 +359,7 @@ fn query_entries(
     stream_id: i64,
     index: u64,
     limit: usize,
+    max_bytes: usize,
 ) -> Result<Vec<StoredEntry>, StoreError> {
     let mut stmt = conn.prepare_cached(sql)?;
     let rows = stmt.query_map(
@@ -304,7 +385,16 @@ fn query_entries(
             })
         },
     )?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    let (mut out, mut bytes) = (Vec::new(), 0usize);
+    for row in rows {
+        let e = row?;
+        bytes = bytes.saturating_add(e.data.len());
+        out.push(e);
+        if bytes >= max_bytes {
+            break;
+        }
+    }
+    Ok(out)
 }
 
 /// Writes a stream's bytes from `from_index` on, exactly as its client sent them: text and binary

@@ -6,6 +6,8 @@
 #[cfg(unix)]
 mod daemon;
 #[cfg(unix)]
+mod soak;
+#[cfg(unix)]
 mod streaming;
 #[cfg(unix)]
 mod update;
@@ -20,8 +22,13 @@ fn main() {
         "butler bench ({} cores)",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    // `BENCH_ONLY=daemon|update|streaming` runs one group (for tuning).
+    // `BENCH_ONLY=daemon|update|streaming` runs one group (for tuning); `BENCH_ONLY=soak` runs the
+    // soak (`make soak`), which no other run includes.
     let only = std::env::var("BENCH_ONLY").ok();
+    if only.as_deref() == Some("soak") {
+        soak::run();
+        return;
+    }
     let wanted = |group: &str| only.as_deref().is_none_or(|o| o == group);
     if wanted("daemon") {
         daemon::run();

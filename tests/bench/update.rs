@@ -4,7 +4,7 @@
 
 #[path = "../it/upgrade/server.rs"]
 #[allow(dead_code)]
-mod server;
+pub(crate) mod server;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -154,7 +154,7 @@ fn publish_10mib(bin: &Path, version: &str, tree: &Path, work: &Path, key: &Sign
 }
 
 /// Publishes `bin` plus an incompressible payload sized so the archive is about `target` bytes.
-fn publish_sized(
+pub(crate) fn publish_sized(
     bin: &Path,
     version: &str,
     tree: &Path,

@@ -19,7 +19,7 @@ fn keep_alive(home: &TestHome, extra: &[&str]) -> DaemonProc {
     DaemonProc::start(home, &args)
 }
 
-fn error_code(reply: &Value) -> i64 {
+pub(crate) fn error_code(reply: &Value) -> i64 {
     reply["error"]["code"].as_i64().unwrap_or_else(|| panic!("not an error: {reply}"))
 }
 
@@ -168,7 +168,7 @@ fn next_request(c: &mut RpcClient) -> Value {
 }
 
 /// The reply with `id`, skipping notifications.
-fn until_id(c: &mut RpcClient, id: &Value) -> Value {
+pub(crate) fn until_id(c: &mut RpcClient, id: &Value) -> Value {
     loop {
         let m = c.recv();
         if m.get("method").is_none() && &m["id"] == id {

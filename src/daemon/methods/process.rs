@@ -96,15 +96,17 @@ async fn run(ctx: Ctx, p: RunParams) -> Result<RunResult, RpcError> {
     let stderr = stream_flags(p.stderr.as_deref(), "stderr")?;
 
     let daemon = ctx.daemon();
-    let out = output::open(
-        &OutputSpec::Store,
-        &OutputContext {
-            dbpath: daemon.config.dbpath.clone(),
-            project: PROJECT.to_owned(),
-            prefix: prefix.clone(),
-        },
-    )
-    .map_err(|e| match e {
+    let context = OutputContext {
+        dbpath: daemon.config.dbpath.clone(),
+        project: PROJECT.to_owned(),
+        prefix: prefix.clone(),
+    };
+    // Opening the store may wait for SQLite's lock (up to its busy timeout): never on one of the
+    // runtime's two workers, which every connection shares.
+    let store = tokio::task::spawn_blocking(move || output::open(&OutputSpec::Store, &context))
+        .await
+        .map_err(RpcError::internal)?;
+    let out = store.map_err(|e| match e {
         // The caller's prefix is taken: their mistake.
         OutputError::Config(why) => invalid(why),
         // The store cannot be opened: the database is down, whatever the params.
@@ -129,6 +131,7 @@ async fn run(ctx: Ctx, p: RunParams) -> Result<RunResult, RpcError> {
         tee_stderr: false,
         forward_stdin: false,
         kill_grace: KILL_GRACE,
+        die_with_butler: true,
         coordinator_host: None,
     };
 
@@ -176,9 +179,7 @@ async fn run(ctx: Ctx, p: RunParams) -> Result<RunResult, RpcError> {
     }
     let db = daemon.db().await?;
     let streams = db
-        .call(move |conn| {
-            store::list_streams(conn, PROJECT, Some(&format!("{prefix}/+/"))).map_err(Into::into)
-        })
+        .call(move |conn| store::streams_of_prefix(conn, PROJECT, &prefix).map_err(Into::into))
         .await
         .map_err(RpcError::internal)?;
     Ok(RunResult {

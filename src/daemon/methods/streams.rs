@@ -39,6 +39,12 @@ pub(super) fn register(r: &mut Router) {
 
 /// Most entries one `Streams.Read` returns, so a reply stays a reasonable size.
 const MAX_READ: usize = 1000;
+/// A `Streams.Read` page ends once its entries' data passes this (an entry may be 256 KiB).
+const MAX_READ_BYTES: usize = 4 << 20;
+/// Most streams one `Streams.List` returns (and the default): a store holds any number.
+const MAX_LIST: usize = 1000;
+/// A `Streams.List` page ends once its streams take about this much.
+const MAX_LIST_BYTES: usize = 1 << 20;
 /// How often `Streams.Follow` looks for new entries (writers may be other processes).
 const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
@@ -50,23 +56,44 @@ struct ListParams {
     prefix: Option<String>,
     /// Default `butler`.
     project: Option<String>,
+    /// Most streams in the reply (default and most: 1000); fewer when they are big.
+    limit: Option<u64>,
+    /// Where to go on from: a previous reply's `nextCursor`.
+    cursor: Option<String>,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
 struct ListResult {
     streams: Vec<StoredStream>,
+    /// Present when more streams may follow: pass it as `cursor` for the next page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_cursor: Option<String>,
 }
 
 async fn list(ctx: Ctx, p: ListParams) -> Result<ListResult, RpcError> {
+    let after = match p.cursor.as_deref() {
+        None => 0,
+        Some(c) => c.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+            RpcError::invalid_params(
+                "Streams.List",
+                format!("cursor {c:?} is not one a Streams.List reply gave"),
+            )
+            .with("field", "cursor")
+        })?,
+    };
+    let limit = p.limit.map_or(MAX_LIST, |l| l.clamp(1, MAX_LIST as u64) as usize);
     let db = ctx.daemon().db().await?;
     let project = p.project.unwrap_or_else(|| DEFAULT_PROJECT.to_owned());
-    let streams = db
+    let prefix = p.prefix.unwrap_or_default();
+    let page = db
         .call(move |conn| {
-            store::list_streams(conn, &project, p.prefix.as_deref()).map_err(Into::into)
+            store::list_page(conn, &project, &prefix, after, limit, MAX_LIST_BYTES)
+                .map_err(Into::into)
         })
         .await
         .map_err(RpcError::internal)?;
-    Ok(ListResult { streams })
+    Ok(ListResult { streams: page.streams, next_cursor: page.next_after.map(|id| id.to_string()) })
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -93,6 +120,9 @@ struct ReadResult {
     /// The stream was cut short: its writer died before ending it, and this page reaches the
     /// last entry it will ever have.
     abandoned: bool,
+    /// The page ended at its limit (entries or bytes): more may be there at once.
+    #[serde(skip)]
+    full: bool,
 }
 
 /// One entry on the wire: text as a string when it is UTF-8 (lines keep their delimiters), any
@@ -166,19 +196,22 @@ async fn read_page(
             let Some(stream) = store::find_stream(conn, &project, &path)? else {
                 return Ok(None);
             };
-            let entries = store::read_entries(conn, stream.id, from_index, limit)?;
+            let entries =
+                store::read_entries_bounded(conn, stream.id, from_index, limit, MAX_READ_BYTES)?;
             Ok(Some((stream, entries)))
         })
         .await
         .map_err(RpcError::internal)?;
     let Some((stream, entries)) = found else { return Ok(None) };
     let next_index = entries.last().map_or(from_index, |e| e.stream_index + 1);
+    let full = entries.len() >= limit
+        || entries.iter().map(|e| e.data.len()).sum::<usize>() >= MAX_READ_BYTES;
     let text = stream.stream_type == "text";
     let entries: Vec<EntryDto> = entries.into_iter().map(|e| EntryDto::new(e, text)).collect();
     // Terminal only once the reader has everything up to the terminal entry.
     let terminal = stream.terminal && stream.terminal_index.is_none_or(|t| next_index > t);
     let abandoned = stream.abandoned && next_index >= stream.entries;
-    Ok(Some(ReadResult { entries, next_index, terminal, abandoned }))
+    Ok(Some(ReadResult { entries, next_index, terminal, abandoned, full }))
 }
 
 fn no_stream(method: &str, path: &str) -> RpcError {
@@ -244,7 +277,7 @@ async fn follow(ctx: Ctx, p: FollowParams) -> Result<FollowResult, RpcError> {
             }
             return Err(no_stream("Streams.Follow", &p.path));
         };
-        let caught_up = page.entries.len() < MAX_READ;
+        let caught_up = !page.full;
         next = page.next_index;
         if !page.entries.is_empty() {
             ctx.notify(EntriesNotification { path: &p.path, entries: page.entries }).await;

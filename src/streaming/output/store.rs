@@ -121,6 +121,12 @@ impl Output for StoreOutput {
             for id in fresh {
                 self.rows.remove(&id);
             }
+        } else {
+            // A stream's terminal entry is its last: a long `serve` would otherwise remember
+            // every stream it ever had.
+            for e in bundle.entries.iter().filter(|e| e.terminal) {
+                self.rows.remove(&e.stream.id);
+            }
         }
         sent
     }
