@@ -4,8 +4,8 @@
 //! (auth, concurrency, replies) → [`router`] (typed handlers) → [`methods`] (what we answer).
 //! [`state`] is what every connection shares.
 
-mod connection;
-mod framing;
+pub(crate) mod connection;
+pub(crate) mod framing;
 pub(crate) mod hand_over;
 pub(crate) mod jsonrpc;
 mod methods;

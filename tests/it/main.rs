@@ -7,6 +7,7 @@
 mod architecture;
 mod cli;
 mod daemon;
+mod fuzz;
 mod live;
 mod streaming;
 mod streaming_logdog;
