@@ -2,7 +2,7 @@
 CARGO ?= cargo
 SHELL := /bin/bash
 
-.PHONY: help build run test test-node node-deps api-docs test-browser it-fixtures lint fmt fmt-check bench bench-peer release clean \
+.PHONY: help build run test fuzz test-node node-deps api-docs test-browser it-fixtures lint fmt fmt-check bench bench-peer release clean \
 	soak windows windows-toolchain lint-windows test-windows wine-prefix windows-386
 
 help: ## list targets
@@ -59,6 +59,27 @@ it-fixtures: ## build the old/new butler pair the updater tests upgrade between
 	strip -o $(IT_FIXTURES)/butler-new $(or $(CARGO_TARGET_DIR),target)/debug/butler 2>/dev/null || cp $(or $(CARGO_TARGET_DIR),target)/debug/butler $(IT_FIXTURES)/butler-new
 	$(CARGO) build --locked --bin butler
 	strip -o $(IT_FIXTURES)/butler-old $(or $(CARGO_TARGET_DIR),target)/debug/butler 2>/dev/null || cp $(or $(CARGO_TARGET_DIR),target)/debug/butler $(IT_FIXTURES)/butler-old
+
+# cargo-fuzz targets (tests/fuzz, a crate of its own) on the nightly toolchain, one after another,
+# each for FUZZ_SECONDS. Not part of `make test`: tests/it/fuzz.rs replays what they found on
+# stable. The growing corpora and any crash go under target/fuzz/; tests/fuzz/corpus holds seeds.
+# Inputs past max_len only slow a target down (archives need room for a few entries).
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= jsonrpc handshake datagram cutter unzip signed_meta
+FUZZ_OUT := $(abspath $(TARGET))/fuzz
+fuzz: ## run each fuzz target for FUZZ_SECONDS (default 60) on nightly; crashes land in target/fuzz/artifacts/
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	@for t in $(FUZZ_TARGETS); do \
+	  mkdir -p $(FUZZ_OUT)/corpus/$$t $(FUZZ_OUT)/artifacts/$$t; \
+	  echo "== fuzz target $$t for $(FUZZ_SECONDS) s"; \
+	  case $$t in unzip) len=65536;; jsonrpc) len=16384;; *) len=8192;; esac; \
+	  TMPDIR=$$(test -d /dev/shm && echo /dev/shm || echo $${TMPDIR:-/tmp}) \
+	  cargo +nightly fuzz run --fuzz-dir tests/fuzz --target-dir $(FUZZ_OUT)/build -s none $$t \
+	    $(FUZZ_OUT)/corpus/$$t tests/fuzz/corpus/$$t -- \
+	    -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=1024 -malloc_limit_mb=512 -timeout=10 \
+	    -max_len=$$len -artifact_prefix=$(FUZZ_OUT)/artifacts/$$t/ \
+	    -print_final_stats=1 || exit 1; \
+	done
 
 lint: fmt-check ## clippy (warnings denied) and rustfmt check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings

@@ -24,7 +24,18 @@ fn protos() {
 /// `BUTLER_BUILD_VERSION` overrides the Cargo version so tests can build a cheap "newer" butler.
 fn build_info() {
     println!("cargo:rerun-if-env-changed=BUTLER_BUILD_VERSION");
-    println!("cargo:rerun-if-changed=.git/HEAD");
+    // The HEAD file of this checkout's git folder; in a worktree `.git` is a file, and a path
+    // that does not exist would rebuild butler on every cargo run.
+    let head = Command::new("git")
+        .args(["rev-parse", "--git-path", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .filter(|p| std::path::Path::new(p).exists());
+    if let Some(head) = head {
+        println!("cargo:rerun-if-changed={head}");
+    }
     let version = std::env::var("BUTLER_BUILD_VERSION")
         .ok()
         .filter(|v| !v.trim().is_empty())

@@ -11,6 +11,8 @@ pub mod cli;
 mod daemon;
 pub mod db;
 mod exit;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod report;
 mod signals;
 pub mod streaming;

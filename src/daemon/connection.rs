@@ -627,7 +627,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
 }
 
 /// `Meta.Authenticate`'s secret never reaches a log.
-fn redact(value: &Value) -> Value {
+pub(crate) fn redact(value: &Value) -> Value {
     let mut v = value.clone();
     // Whatever shape its params take (object, array, a bare string), none of it is logged.
     let redact_one = |m: &mut Value| {

@@ -4,7 +4,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 
 /// What the next read produced.
 #[derive(Debug, PartialEq, Eq)]
-pub(super) enum Frame {
+pub(crate) enum Frame {
     /// One line, without its `\n` (a final line without `\n` at EOF counts too).
     Line(Vec<u8>),
     /// A line longer than the limit was skipped up to and including its `\n`; `usize` is how
@@ -13,7 +13,7 @@ pub(super) enum Frame {
     Eof,
 }
 
-pub(super) struct LineReader<R> {
+pub(crate) struct LineReader<R> {
     inner: BufReader<R>,
     max: usize,
     line: Vec<u8>,
@@ -21,29 +21,29 @@ pub(super) struct LineReader<R> {
 
 impl<R: AsyncRead + Unpin> LineReader<R> {
     /// `max` is the longest line accepted, in bytes, not counting the `\n`.
-    pub(super) fn new(inner: R, max: usize) -> Self {
+    pub(crate) fn new(inner: R, max: usize) -> Self {
         // A small buffer keeps idle (and unauthenticated) connections cheap; long lines grow
         // `line` instead, and a 4 KiB read still holds dozens of pipelined requests.
         LineReader { inner: BufReader::with_capacity(4 * 1024, inner), max, line: Vec::new() }
     }
 
     /// Changes the longest line accepted from the next line on (larger once authenticated).
-    pub(super) fn set_max(&mut self, max: usize) {
+    pub(crate) fn set_max(&mut self, max: usize) {
         self.max = max;
     }
 
     /// Nothing read and not yet framed: no partial line, no buffered bytes.
-    pub(super) fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.line.is_empty() && self.inner.buffer().is_empty()
     }
 
     /// The reader, once [`is_empty`](Self::is_empty): nothing read from it is lost.
-    pub(super) fn into_inner(self) -> R {
+    pub(crate) fn into_inner(self) -> R {
         debug_assert!(self.is_empty(), "buffered bytes would be lost");
         self.inner.into_inner()
     }
 
-    pub(super) async fn next(&mut self) -> std::io::Result<Frame> {
+    pub(crate) async fn next(&mut self) -> std::io::Result<Frame> {
         let mut skipped: Option<usize> = None;
         loop {
             let buf = self.inner.fill_buf().await?;

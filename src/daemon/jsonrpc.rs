@@ -288,6 +288,19 @@ mod tests {
     }
 
     #[test]
+    fn a_float_id_echoes_back_as_the_same_number() {
+        // Past u64 an id is a double; it must be read exactly, or its echo reads back different.
+        let line = br#"{"jsonrpc":"2.0","id":18446744073709844674407,"method":"X"}"#;
+        let Incoming::Request { id, .. } = classify(serde_json::from_slice(line).unwrap()) else {
+            panic!()
+        };
+        let reply = to_line(&Response::new(&id, &Ok(Value::Null)));
+        let back: Value = serde_json::from_slice(&reply).unwrap();
+        assert_eq!(back["id"], id);
+        assert_eq!(id.as_f64(), Some(18446744073709844674407.0));
+    }
+
+    #[test]
     fn missing_or_null_id_is_a_notification() {
         assert!(matches!(
             classify(json!({"jsonrpc":"2.0","method":"X"})),

@@ -5,8 +5,8 @@
 //! [`state`] is what every connection shares.
 
 pub(crate) mod api;
-mod connection;
-mod framing;
+pub(crate) mod connection;
+pub(crate) mod framing;
 pub(crate) mod hand_over;
 pub(crate) mod jsonrpc;
 mod methods;

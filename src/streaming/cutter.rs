@@ -11,12 +11,12 @@ use super::entry::{Content, LogEntry, Partial, StreamType};
 use super::handshake::get_uvarint;
 
 /// Binary data goes out once more than this is buffered (or when it has waited the buffer age).
-pub(super) const BINARY_THRESHOLD: usize = 8 * 1024;
+pub(crate) const BINARY_THRESHOLD: usize = 8 * 1024;
 /// Largest datagram a client may send.
-pub(super) const MAX_DATAGRAM: u64 = 10 * 1024 * 1024;
+pub(crate) const MAX_DATAGRAM: u64 = 10 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub(super) enum CutError {
+pub(crate) enum CutError {
     #[error("datagram length header overflows a 64-bit integer")]
     DatagramHeader,
     #[error("datagram of {0} bytes exceeds the maximum of {MAX_DATAGRAM}")]
@@ -32,7 +32,7 @@ struct DatagramState {
 
 /// Per-stream cutting state.
 #[derive(Debug)]
-pub(super) struct Cutter {
+pub(crate) struct Cutter {
     kind: StreamType,
     base: SystemTime,
     /// Largest payload one entry carries (bounds memory per stream and keeps bundles in size).
@@ -52,7 +52,7 @@ pub(super) struct Cutter {
 }
 
 impl Cutter {
-    pub(super) fn new(kind: StreamType, base: SystemTime, max_entry: usize) -> Self {
+    pub(crate) fn new(kind: StreamType, base: SystemTime, max_entry: usize) -> Self {
         Cutter {
             kind,
             base,
@@ -71,12 +71,12 @@ impl Cutter {
     }
 
     /// Where the next read goes; call [`Cutter::appended`] after it.
-    pub(super) fn buf(&mut self) -> &mut BytesMut {
+    pub(crate) fn buf(&mut self) -> &mut BytesMut {
         &mut self.pending
     }
 
     /// Records that `n` bytes were just appended to [`Cutter::buf`] at `now`.
-    pub(super) fn appended(&mut self, n: usize, now: (Instant, SystemTime)) {
+    pub(crate) fn appended(&mut self, n: usize, now: (Instant, SystemTime)) {
         if n > 0 {
             if self.pending_since.is_none() {
                 self.pending_since = Some(now);
@@ -86,29 +86,29 @@ impl Cutter {
     }
 
     /// Appends bytes (for callers that do not read into [`Cutter::buf`]).
-    pub(super) fn push(&mut self, data: &[u8], now: (Instant, SystemTime)) {
+    pub(crate) fn push(&mut self, data: &[u8], now: (Instant, SystemTime)) {
         self.pending.extend_from_slice(data);
         self.appended(data.len(), now);
     }
 
     #[cfg(test)]
-    pub(super) fn buffered(&self) -> usize {
+    pub(crate) fn buffered(&self) -> usize {
         self.pending.len()
     }
 
     /// When the oldest unsent byte was read, if any is waiting.
-    pub(super) fn pending_since(&self) -> Option<Instant> {
+    pub(crate) fn pending_since(&self) -> Option<Instant> {
         self.pending_since.map(|(i, _)| i)
     }
 
     /// Index the next entry will get (= entries emitted so far).
-    pub(super) fn next_stream_index(&self) -> u64 {
+    pub(crate) fn next_stream_index(&self) -> u64 {
         self.next_stream_index
     }
 
     /// Cuts what is ready. `aggressive` (the data has waited the buffer age, or no buffering)
     /// also takes partial lines, small binary pieces and datagram fragments.
-    pub(super) fn cut(
+    pub(crate) fn cut(
         &mut self,
         aggressive: bool,
         out: &mut Vec<LogEntry>,
@@ -142,7 +142,7 @@ impl Cutter {
 
     /// At end of stream: everything left goes out (text: even invalid UTF-8 or a lone `\r`).
     /// Returns how many bytes could not form an entry (an unfinished datagram).
-    pub(super) fn finish(&mut self, out: &mut Vec<LogEntry>) -> Result<usize, CutError> {
+    pub(crate) fn finish(&mut self, out: &mut Vec<LogEntry>) -> Result<usize, CutError> {
         if self.failed {
             return Ok(0);
         }

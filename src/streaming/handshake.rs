@@ -100,7 +100,10 @@ impl StreamFlags {
                     flags.stream_type =
                         StreamType::parse(v).ok_or_else(|| SpecError::Type(v.to_owned()))?
                 }
-                "content-type" | "contentType" => flags.content_type = Some(v.to_owned()),
+                // Empty means the type's default, as in a handshake.
+                "content-type" | "contentType" => {
+                    flags.content_type = (!v.is_empty()).then(|| v.to_owned())
+                }
                 "tag" => {
                     let (tk, tv) = v.split_once('=').unwrap_or((v, ""));
                     flags.tags.insert(tk.to_owned(), tv.to_owned());
@@ -346,6 +349,13 @@ mod tests {
             let err = parse(&hs(json)).unwrap_err();
             assert!(format!("{err:?}").starts_with(want), "{json}: {err:?}");
         }
+    }
+
+    #[test]
+    fn an_empty_content_type_in_a_spec_is_the_default() {
+        let f = StreamFlags::parse_spec("out,content-type=", "x").unwrap();
+        assert_eq!(f.content_type, None);
+        assert_eq!(parse(&f.encode()).unwrap().unwrap().0, f);
     }
 
     #[test]

@@ -11,7 +11,7 @@
 pub mod address;
 pub mod butler;
 pub(crate) mod cli;
-mod cutter;
+pub(crate) mod cutter;
 pub mod entry;
 pub mod handshake;
 #[cfg(windows)]

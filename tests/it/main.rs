@@ -9,6 +9,7 @@ mod architecture;
 mod cli;
 mod daemon;
 mod disk_full;
+mod fuzz;
 mod live;
 mod logdog_faults;
 mod process_tree;

@@ -5,6 +5,8 @@
 //! ([`Error`] names the [`Step`]) and leave the installed butler as it was.
 
 pub mod channel;
+#[doc(hidden)]
+pub mod fuzz;
 mod hasher;
 pub mod hook;
 pub mod http;
@@ -262,6 +264,85 @@ pub struct Source {
 }
 
 impl Source {
+    /// LATEST and its signature (when the server has one) as fetched: the version, and whether
+    /// a trusted signature vouched for it. `now` is in Unix seconds, for the expiry.
+    pub(crate) fn check_latest(
+        &self,
+        body: &[u8],
+        sig: Option<&[u8]>,
+        now: u64,
+    ) -> Result<(String, bool), Error> {
+        let ch = &self.channel;
+        let latest = channel::parse_latest(ch, body).at(Step::Check)?;
+        let Some(sig) = sig else {
+            if self.require_signature {
+                return Err(ErrorKind::Unsigned(format!(
+                    "{} has no signature and a signed answer is required (--require-signature, or this channel served signatures before)",
+                    self.url("LATEST")
+                )))
+                .at(Step::Verify);
+            }
+            return Ok((latest, false));
+        };
+        let comment = self.keys.verify("LATEST", body, sig).at(Step::Verify)?;
+        let st = LatestStatement::parse(&comment)
+            .ok_or_else(|| {
+                ErrorKind::BadSignature(format!(
+                    "LATEST's trusted comment {comment:?} does not say version, channel and expiry"
+                ))
+            })
+            .at(Step::Verify)?;
+        if ch.compare(&st.version, &latest) != std::cmp::Ordering::Equal {
+            return Err(ErrorKind::Mismatch(format!(
+                "LATEST says {latest} but its signature is for {}",
+                st.version
+            )))
+            .at(Step::Verify);
+        }
+        if st.channel != ch.name() {
+            return Err(ErrorKind::Mismatch(format!(
+                "LATEST for {} carries a signature for channel {}",
+                ch.name(),
+                st.channel
+            )))
+            .at(Step::Verify);
+        }
+        if st.expires <= now {
+            return Err(ErrorKind::Stale { channel: ch.name(), expired: st.expires })
+                .at(Step::Verify);
+        }
+        Ok((latest, true))
+    }
+
+    /// A version's `manifest.json` and its signature: verified, parsed, and for this package,
+    /// channel and `version`.
+    pub(crate) fn check_manifest(
+        &self,
+        version: &str,
+        body: &[u8],
+        sig: &[u8],
+    ) -> Result<Manifest, ErrorKind> {
+        self.keys.verify("the manifest", body, sig)?;
+        let m: Manifest = serde_json::from_slice(body).map_err(|e| {
+            ErrorKind::BadSignature(format!("the signed manifest is not valid JSON: {e}"))
+        })?;
+        let ch = &self.channel;
+        if ch.compare(&m.version, version) != std::cmp::Ordering::Equal
+            || m.channel != ch.name()
+            || m.package != self.package
+        {
+            return Err(ErrorKind::Mismatch(format!(
+                "the manifest is for {} {} on {}, expected {} {version} on {}",
+                m.package,
+                m.version,
+                m.channel,
+                self.package,
+                ch.name()
+            )));
+        }
+        Ok(m)
+    }
+
     fn url(&self, rest: &str) -> String {
         format!(
             "{}/{}/{}/{}",
@@ -482,7 +563,6 @@ impl Updater {
 
     /// GET LATEST and, when published, check `LATEST.minisig` against it.
     async fn latest(&self) -> Result<(String, bool), Error> {
-        let ch = &self.source.channel;
         let url = self.source.url("LATEST");
         let sig_url = format!("{url}{}", manifest::SIG_SUFFIX);
         // Both at once: each is a round trip, and they are independent.
@@ -494,48 +574,12 @@ impl Updater {
             .at(Step::Check)?
             .ok_or_else(|| ErrorKind::NotFound(url.clone()))
             .at(Step::Check)?;
-        let latest = channel::parse_latest(ch, &body).at(Step::Check)?;
-        let Some(sig) = sig.at(Step::Check)? else {
-            if self.source.require_signature {
-                return Err(ErrorKind::Unsigned(format!(
-                    "{url} has no signature and a signed answer is required (--require-signature, or this channel served signatures before)"
-                )))
-                .at(Step::Verify);
-            }
-            return Ok((latest, false));
-        };
-        let comment = self.source.keys.verify("LATEST", &body, &sig).at(Step::Verify)?;
-        let st = LatestStatement::parse(&comment)
-            .ok_or_else(|| {
-                ErrorKind::BadSignature(format!(
-                    "LATEST's trusted comment {comment:?} does not say version, channel and expiry"
-                ))
-            })
-            .at(Step::Verify)?;
-        if ch.compare(&st.version, &latest) != std::cmp::Ordering::Equal {
-            return Err(ErrorKind::Mismatch(format!(
-                "LATEST says {latest} but its signature is for {}",
-                st.version
-            )))
-            .at(Step::Verify);
-        }
-        if st.channel != ch.name() {
-            return Err(ErrorKind::Mismatch(format!(
-                "LATEST for {} carries a signature for channel {}",
-                ch.name(),
-                st.channel
-            )))
-            .at(Step::Verify);
-        }
+        let sig = sig.at(Step::Check)?;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        if st.expires <= now {
-            return Err(ErrorKind::Stale { channel: ch.name(), expired: st.expires })
-                .at(Step::Verify);
-        }
-        Ok((latest, true))
+        self.source.check_latest(&body, sig.as_deref(), now)
     }
 
     /// Downloads, verifies, unpacks, smoke-tests and installs `version` into `target`.
@@ -879,28 +923,7 @@ impl Updater {
             .at(Step::Verify)?
             .ok_or_else(|| ErrorKind::NotFound(url.clone()))
             .at(Step::Verify)?;
-        self.source.keys.verify("the manifest", &body, &sig).at(Step::Verify)?;
-        let m: Manifest = serde_json::from_slice(&body)
-            .map_err(|e| {
-                ErrorKind::BadSignature(format!("the signed manifest is not valid JSON: {e}"))
-            })
-            .at(Step::Verify)?;
-        let ch = &self.source.channel;
-        if ch.compare(&m.version, version) != std::cmp::Ordering::Equal
-            || m.channel != ch.name()
-            || m.package != self.source.package
-        {
-            return Err(ErrorKind::Mismatch(format!(
-                "the manifest is for {} {} on {}, expected {} {version} on {}",
-                m.package,
-                m.version,
-                m.channel,
-                self.source.package,
-                ch.name()
-            )))
-            .at(Step::Verify);
-        }
-        Ok(Some(m))
+        self.source.check_manifest(version, &body, &sig).map(Some).at(Step::Verify)
     }
 }
 
