@@ -696,23 +696,31 @@ impl Updater {
         let exe = unpacked.join(main_exe);
         let scratch = staging.join("scratch");
         fs_err::create_dir(&scratch).at(Step::SmokeTest)?;
-        // The new files reach the disk while the smoke test runs them (from the page cache); both
-        // must be done before anything is swapped.
-        // (Both are awaited whatever happens: Windows cannot remove staging under an open file.)
-        let synced = tokio::task::spawn_blocking(move || unsynced.sync());
+        // On unix the new files reach the disk while the smoke test runs them (from the page
+        // cache); Windows cannot run a file open for writing, so it syncs first. Both are done
+        // before anything is swapped, and both are awaited whatever happens.
+        let synced = |r: Result<Result<(), ErrorKind>, tokio::task::JoinError>| {
+            r.map_err(|e| ErrorKind::Io(std::io::Error::other(e.to_string())))
+                .and_then(|r| r)
+                .at(Step::Unpack)
+        };
+        let mut syncing = Some(tokio::task::spawn_blocking(move || unsynced.sync()));
+        if cfg!(not(unix))
+            && let Some(s) = syncing.take()
+        {
+            synced(s.await)?;
+        }
         let reported = {
             let (exe, scratch, t) = (exe.clone(), scratch.clone(), self.tuning.smoke_timeout);
             tokio::task::spawn_blocking(move || install::smoke_test(&exe, &scratch, t)).await
         };
-        let synced = synced.await;
+        if let Some(s) = syncing {
+            synced(s.await)?;
+        }
         let reported = reported
             .map_err(|e| ErrorKind::SmokeTest(e.to_string()))
             .at(Step::SmokeTest)?
             .at(Step::SmokeTest)?;
-        synced
-            .map_err(|e| ErrorKind::Io(std::io::Error::other(e.to_string())))
-            .at(Step::Unpack)?
-            .at(Step::Unpack)?;
         if ch.compare(version, &reported.version) != std::cmp::Ordering::Equal {
             return Err(ErrorKind::Mismatch(format!(
                 "the new binary reports version {}, expected {version}",

@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 use std::io::{Read, Write};
-use std::path::{Component, Path};
+use std::path::{Component, Path, PathBuf};
 
 use crate::ErrorKind;
 use crate::manifest::{FileEntry, hex};
@@ -34,15 +34,24 @@ pub fn unpack(
     Ok(files)
 }
 
-/// Files written but not yet on disk: [`Unsynced::sync`] must succeed before they are installed.
-/// Apart so the caller can overlap the writeback with other work (the smoke test).
+/// Files written (and closed) but not yet known to be on disk: [`Unsynced::sync`] must succeed
+/// before they are installed. Apart so the caller can overlap the writeback with other work.
 #[derive(Debug)]
-pub struct Unsynced(Vec<fs_err::File>);
+pub struct Unsynced(Vec<PathBuf>);
 
 impl Unsynced {
     /// fsyncs every file, together at the end so the kernel can write them back in one go.
+    ///
+    /// On unix through a read-only handle: fsync flushes the file whatever handle asks, and a
+    /// write handle held open would make running the new executable fail (ETXTBSY), so the smoke
+    /// test can run meanwhile. Windows flushes only through a handle with write access, and
+    /// cannot run a file such a handle holds: there the caller syncs before the smoke test.
     pub fn sync(self) -> Result<(), ErrorKind> {
-        for f in self.0 {
+        for path in self.0 {
+            #[cfg(unix)]
+            let f = fs_err::File::open(&path)?;
+            #[cfg(not(unix))]
+            let f = fs_err::OpenOptions::new().write(true).open(&path)?;
             f.sync_all()?;
         }
         Ok(())
@@ -137,7 +146,8 @@ pub fn unpack_unsynced(
         }
         // Whatever the zip says, nobody but the owner may change what butler will run.
         set_mode(&f, final_mode & !0o022)?;
-        to_sync.push(f);
+        drop(f);
+        to_sync.push(target);
         hasher.cut();
         out.push(FileEntry { path, size, sha256: String::new(), mode });
     }
