@@ -284,6 +284,16 @@ impl Output for NullOutput {
 mod tests {
     use super::*;
 
+    /// Local outputs are read live (`logs tail -f`, `Streams.Follow`, the viewer): their lines
+    /// may wait at most a fraction of a second; only LogDog batches for seconds.
+    #[test]
+    fn local_outputs_buffer_briefly() {
+        let local = [OutputSpec::Store, OutputSpec::Null];
+        for spec in local {
+            assert!(spec.default_max_buffer_age() <= std::time::Duration::from_secs(1), "{spec:?}");
+        }
+    }
+
     #[test]
     fn specs() {
         assert_eq!(OutputSpec::parse("null").unwrap(), OutputSpec::Null);
