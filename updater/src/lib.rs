@@ -108,7 +108,9 @@ pub enum ErrorKind {
     Mismatch(String),
     #[error("the archive is unsafe or corrupt: {0}")]
     BadArchive(String),
-    #[error("the new butler failed its smoke test: {0}")]
+    /// The message names the binary and what it did; the step in front of it says "smoke test
+    /// failed" (or "rollback failed"), so it does not say so again.
+    #[error("{0}")]
     SmokeTest(String),
     #[error("the new butler failed the {check}: {why}")]
     CandidateCheck { check: &'static str, why: String },
