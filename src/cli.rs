@@ -12,22 +12,28 @@ use crate::streaming::timefmt::parse_duration;
 use crate::update::UpdateSettings;
 use crate::upgrade;
 
-const EXAMPLES: &str = "\
+/// The examples both help texts open with (a macro, so `concat!` can build constants from it).
+macro_rules! examples {
+    () => {
+        "\
 Examples:
   butler run -- make test            run a command; its output is shown and stored
   butler logs web --open             look at stored logs, live, in the browser
   butler logs tail -f PATH           follow one stream in the terminal
   butler upgrade --check             is there a newer butler?
+"
+    };
+}
 
-Use --help for environment variables and exit codes.";
+const EXAMPLES: &str = concat!(
+    examples!(),
+    "
+Use --help for environment variables and exit codes."
+);
 
-const ENVIRONMENT: &str = "\
-Examples:
-  butler run -- make test            run a command; its output is shown and stored
-  butler logs web --open             look at stored logs, live, in the browser
-  butler logs tail -f PATH           follow one stream in the terminal
-  butler upgrade --check             is there a newer butler?
-  butler --json daemon --transport tcp --keep-alive --dbpath DB   the daemon launchers start
+const ENVIRONMENT: &str = concat!(
+    examples!(),
+    "  butler --json daemon --transport tcp --keep-alive --dbpath DB   the daemon launchers start
 
 Environment:
   BUTLER_HOME          butler's folder: the database (butler.db) and the update cache
@@ -46,7 +52,8 @@ Exit codes:
   run: the child's own code (128+N when signal N killed it)
   upgrade: 3 network  4 download  5 bad server data  6 verification or bad key  7 stale
            8 bad archive  9 smoke test  10 not writable  11 locked  12 nothing to roll back
-           13 cancelled or I/O;  upgrade --check: 100 when an update is available";
+           13 cancelled or I/O;  upgrade --check: 100 when an update is available"
+);
 
 #[derive(Debug, Parser)]
 #[command(

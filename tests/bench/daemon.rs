@@ -6,7 +6,7 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{butler_bin, median, micros, report, rss_mib};
+use crate::{butler_bin, listen_notification, median, micros, report, rss_mib};
 
 struct Daemon {
     child: Child,
@@ -36,23 +36,9 @@ fn spawn() -> (Daemon, Duration) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    loop {
-        line.clear();
-        assert!(out.read_line(&mut line).unwrap() > 0, "daemon exited before listening");
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-        if v["type"] == "butlerd/listen-notification" {
-            let elapsed = started.elapsed();
-            let d = Daemon {
-                child,
-                address: v["tcp"]["address"].as_str().unwrap().to_owned(),
-                secret: v["secret"].as_str().unwrap().to_owned(),
-                _dir: dir,
-            };
-            return (d, elapsed);
-        }
-    }
+    let (_, address, secret) = listen_notification(&mut child);
+    let elapsed = started.elapsed();
+    (Daemon { child, address, secret, _dir: dir }, elapsed)
 }
 
 struct Conn {

@@ -68,6 +68,25 @@ pub fn report(what: &str, value: String, target: &str, verdict: bool, baseline: 
 }
 
 #[cfg(unix)]
+/// Reads a daemon's stdout up to its listen notification: the rest of stdout (for the caller to
+/// keep open or drop), the TCP address and the secret.
+pub fn listen_notification(
+    child: &mut std::process::Child,
+) -> (std::io::BufReader<std::process::ChildStdout>, String, String) {
+    use std::io::BufRead;
+    let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout piped"));
+    loop {
+        let mut line = String::new();
+        assert!(out.read_line(&mut line).unwrap() > 0, "the daemon exited before listening");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if v["type"] == "butlerd/listen-notification" {
+            let address = v["tcp"]["address"].as_str().unwrap().to_owned();
+            return (out, address, v["secret"].as_str().unwrap().to_owned());
+        }
+    }
+}
+
+#[cfg(unix)]
 /// Resident memory of `pid` in MiB, from /proc.
 pub fn rss_mib(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();

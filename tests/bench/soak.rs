@@ -19,7 +19,7 @@ use butler::streaming::streamclient::StreamClient;
 use butler_release::SigningKey;
 use serde_json::{Value, json};
 
-use crate::{butler_bin, rss_mib};
+use crate::{butler_bin, listen_notification, rss_mib};
 
 /// A call that takes longer than this counts as an error.
 const CALL_TIMEOUT: Duration = Duration::from_secs(20);
@@ -132,18 +132,10 @@ fn start_daemon(dir: &Path, url: &str, key: &SigningKey) -> (Child, String, Stri
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    loop {
-        let mut line = String::new();
-        assert!(out.read_line(&mut line).unwrap() > 0, "the daemon exited before listening");
-        let v: Value = serde_json::from_str(&line).unwrap();
-        if v["type"] == "butlerd/listen-notification" {
-            let address = v["tcp"]["address"].as_str().unwrap().to_owned();
-            // Later stdout lines are not read; dropping the pipe would fail the daemon's writes.
-            std::mem::forget(out);
-            return (child, address, v["secret"].as_str().unwrap().to_owned());
-        }
-    }
+    let (out, address, secret) = listen_notification(&mut child);
+    // Later stdout lines are not read; dropping the pipe would fail the daemon's writes.
+    std::mem::forget(out);
+    (child, address, secret)
 }
 
 /// One mixed-call client until `stop`.

@@ -262,16 +262,7 @@ fn restart_in_place(bin: &Path, url: &str, key: &SigningKey, work: &Path) {
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
     let mut child = daemon.spawn().unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let (address, secret) = loop {
-        let mut line = String::new();
-        assert!(out.read_line(&mut line).unwrap() > 0, "the daemon exited before listening");
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-        if v["type"] == "butlerd/listen-notification" {
-            let a = v["tcp"]["address"].as_str().unwrap().to_owned();
-            break (a, v["secret"].as_str().unwrap().to_owned());
-        }
-    };
+    let (_out, address, secret) = crate::listen_notification(&mut child);
     let auth = format!(
         "{{\"jsonrpc\":\"2.0\",\"id\":0,\"method\":\"Meta.Authenticate\",\"params\":{{\"secret\":\"{secret}\"}}}}\n"
     );

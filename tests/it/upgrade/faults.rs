@@ -242,17 +242,22 @@ fn a_disk_that_fills_during_the_download_fails_cleanly_and_the_next_run_resumes(
     assert!(left.is_empty(), "{left:?}");
 }
 
-#[test]
-fn a_disk_that_fills_while_unpacking_fails_cleanly_and_leaves_nothing() {
+/// Bytes of the installed (old) butler and of the new version's archive, to size a small disk.
+fn old_and_archive_sizes() -> (u64, u64) {
     let f = fixtures();
-    let archive = std::fs::metadata(template(true).join(format!(
+    let archive = template(true).join(format!(
         "butler/{}/{}/archive/default",
         channel().name(),
         f.new_version
-    )))
-    .unwrap()
-    .len();
-    let old = std::fs::metadata(&f.old).unwrap().len();
+    ));
+    let size = |p: &Path| std::fs::metadata(p).unwrap().len();
+    (size(&f.old), size(&archive))
+}
+
+#[test]
+fn a_disk_that_fills_while_unpacking_fails_cleanly_and_leaves_nothing() {
+    let f = fixtures();
+    let (old, archive) = old_and_archive_sizes();
     // Room for the old butler and the archive, not for the unpacked new one.
     let size = kib(old + archive + archive / 2);
     let Some(fs) = Tmpfs::mount("a_disk_that_fills_while_unpacking", &size) else { return };
@@ -275,14 +280,7 @@ fn a_disk_that_fills_while_unpacking_fails_cleanly_and_leaves_nothing() {
 fn the_daemon_answers_a_full_disk_with_an_error_and_keeps_serving() {
     use serde_json::json;
     let f = fixtures();
-    let archive = std::fs::metadata(template(true).join(format!(
-        "butler/{}/{}/archive/default",
-        channel().name(),
-        f.new_version
-    )))
-    .unwrap()
-    .len();
-    let old = std::fs::metadata(&f.old).unwrap().len();
+    let (old, archive) = old_and_archive_sizes();
     let size = kib(old + archive + archive / 2);
     let Some(fs) = Tmpfs::mount("the_daemon_answers_a_full_disk", &size) else { return };
     let broth = Broth::new(true);
