@@ -13,7 +13,7 @@ use futures_util::FutureExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -487,27 +487,12 @@ impl Connection {
     /// Prepares a request to run as its own task, after waiting for a free in-flight slot so a
     /// client that pipelines without reading replies is slowed down, not buffered without bound.
     async fn start_request(&self, id: Value, method: String, params: Value) -> Reply {
-        // Waiting for a slot stops this reader; that must not happen while a running request waits
-        // for the peer's answer, which only this reader can deliver.
-        let call_sent = self.peer.call_sent.notified();
-        tokio::pin!(call_sent);
-        call_sent.as_mut().enable();
-        let permit = tokio::select! {
-            biased;
-            p = Arc::clone(&self.in_flight).acquire_owned() => p.ok(),
-            _ = self.token.cancelled() => None,
-            () = async {
-                if self.peer.pending_calls().is_empty() {
-                    call_sent.await;
-                }
-            } => {
-                let err = RpcError::new(
-                    code::TOO_MANY_IN_FLIGHT,
-                    "too many requests in flight on this connection while the daemon waits for your answers to its calls; answer them, then send this again",
-                )
-                .with("limit", self.daemon.config.max_in_flight);
-                return Reply::Ready(id, Err(err));
-            }
+        let permit = match Arc::clone(&self.in_flight).try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(_) => match self.wait_for_slot().await {
+                Ok(p) => p,
+                Err(err) => return Reply::Ready(id, Err(err)),
+            },
         };
         let operation = match (&params, method.as_str()) {
             (_, "Operation.Cancel") => None,
@@ -563,6 +548,29 @@ impl Connection {
             (result, after)
         };
         Reply::Running(id, Box::pin(task))
+    }
+
+    /// Waits for an in-flight slot (`None` if the connection closes meanwhile). Waiting stops this
+    /// reader; that must not happen while a running request waits for the peer's answer, which
+    /// only this reader can deliver, so then the request is refused instead.
+    async fn wait_for_slot(&self) -> Result<Option<OwnedSemaphorePermit>, RpcError> {
+        let call_sent = self.peer.call_sent.notified();
+        tokio::pin!(call_sent);
+        call_sent.as_mut().enable();
+        tokio::select! {
+            biased;
+            p = Arc::clone(&self.in_flight).acquire_owned() => Ok(p.ok()),
+            _ = self.token.cancelled() => Ok(None),
+            () = async {
+                if self.peer.pending_calls().is_empty() {
+                    call_sent.await;
+                }
+            } => Err(RpcError::new(
+                code::TOO_MANY_IN_FLIGHT,
+                "too many requests in flight on this connection while the daemon waits for your answers to its calls; answer them, then send this again",
+            )
+            .with("limit", self.daemon.config.max_in_flight)),
+        }
     }
 
     async fn reply(&self, id: &Value, result: Result<Value, RpcError>) {
