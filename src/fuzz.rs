@@ -92,6 +92,9 @@ pub fn jsonrpc(data: &[u8]) {
             }
         };
         check_redacted(&value, &redact(&value));
+        if let Some(plain) = jsonrpc::classify_plain(&line) {
+            assert_eq!(plain, jsonrpc::classify(value.clone()), "the hot path classifies alike");
+        }
         match value {
             Value::Array(items) => items.into_iter().for_each(check_message),
             single => check_message(single),

@@ -10,30 +10,33 @@ pub(crate) const BUILD_DATE: &str = env!("BUTLER_BUILD_DATE");
 pub(crate) const GIT_REF: &str = env!("BUTLER_GIT_REF");
 
 /// `v0.1.0`, the shape butlerd clients expect in `Version.Get`.
-pub(crate) fn tagged() -> String {
-    format!("v{VERSION}")
+pub(crate) fn tagged() -> &'static str {
+    concat!("v", env!("BUTLER_VERSION"))
 }
 
 /// `v0.1.0, built on 2026-11-21T10:00:00Z, ref 0123abcd`: for humans and bug reports.
-pub(crate) fn long() -> String {
-    let mut s = tagged();
-    if !BUILD_DATE.is_empty() {
-        s.push_str(", built on ");
-        s.push_str(BUILD_DATE);
-    }
-    if !GIT_REF.is_empty() {
-        s.push_str(", ref ");
-        s.push_str(GIT_REF);
-    }
-    s
+pub(crate) fn long() -> &'static str {
+    static LONG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    LONG.get_or_init(|| {
+        let mut s = tagged().to_owned();
+        if !BUILD_DATE.is_empty() {
+            s.push_str(", built on ");
+            s.push_str(BUILD_DATE);
+        }
+        if !GIT_REF.is_empty() {
+            s.push_str(", ref ");
+            s.push_str(GIT_REF);
+        }
+        s
+    })
 }
 
 /// What `butler version --json` prints as its result value.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct VersionInfo {
-    pub version: String,
-    pub version_string: String,
+    pub version: &'static str,
+    pub version_string: &'static str,
     pub build_date: &'static str,
     pub git_ref: &'static str,
     /// Abilities an updater may rely on before switching to this build.

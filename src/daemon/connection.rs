@@ -6,6 +6,7 @@
 //! back its two halves with what it carries ([`Carried`]) for the next process to serve.
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -36,6 +37,10 @@ pub(super) const MAX_BATCH: usize = 1000;
 /// How long the authentication deadline's reply may take to go out before the connection is
 /// dropped whatever the writer is doing.
 const DEADLINE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+/// Replies the reader answers itself are gathered up to this size, or until it would wait for
+/// more input, and go to the writer together: a pipelining client then costs one hand-over
+/// between tasks per read, not one per request.
+const REPLY_BATCH: usize = 64 * 1024;
 
 /// The sending side of a connection, shared by its reader and every request running on it.
 pub(crate) struct Peer {
@@ -56,8 +61,13 @@ impl Peer {
         if self.log_traffic {
             traffic(self.id, "->", &line);
         }
+        self.send_lines(line).await;
+    }
+
+    /// Queues whole lines, already logged, for the writer.
+    async fn send_lines(&self, lines: Vec<u8>) {
         tokio::select! {
-            _ = self.out.send(line) => {}
+            _ = self.out.send(lines) => {}
             _ = self.kill.cancelled() => {}
         }
     }
@@ -153,14 +163,18 @@ where
         daemon: Arc::clone(&daemon),
         peer,
         token: token.clone(),
+        requests_cancel: Arc::new(token.clone()),
         authenticated: carried.authenticated || !daemon.config.require_auth,
         flow: carried.flow,
         in_flight: Arc::new(Semaphore::new(daemon.config.max_in_flight)),
         errors: 0,
+        replies: Vec::new(),
     };
     async move {
         let writer_task = daemon.tracker.spawn(write_loop(writer, rx, kill.clone()));
-        match conn.read_loop(reader).await {
+        let ended = conn.read_loop(reader).await;
+        conn.flush_replies().await;
+        match ended {
             Ended::Rested(reader) => {
                 let carried = Carried { authenticated: conn.authenticated, flow: conn.flow.take() };
                 // The writer ends once every reply queued so far is written.
@@ -205,25 +219,25 @@ struct Connection {
     daemon: Arc<Daemon>,
     peer: Arc<Peer>,
     token: CancellationToken,
+    /// `token` again, shared by the requests that are not named operations (an `Arc` clone
+    /// costs less than a token's).
+    requests_cancel: Arc<CancellationToken>,
     authenticated: bool,
     /// The open `Meta.Flow` request's id.
     flow: Option<Value>,
     in_flight: Arc<Semaphore>,
     /// Messages refused before authentication.
     errors: u32,
+    /// Replies gathered for the writer (see [`REPLY_BATCH`]); sent before the reader waits.
+    replies: Vec<u8>,
 }
 
 impl Connection {
     async fn read_loop<R: AsyncRead + Unpin>(&mut self, reader: R) -> Ended<R> {
-        let max_line = self.daemon.config.max_line_bytes;
-        let limit = move |authenticated| match authenticated {
-            true => max_line,
-            false => max_line.min(UNAUTHENTICATED_MAX_LINE),
-        };
-        let mut lines = LineReader::new(reader, limit(self.authenticated));
+        let mut lines = LineReader::new(reader, self.line_limit());
         let auth_deadline = Instant::now() + self.daemon.config.auth_timeout;
         loop {
-            lines.set_max(limit(self.authenticated));
+            lines.set_max(self.line_limit());
             if !self.authenticated && self.errors >= UNAUTHENTICATED_MAX_ERRORS {
                 let err = RpcError::invalid_request(
                     "too many messages without authentication; closing the connection",
@@ -231,6 +245,21 @@ impl Connection {
                 self.reply(&Value::Null, Err(err)).await;
                 return Ended::Closed;
             }
+            // A whole line already buffered needs no waiting: take it without the select (whose
+            // cancellation futures cost more than a small request), and answer it into the
+            // batch. Cancellation is still seen within one buffer's worth of lines.
+            if self.authenticated
+                && lines.has_line()
+                && let Some(frame) = lines.next().now_or_never()
+            {
+                let flow = self.on_frame(&frame).await;
+                lines.recycle(frame);
+                if flow.is_break() || self.peer.kill.is_cancelled() || self.token.is_cancelled() {
+                    return Ended::Closed;
+                }
+                continue;
+            }
+            self.flush_replies().await;
             let resting = self.daemon.resting.is_cancelled();
             let frame = tokio::select! {
                 biased;
@@ -257,27 +286,44 @@ impl Connection {
                 }
                 frame = lines.next() => frame,
             };
-            match frame {
-                Ok(Frame::Line(line)) => self.on_line(&line).await,
-                Ok(Frame::TooLong(n)) => {
-                    let max = limit(self.authenticated);
-                    let why = match self.authenticated {
-                        true => format!("message of {n}+ bytes exceeds the limit of {max} bytes"),
-                        false => format!(
-                            "message of {n}+ bytes exceeds the limit of {max} bytes before authentication"
-                        ),
-                    };
-                    let err =
-                        RpcError::invalid_request(format!("{why}; skipped")).with("limit", max);
-                    self.refused();
-                    self.reply(&Value::Null, Err(err)).await;
-                }
-                Ok(Frame::Eof) => return Ended::Closed,
-                Err(e) => {
-                    tracing::debug!(conn = self.peer.id, error = %e, "Connection read failed");
-                    return Ended::Closed;
-                }
+            let flow = self.on_frame(&frame).await;
+            lines.recycle(frame);
+            if flow.is_break() {
+                return Ended::Closed;
             }
+        }
+    }
+
+    /// Answers one frame; `Break` when the connection is done.
+    async fn on_frame(&mut self, frame: &std::io::Result<Frame>) -> ControlFlow<()> {
+        match frame {
+            Ok(Frame::Line(line)) => self.on_line(line).await,
+            &Ok(Frame::TooLong(n)) => {
+                let max = self.line_limit();
+                let why = match self.authenticated {
+                    true => format!("message of {n}+ bytes exceeds the limit of {max} bytes"),
+                    false => format!(
+                        "message of {n}+ bytes exceeds the limit of {max} bytes before authentication"
+                    ),
+                };
+                let err = RpcError::invalid_request(format!("{why}; skipped")).with("limit", max);
+                self.refused();
+                self.reply(&Value::Null, Err(err)).await;
+            }
+            Ok(Frame::Eof) => return ControlFlow::Break(()),
+            Err(e) => {
+                tracing::debug!(conn = self.peer.id, error = %e, "Connection read failed");
+                return ControlFlow::Break(());
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// The longest line accepted now.
+    fn line_limit(&self) -> usize {
+        match self.authenticated {
+            true => self.daemon.config.max_line_bytes,
+            false => self.daemon.config.max_line_bytes.min(UNAUTHENTICATED_MAX_LINE),
         }
     }
 
@@ -295,6 +341,8 @@ impl Connection {
             let err = RpcError::invalid_request("Meta.Flow is already open on this connection");
             return Some(Reply::Ready(id, Err(err)));
         }
+        // Replies to what came before go first; news then reaches the peer directly.
+        self.flush_replies().await;
         self.flow = Some(id);
         self.daemon.add_flow(&self.peer);
         self.peer
@@ -318,6 +366,12 @@ impl Connection {
     async fn on_line(&mut self, line: &[u8]) {
         if line.iter().all(u8::is_ascii_whitespace) {
             return;
+        }
+        // The traffic log shows the message as parsed, so it takes the general path.
+        if !self.daemon.config.log_traffic
+            && let Some(message) = jsonrpc::classify_plain(line)
+        {
+            return self.on_single(message).await;
         }
         let value = match serde_json::from_slice::<Value>(line) {
             Ok(v) => v,
@@ -356,24 +410,33 @@ impl Connection {
                 self.reply(&Value::Null, Err(err)).await;
             }
             Value::Array(items) => self.on_batch(items).await,
-            single => match self.on_message(jsonrpc::classify(single)).await {
-                Some(Reply::Ready(id, result)) => self.reply(&id, result).await,
-                Some(Reply::Running(id, mut request)) => {
-                    // Most methods finish without waiting: answer those here and save a task.
-                    if let Some((result, after)) = (&mut request).now_or_never() {
-                        self.reply(&id, result).await;
-                        after.run();
-                        return;
+            single => self.on_single(jsonrpc::classify(single)).await,
+        }
+    }
+
+    /// Answers one message that is not a batch.
+    async fn on_single(&mut self, message: Incoming) {
+        match self.on_message(message).await {
+            Some(Reply::Ready(id, result)) => self.reply(&id, result).await,
+            Some(Reply::Running(id, mut request)) => {
+                // Most methods finish without waiting: answer those here and save a task.
+                if let Some((result, after)) = (&mut request).now_or_never() {
+                    self.reply(&id, result).await;
+                    if after.shutdown {
+                        // The reply goes out before the daemon starts stopping.
+                        self.flush_replies().await;
                     }
-                    let peer = Arc::clone(&self.peer);
-                    self.daemon.tracker.spawn(async move {
-                        let (result, after) = request.await;
-                        peer.send_line(jsonrpc::to_line(&Response::new(&id, &result))).await;
-                        after.run();
-                    });
+                    after.run();
+                    return;
                 }
-                None => {}
-            },
+                let peer = Arc::clone(&self.peer);
+                self.daemon.tracker.spawn(async move {
+                    let (result, after) = request.await;
+                    peer.send_line(jsonrpc::to_line(&Response::new(&id, &result))).await;
+                    after.run();
+                });
+            }
+            None => {}
         }
     }
 
@@ -486,10 +549,14 @@ impl Connection {
 
     /// Prepares a request to run as its own task, after waiting for a free in-flight slot so a
     /// client that pipelines without reading replies is slowed down, not buffered without bound.
-    async fn start_request(&self, id: Value, method: String, params: Value) -> Reply {
+    async fn start_request(&mut self, id: Value, method: String, params: Value) -> Reply {
         let permit = match Arc::clone(&self.in_flight).try_acquire_owned() {
             Ok(p) => Some(p),
-            Err(_) => match self.wait_for_slot().await {
+            Err(_) => match {
+                // The client may be waiting for the gathered replies before it reads the others.
+                self.flush_replies().await;
+                self.wait_for_slot().await
+            } {
                 Ok(p) => p,
                 Err(err) => return Reply::Ready(id, Err(err)),
             },
@@ -500,8 +567,10 @@ impl Connection {
             _ => None,
         };
         // Only a named operation can be cancelled on its own; others share the connection's fate.
-        let cancel =
-            if operation.is_some() { self.token.child_token() } else { self.token.clone() };
+        let cancel = match operation {
+            Some(_) => Arc::new(self.token.child_token()),
+            None => Arc::clone(&self.requests_cancel),
+        };
         let shutdown_after = Arc::new(AtomicBool::new(false));
         let ctx = Ctx {
             peer: Arc::clone(&self.peer),
@@ -513,7 +582,8 @@ impl Connection {
         let daemon = Arc::clone(&self.daemon);
         let task = async move {
             let _permit = permit;
-            let ticket = operation.as_ref().map(|op| daemon.register_operation(op, cancel.clone()));
+            let ticket =
+                operation.as_ref().map(|op| daemon.register_operation(op, (*cancel).clone()));
             let result = match daemon.router.dispatch(&method, ctx, params) {
                 None => Err(RpcError::method_not_found(&method)),
                 Some((fut, owns_cancellation)) => {
@@ -573,8 +643,24 @@ impl Connection {
         }
     }
 
-    async fn reply(&self, id: &Value, result: Result<Value, RpcError>) {
-        self.peer.send_line(jsonrpc::to_line(&Response::new(id, &result))).await;
+    /// Answers into the batch of replies (see [`REPLY_BATCH`]).
+    async fn reply(&mut self, id: &Value, result: Result<Value, RpcError>) {
+        let start = self.replies.len();
+        jsonrpc::write_line(&mut self.replies, &Response::new(id, &result));
+        if self.peer.log_traffic {
+            traffic(self.peer.id, "->", &self.replies[start..]);
+        }
+        if self.replies.len() >= REPLY_BATCH {
+            self.flush_replies().await;
+        }
+    }
+
+    /// Hands the gathered replies to the writer.
+    async fn flush_replies(&mut self) {
+        if !self.replies.is_empty() {
+            let batch = std::mem::replace(&mut self.replies, Vec::with_capacity(4 * 1024));
+            self.peer.send_lines(batch).await;
+        }
     }
 }
 

@@ -13,6 +13,9 @@ pub(crate) enum Frame {
     Eof,
 }
 
+/// The largest line buffer kept for the next line.
+const RECYCLED_LINE: usize = 4 * 1024;
+
 pub(crate) struct LineReader<R> {
     inner: BufReader<R>,
     max: usize,
@@ -30,6 +33,23 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
     /// Changes the longest line accepted from the next line on (larger once authenticated).
     pub(crate) fn set_max(&mut self, max: usize) {
         self.max = max;
+    }
+
+    /// Gives back a line's buffer once it is handled, so the next line need not allocate (a
+    /// small one only: an idle connection keeps it).
+    pub(crate) fn recycle(&mut self, frame: std::io::Result<Frame>) {
+        if let Ok(Frame::Line(mut line)) = frame
+            && line.capacity() <= RECYCLED_LINE
+            && self.line.is_empty()
+        {
+            line.clear();
+            self.line = line;
+        }
+    }
+
+    /// Whether a whole line is buffered, so [`next`](Self::next) answers without reading.
+    pub(crate) fn has_line(&self) -> bool {
+        memchr::memchr(b'\n', self.inner.buffer()).is_some()
     }
 
     /// Nothing read and not yet framed: no partial line, no buffered bytes.

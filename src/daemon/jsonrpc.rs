@@ -4,8 +4,10 @@
 //! handlers see typed structs. Ids are kept as the exact JSON the client sent (a number or a
 //! string), so they are echoed back unchanged.
 
-use serde::Serialize;
+use std::borrow::Cow;
+
 use serde::ser::SerializeMap;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::version;
@@ -222,6 +224,47 @@ pub(crate) fn classify(value: Value) -> Incoming {
     }
 }
 
+/// The usual message, a request or notification, read straight into its parts.
+#[derive(Deserialize)]
+struct Plain<'a> {
+    #[serde(borrow)]
+    jsonrpc: Cow<'a, str>,
+    #[serde(default)]
+    id: Option<Value>,
+    #[serde(borrow)]
+    method: Cow<'a, str>,
+    #[serde(default)]
+    params: Option<Value>,
+}
+
+/// Classifies a line holding one well-formed request or notification without building a map
+/// for its envelope (the daemon's hot path). `None` for anything else (a batch, a reply, a
+/// malformed message, a duplicated key): [`classify`] then says what it is, and for what this
+/// answers it agrees with [`classify`].
+pub(crate) fn classify_plain(line: &[u8]) -> Option<Incoming> {
+    // A derived struct also reads from an array, by position: only objects come here.
+    if line.iter().find(|c| !c.is_ascii_whitespace()) != Some(&b'{') {
+        return None;
+    }
+    let plain: Plain<'_> = serde_json::from_slice(line).ok()?;
+    if plain.jsonrpc != "2.0" {
+        return None;
+    }
+    let params = match plain.params {
+        None | Some(Value::Null) => Value::Object(Map::new()),
+        Some(p @ (Value::Object(_) | Value::Array(_))) => p,
+        Some(_) => return None,
+    };
+    let method = plain.method.into_owned();
+    match plain.id {
+        None => Some(Incoming::Notification { method, params }),
+        Some(id @ (Value::Number(_) | Value::String(_))) => {
+            Some(Incoming::Request { id, method, params })
+        }
+        Some(_) => None,
+    }
+}
+
 fn invalid(id: Value, reason: &str) -> Incoming {
     Incoming::Invalid { id, error: RpcError::invalid_request(format!("invalid request: {reason}")) }
 }
@@ -265,13 +308,24 @@ pub(crate) struct Outgoing<'a, P: Serialize> {
 
 /// Serializes `msg` followed by `\n`.
 pub(crate) fn to_line(msg: &impl Serialize) -> Vec<u8> {
-    let mut line = serde_json::to_vec(msg).unwrap_or_else(|e| {
-        // Only non-string map keys can fail here, and our types have none.
-        format!(r#"{{"jsonrpc":"2.0","id":null,"error":{{"code":-32603,"message":"{e}"}}}}"#)
-            .into_bytes()
-    });
-    line.push(b'\n');
+    let mut line = Vec::with_capacity(128);
+    write_line(&mut line, msg);
     line
+}
+
+/// Appends `msg` and `\n` to `out`.
+pub(crate) fn write_line(out: &mut Vec<u8>, msg: &impl Serialize) {
+    let start = out.len();
+    if let Err(e) = serde_json::to_writer(&mut *out, msg) {
+        // Only non-string map keys can fail here, and our types have none.
+        out.truncate(start);
+        let error = format!(
+            r#"{{"jsonrpc":"2.0","id":null,"error":{{"code":-32603,"message":{}}}}}"#,
+            Value::String(e.to_string())
+        );
+        out.extend_from_slice(error.as_bytes());
+    }
+    out.push(b'\n');
 }
 
 #[cfg(test)]
@@ -335,6 +389,29 @@ mod tests {
     }
 
     #[test]
+    fn the_hot_path_takes_plain_requests_only() {
+        let plain = br#" {"jsonrpc":"2.0","id":"a\u0062","method":"Version.Get","params":{}}"#;
+        assert_eq!(
+            classify_plain(plain),
+            Some(Incoming::Request {
+                id: json!("ab"),
+                method: "Version.Get".into(),
+                params: json!({})
+            })
+        );
+        for general in [
+            &br#"{"jsonrpc":"2.0","id":1,"method":"X","method":"Y"}"#[..],
+            br#"["2.0",1,"X",{}]"#,
+            br#"{"jsonrpc":"2.0","id":true,"method":"X"}"#,
+            br#"{"jsonrpc":"2.0","id":1,"method":"X","params":3}"#,
+            br#"{"jsonrpc":"1.0","id":1,"method":"X"}"#,
+            br#"{"jsonrpc":"2.0","id":1,"result":{}}"#,
+        ] {
+            assert_eq!(classify_plain(general), None, "{}", String::from_utf8_lossy(general));
+        }
+    }
+
+    #[test]
     fn error_data_always_carries_the_version() {
         let e = RpcError::new(1, "x").with("path", "p");
         let v = serde_json::to_value(&e).unwrap();
@@ -383,6 +460,24 @@ mod tests {
                 }
                 Incoming::Notification { params, .. } => {
                     proptest::prop_assert!(params.is_object() || params.is_array());
+                }
+            }
+        }
+
+        #[test]
+        fn the_hot_path_classifies_as_the_general_one(
+            v in any_json(),
+            method in "[a-zA-Z.]{1,8}",
+            id in any_json(),
+            params in any_json(),
+        ) {
+            // Arbitrary values, and requests well-formed enough to take the hot path.
+            let request = json!({"jsonrpc":"2.0","method":method,"id":id,"params":params});
+            let bare = json!({"params":{"a":[1]},"method":method,"jsonrpc":"2.0"});
+            for v in [v, request, bare] {
+                let line = serde_json::to_vec(&v).unwrap();
+                if let Some(plain) = classify_plain(&line) {
+                    proptest::prop_assert_eq!(plain, classify(v));
                 }
             }
         }

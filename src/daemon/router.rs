@@ -278,7 +278,7 @@ impl Description {
 pub(crate) struct Ctx {
     pub(super) peer: Arc<Peer>,
     pub(super) daemon: Arc<Daemon>,
-    pub(super) cancel: CancellationToken,
+    pub(super) cancel: Arc<CancellationToken>,
     pub(super) shutdown_after_reply: Arc<AtomicBool>,
     /// The method being answered (set by [`Router::dispatch`]).
     pub(super) method: &'static str,
@@ -334,7 +334,7 @@ impl Ctx {
 
     /// This request's cancellation, for work that checks it itself.
     pub(crate) fn cancellation(&self) -> CancellationToken {
-        self.cancel.clone()
+        (*self.cancel).clone()
     }
 
     /// Starts the daemon's graceful shutdown once this request's reply has been queued.

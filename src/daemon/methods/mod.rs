@@ -116,10 +116,10 @@ async fn meta_shutdown(ctx: Ctx, _: Empty) -> Result<Empty, RpcError> {
 struct VersionGetResult {
     /// The build's tag, `v` and semver, as upstream spells it.
     #[schemars(example = &"v0.1.0")]
-    version: String,
+    version: &'static str,
     /// The tag, the build time and the git ref, for people.
     #[schemars(example = &"v0.1.0, built on 2026-11-21T10:00:00Z, ref 0123abcd")]
-    version_string: String,
+    version_string: &'static str,
 }
 
 async fn version_get(_: Ctx, _: Empty) -> Result<VersionGetResult, RpcError> {
