@@ -552,14 +552,14 @@ impl Connection {
     async fn start_request(&mut self, id: Value, method: String, params: Value) -> Reply {
         let permit = match Arc::clone(&self.in_flight).try_acquire_owned() {
             Ok(p) => Some(p),
-            Err(_) => match {
+            Err(_) => {
                 // The client may be waiting for the gathered replies before it reads the others.
                 self.flush_replies().await;
-                self.wait_for_slot().await
-            } {
-                Ok(p) => p,
-                Err(err) => return Reply::Ready(id, Err(err)),
-            },
+                match self.wait_for_slot().await {
+                    Ok(p) => p,
+                    Err(err) => return Reply::Ready(id, Err(err)),
+                }
+            }
         };
         let operation = match (&params, method.as_str()) {
             (_, "Operation.Cancel") => None,
