@@ -645,6 +645,11 @@ impl Connection {
 
     /// Answers into the batch of replies (see [`REPLY_BATCH`]).
     async fn reply(&mut self, id: &Value, result: Result<Value, RpcError>) {
+        if self.replies.capacity() == 0 {
+            // Room for a read's worth of small replies, taken only while answering (an idle
+            // connection holds none).
+            self.replies.reserve(4 * 1024);
+        }
         let start = self.replies.len();
         jsonrpc::write_line(&mut self.replies, &Response::new(id, &result));
         if self.peer.log_traffic {
@@ -658,7 +663,7 @@ impl Connection {
     /// Hands the gathered replies to the writer.
     async fn flush_replies(&mut self) {
         if !self.replies.is_empty() {
-            let batch = std::mem::replace(&mut self.replies, Vec::with_capacity(4 * 1024));
+            let batch = std::mem::take(&mut self.replies);
             self.peer.send_lines(batch).await;
         }
     }
