@@ -2,6 +2,7 @@
 
 use std::io::Write;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -71,6 +72,27 @@ impl Progress {
 
     pub fn is_final(&self) -> bool {
         self.total == Some(self.done)
+    }
+}
+
+/// The most bytes a download may bring, which may tighten while it runs: an archive starts
+/// downloading before its signed manifest has arrived (under [`NetConfig::max_archive`]), and
+/// the manifest's size then caps it.
+#[derive(Debug)]
+pub struct SizeCap(AtomicU64);
+
+impl SizeCap {
+    pub fn new(bytes: u64) -> SizeCap {
+        SizeCap(AtomicU64::new(bytes))
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Lowers the cap to `bytes` (never raises it).
+    pub fn tighten(&self, bytes: u64) {
+        self.0.fetch_min(bytes, Ordering::Relaxed);
     }
 }
 
@@ -181,13 +203,14 @@ impl Http {
         &self,
         url: &str,
         dest: &Path,
-        cap: u64,
+        cap: &SizeCap,
         on_progress: &mut (dyn FnMut(Progress) + Send),
     ) -> Result<(u64, [u8; 32]), ErrorKind> {
         let sidecar = validator_path(dest);
         // Re-reading a partial file to hash it is blocking work.
         let (mut hasher, resumed) = {
             let (dest, sidecar, url) = (dest.to_owned(), sidecar.clone(), url.to_owned());
+            let cap = cap.get();
             tokio::task::spawn_blocking(move || {
                 let hasher = crate::hasher::Hasher::new();
                 let resumed = resume_from(&url, &dest, &sidecar, &hasher, cap);
@@ -278,7 +301,7 @@ impl Http {
     async fn download_attempt(
         &self,
         url: &str,
-        cap: u64,
+        cap: &SizeCap,
         file: &mut fs_err::File,
         hasher: &mut crate::hasher::Hasher,
         done: &mut u64,
@@ -310,9 +333,6 @@ impl Http {
         {
             tracing::debug!("resuming {url} at byte {done}");
             *total = content_range(&resp).and_then(|r| r.total);
-            if total.is_some_and(|n| n > cap) {
-                return Err(ErrorKind::TooLarge { url: url.to_owned(), limit: cap });
-            }
         } else {
             if status == StatusCode::PARTIAL_CONTENT && resuming {
                 // A server that lies about ranges: nothing it sent can be spliced, and what is
@@ -348,10 +368,8 @@ impl Http {
                 *done = 0;
             }
             *total = resp.content_length();
-            if total.is_some_and(|n| n > cap) {
-                return Err(ErrorKind::TooLarge { url: url.to_owned(), limit: cap });
-            }
         }
+        too_large(url, *total, cap)?;
         // Only a strong validator makes a resumed file safe to splice.
         *validator = resp
             .headers()
@@ -378,9 +396,8 @@ impl Http {
                 Some(Err(e)) => return Err(net_err(url, e)),
                 Some(Ok(c)) => c,
             };
-            if *done + chunk.len() as u64 > cap {
-                return Err(ErrorKind::TooLarge { url: url.to_owned(), limit: cap });
-            }
+            // Against the announced total too: the cap may have tightened since the headers.
+            too_large(url, Some(*done + chunk.len() as u64).max(*total), cap)?;
             file.write_all(&chunk)?;
             hasher.update(chunk.clone());
             *done += chunk.len() as u64;
@@ -410,6 +427,21 @@ impl Http {
         }
         Ok(())
     }
+}
+
+/// `bytes` (what came, or what the server announced) against the cap as it is now.
+fn too_large(url: &str, bytes: Option<u64>, cap: &SizeCap) -> Result<(), ErrorKind> {
+    let limit = cap.get();
+    match bytes {
+        Some(n) if n > limit => Err(ErrorKind::TooLarge { url: url.to_owned(), limit }),
+        _ => Ok(()),
+    }
+}
+
+/// Drops a partial download and what it knows of its source: it is not to be resumed.
+pub(crate) fn forget_partial(dest: &Path) {
+    let _ = std::fs::remove_file(validator_path(dest));
+    let _ = std::fs::remove_file(dest);
 }
 
 fn validator_path(dest: &Path) -> std::path::PathBuf {
