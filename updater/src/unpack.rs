@@ -121,8 +121,7 @@ pub fn unpack_unsynced(
         let mut n = 0u64;
         let mut writeback = Writeback::default();
         loop {
-            let r = entry
-                .read(&mut buf)
+            let r = fill(&mut entry, &mut buf)
                 .map_err(|e| unsafe_zip(format!("{name:?} is corrupt: {e}")))?;
             if r == 0 {
                 break;
@@ -160,6 +159,21 @@ pub fn unpack_unsynced(
         entry.sha256 = hex(&digest);
     }
     Ok((out, Unsynced(to_sync)))
+}
+
+/// Reads until `buf` is full or the entry ends. Inflating hands out a few dozen KiB at a time;
+/// whole buffers make a tenth of the writes and of the hashing thread's wake-ups.
+fn fill(entry: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match entry.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
 }
 
 /// Starts the disk writes of what was unpacked while the rest inflates, so the fsync before the
