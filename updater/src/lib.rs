@@ -504,6 +504,9 @@ impl Updater {
             .at(Step::Check);
         }
         let http = http::Http::new(tuning.net.clone()).at(Step::Check)?;
+        if url.scheme() == "https" {
+            http.warm_tls();
+        }
         Ok(Updater {
             source,
             tuning,
