@@ -180,11 +180,11 @@ fn fill(entry: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
 /// swap waits for little instead of writing the whole file then. Only a hint: the fsync is what
 /// makes the files durable, and it still runs.
 #[derive(Default)]
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 struct Writeback {
     /// Bytes from the start of the file already handed to the kernel to write.
     started: u64,
     /// The file system refused the hint; the fsync does it all.
-    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     refused: bool,
 }
 
