@@ -120,10 +120,25 @@ async fn run_async(
         };
         ExitError::new(ExitStatus::Usage, e)
     })?;
+    let outcome = check_and_apply(&mut service, &args, global, reporter, &target, &channel).await;
+    // The history may still be writing what the check found (it never holds the update up).
+    service.settle().await;
+    outcome
+}
+
+/// Checks, then, when there is something to install and the person agrees, applies.
+async fn check_and_apply(
+    service: &mut UpdateService,
+    args: &UpgradeArgs,
+    global: &GlobalArgs,
+    reporter: Reporter,
+    target: &Target,
+    channel: &Channel,
+) -> anyhow::Result<ExitStatus> {
     let current = target.current(VERSION).map_err(|e| fail(&reporter, e))?;
     let want = match &args.to {
         None => Want::Latest,
-        Some(v) => update::parse_want(v, &channel)
+        Some(v) => update::parse_want(v, channel)
             .map_err(|e| ExitError::new(ExitStatus::Usage, anyhow::anyhow!("--to {e}")))?,
     };
     let check = match service.check(current.as_deref(), &want, args.force).await {
@@ -185,7 +200,7 @@ async fn run_async(
             None
         }
     };
-    let applied = service.apply(&target, &check, cancel, &mut |ev| ui.event(ev)).await;
+    let applied = service.apply(target, &check, cancel, &mut |ev| ui.event(ev)).await;
     if let Some(w) = watcher {
         w.abort();
     }

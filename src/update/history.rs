@@ -92,9 +92,89 @@ pub(crate) struct History {
     db: OnceCell<Option<Db>>,
     /// A command's own connection, still being opened beside the network requests.
     opening: std::sync::Mutex<Option<JoinHandle<Option<Db>>>>,
+    /// Writes made while the connection is still opening: the opening thread writes them, in
+    /// order, as soon as the database is ready, so a record never holds an update up. `None`
+    /// once it has taken them; later writes go to the database directly (after those, since
+    /// they wait for the same opening).
+    early: std::sync::Arc<std::sync::Mutex<Option<Vec<Write>>>>,
+    /// The database did not exist when this command started: it holds nothing recorded before,
+    /// so reading it need not wait for it to be created.
+    fresh: bool,
     base_url: String,
     channel: String,
     install: String,
+}
+
+/// One row to insert, owned so it can wait for the database.
+#[derive(Debug)]
+pub(crate) enum Write {
+    Record {
+        time: i64,
+        action: Action,
+        channel: String,
+        install: String,
+        from: Option<String>,
+        to: Option<String>,
+        outcome: Outcome,
+        step: Option<String>,
+        code: Option<&'static str>,
+        message: Option<String>,
+        verified: bool,
+    },
+    Signed {
+        base_url: String,
+        channel: String,
+        time: i64,
+    },
+}
+
+impl Write {
+    /// Inserts the row; a failure is said, not returned (the update goes on regardless).
+    fn run(&self, c: &rusqlite::Connection) {
+        let inserted = match self {
+            Write::Record {
+                time,
+                action,
+                channel,
+                install,
+                from,
+                to,
+                outcome,
+                step,
+                code,
+                message,
+                verified,
+            } => c.execute(
+                "INSERT INTO update_history (time, action, channel, install_path, from_version, to_version, outcome, step, error_code, message, verified)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                rusqlite::params![
+                    time,
+                    action.as_str(),
+                    channel,
+                    install,
+                    from,
+                    to,
+                    outcome.as_str(),
+                    step,
+                    code,
+                    message,
+                    verified
+                ],
+            ),
+            Write::Signed { base_url, channel, time } => c.execute(
+                "INSERT OR IGNORE INTO update_signed_channels (base_url, channel, first_seen) VALUES (?1, ?2, ?3)",
+                (base_url, channel, time),
+            ),
+        };
+        if let Err(e) = inserted {
+            match self {
+                Write::Record { .. } => tracing::warn!("could not record the update outcome: {e}"),
+                Write::Signed { channel, .. } => {
+                    tracing::warn!("could not remember that {channel} is signed: {e}")
+                }
+            }
+        }
+    }
 }
 
 impl History {
@@ -106,8 +186,17 @@ impl History {
         channel: &str,
         install: &str,
     ) -> History {
+        let path = DbPath::resolve(dbpath.as_deref());
+        let fresh = match &path {
+            Ok(DbPath::File(p)) => !p.exists(),
+            // In memory: empty at every start.
+            Ok(DbPath::Special(_)) => true,
+            Err(_) => false,
+        };
+        let early = std::sync::Arc::new(std::sync::Mutex::new(Some(Vec::<Write>::new())));
+        let queued = std::sync::Arc::clone(&early);
         let opening = tokio::task::spawn_blocking(move || {
-            let conn = DbPath::resolve(dbpath.as_deref()).and_then(|p| db::open(&p));
+            let conn = path.and_then(|p| db::open(&p));
             // A short-lived command need not checkpoint the WAL on exit (an fsync-heavy step);
             // the daemon or the next run does it.
             let conn = conn.inspect(|c| {
@@ -116,8 +205,14 @@ impl History {
                     true,
                 );
             });
+            let writes = queued.lock().unwrap_or_else(|p| p.into_inner()).take();
             match conn {
-                Ok(c) => Some(Db::new(c)),
+                Ok(c) => {
+                    for w in writes.unwrap_or_default() {
+                        w.run(&c);
+                    }
+                    Some(Db::new(c))
+                }
                 Err(e) => {
                     tracing::warn!("the update history will not be recorded: {e}");
                     None
@@ -127,6 +222,8 @@ impl History {
         let mut h = History::with_db(None, base_url, channel, install);
         h.db = OnceCell::new();
         h.opening = std::sync::Mutex::new(Some(opening));
+        h.early = early;
+        h.fresh = fresh;
         h
     }
 
@@ -135,6 +232,8 @@ impl History {
         History {
             db: OnceCell::new_with(Some(db)),
             opening: std::sync::Mutex::new(None),
+            early: std::sync::Arc::new(std::sync::Mutex::new(None)),
+            fresh: false,
             base_url: base_url.trim_end_matches('/').to_owned(),
             channel: channel.to_owned(),
             install: install.to_owned(),
@@ -154,9 +253,34 @@ impl History {
             .as_ref()
     }
 
+    /// Writes `w` now, or, while the connection is still opening, has the opening thread write
+    /// it as soon as it can: nothing waits for the database.
+    async fn write(&self, w: Write) {
+        if let Some(queue) = self.early.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            queue.push(w);
+            return;
+        }
+        let Some(db) = self.db().await else { return };
+        let _ = db
+            .call(move |c| {
+                w.run(c);
+                Ok(())
+            })
+            .await;
+    }
+
+    /// Waits until every write made so far is in the database (or known never to be): a
+    /// command calls it before it exits.
+    pub(crate) async fn settle(&self) {
+        let _ = self.db().await;
+    }
+
     /// Whether this channel served signatures before. Fails closed: when the database cannot
     /// answer, signatures are required, so a busy database never lowers the bar.
     pub(crate) async fn channel_was_signed(&self) -> bool {
+        if self.fresh {
+            return false;
+        }
         let Some(db) = self.db().await else { return false };
         let (url, channel) = (self.base_url.clone(), self.channel.clone());
         let found = db
@@ -178,19 +302,12 @@ impl History {
     }
 
     pub(crate) async fn remember_signed(&self) {
-        let Some(db) = self.db().await else { return };
-        let (url, channel) = (self.base_url.clone(), self.channel.clone());
-        let inserted = db
-            .call(move |c| {
-                Ok(c.execute(
-                    "INSERT OR IGNORE INTO update_signed_channels (base_url, channel, first_seen) VALUES (?1, ?2, ?3)",
-                    (&url, &channel, crate::report::unix_now() as i64),
-                )?)
-            })
-            .await;
-        if let Err(e) = inserted {
-            tracing::warn!("could not remember that {} is signed: {e}", self.channel);
-        }
+        let w = Write::Signed {
+            base_url: self.base_url.clone(),
+            channel: self.channel.clone(),
+            time: crate::report::unix_now() as i64,
+        };
+        self.write(w).await;
     }
 
     /// Marks `version` of this channel as bad: it failed its probation, so it is not offered
@@ -214,6 +331,9 @@ impl History {
 
     /// Why `version` of this channel failed its probation, if it did.
     pub(crate) async fn bad_reason(&self, version: &str) -> Option<String> {
+        if self.fresh {
+            return None;
+        }
         let db = self.db().await?;
         let (channel, version) = (self.channel.clone(), version.to_owned());
         db.call(move |c| {
@@ -231,32 +351,20 @@ impl History {
     }
 
     pub(crate) async fn record(&self, r: Record<'_>) {
-        let Some(db) = self.db().await else { return };
-        let row = (
-            crate::report::unix_now() as i64,
-            r.action.as_str(),
-            self.channel.clone(),
-            self.install.clone(),
-            r.from.map(str::to_owned),
-            r.to.map(str::to_owned),
-            r.outcome.as_str(),
-            r.error.map(|e| e.step.to_string()),
-            r.error.map(|e| e.kind.class().as_str()),
-            r.error.map(|e| e.to_string()).or(r.note.map(str::to_owned)),
-            r.verified,
-        );
-        let inserted = db
-            .call(move |c| {
-                Ok(c.execute(
-                    "INSERT INTO update_history (time, action, channel, install_path, from_version, to_version, outcome, step, error_code, message, verified)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-                    rusqlite::params![row.0, row.1, row.2, row.3, row.4, row.5, row.6, row.7, row.8, row.9, row.10],
-                )?)
-            })
-            .await;
-        if let Err(e) = inserted {
-            tracing::warn!("could not record the update outcome: {e}");
-        }
+        let w = Write::Record {
+            time: crate::report::unix_now() as i64,
+            action: r.action,
+            channel: self.channel.clone(),
+            install: self.install.clone(),
+            from: r.from.map(str::to_owned),
+            to: r.to.map(str::to_owned),
+            outcome: r.outcome,
+            step: r.error.map(|e| e.step.to_string()),
+            code: r.error.map(|e| e.kind.class().as_str()),
+            message: r.error.map(|e| e.to_string()).or(r.note.map(str::to_owned)),
+            verified: r.verified,
+        };
+        self.write(w).await;
     }
 }
 

@@ -165,6 +165,11 @@ impl UpdateService {
         applied
     }
 
+    /// Waits for the history's writes: a command calls it before it exits.
+    pub(crate) async fn settle(&self) {
+        self.history.settle().await;
+    }
+
     /// Downloads and verifies `version` into the update cache for a later apply.
     pub(crate) async fn prefetch(&self, version: &str) -> Result<PathBuf, Error> {
         self.updater.prefetch(version, &mut |_| {}).await

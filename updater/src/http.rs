@@ -2,6 +2,7 @@
 
 use std::io::Write;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -74,10 +75,89 @@ impl Progress {
     }
 }
 
+/// The most bytes a download may bring, which may tighten while it runs: an archive starts
+/// downloading before its signed manifest has arrived (under [`NetConfig::max_archive`]), and
+/// the manifest's size then caps it.
+#[derive(Debug)]
+pub struct SizeCap(AtomicU64);
+
+impl SizeCap {
+    pub fn new(bytes: u64) -> SizeCap {
+        SizeCap(AtomicU64::new(bytes))
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Lowers the cap to `bytes` (never raises it).
+    pub fn tighten(&self, bytes: u64) {
+        self.0.fetch_min(bytes, Ordering::Relaxed);
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Http {
     client: reqwest::Client,
     pub cfg: NetConfig,
+    verifier: std::sync::Arc<LazyVerifier>,
+}
+
+/// The platform's certificate verifier (what reqwest uses by default), built the first time a
+/// TLS server is met: building it reads and parses every root certificate of the system
+/// (milliseconds of CPU) whether or not a request ever needs one, and on plain http to
+/// loopback none does. [`Http::warm_tls`] builds it on a spare thread while the first
+/// connection is being set up.
+#[derive(Debug)]
+struct LazyVerifier {
+    provider: std::sync::Arc<rustls::crypto::CryptoProvider>,
+    built: std::sync::OnceLock<Result<rustls_platform_verifier::Verifier, rustls::Error>>,
+}
+
+impl LazyVerifier {
+    fn get(&self) -> Result<&rustls_platform_verifier::Verifier, rustls::Error> {
+        self.built
+            .get_or_init(|| rustls_platform_verifier::Verifier::new(self.provider.clone()))
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+}
+
+impl rustls::client::danger::ServerCertVerifier for LazyVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        self.get()?.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.get()?.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.get()?.verify_tls13_signature(message, cert, dss)
+    }
+
+    /// Asked for every ClientHello: answered from the provider, without building the verifier
+    /// (the platform verifier answers the same).
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 /// Is `url` https, or http to a loopback host (the only place plain http is allowed)?
@@ -106,14 +186,41 @@ impl Http {
                 attempt.error("redirect to a non-https URL")
             }
         });
+        let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let verifier = std::sync::Arc::new(LazyVerifier {
+            provider: provider.clone(),
+            built: std::sync::OnceLock::new(),
+        });
+        let tls_error = |e: rustls::Error| ErrorKind::Network {
+            url: String::new(),
+            why: format!("setting up TLS: {e}"),
+        };
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(tls_error)?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier.clone())
+            .with_no_client_auth();
+        // As reqwest configures its own for HTTP/1 only.
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         let client = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
             .connect_timeout(cfg.connect_timeout)
             .read_timeout(cfg.read_timeout)
             .redirect(policy)
             .user_agent(concat!("butler-updater/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| ErrorKind::Network { url: String::new(), why: format!("{e:#}") })?;
-        Ok(Http { client, cfg })
+        Ok(Http { client, cfg, verifier })
+    }
+
+    /// Builds the certificate verifier on a spare thread, for a session that will speak TLS:
+    /// it is then ready by the time the first handshake needs it (which waits for it otherwise).
+    pub fn warm_tls(&self) {
+        let verifier = self.verifier.clone();
+        let _ = std::thread::Builder::new().name("butler-tls-roots".into()).spawn(move || {
+            let _ = verifier.get();
+        });
     }
 
     /// GETs a small file, refusing bodies over `cap` bytes. `Ok(None)` on 404.
@@ -181,13 +288,14 @@ impl Http {
         &self,
         url: &str,
         dest: &Path,
-        cap: u64,
+        cap: &SizeCap,
         on_progress: &mut (dyn FnMut(Progress) + Send),
     ) -> Result<(u64, [u8; 32]), ErrorKind> {
         let sidecar = validator_path(dest);
         // Re-reading a partial file to hash it is blocking work.
         let (mut hasher, resumed) = {
             let (dest, sidecar, url) = (dest.to_owned(), sidecar.clone(), url.to_owned());
+            let cap = cap.get();
             tokio::task::spawn_blocking(move || {
                 let hasher = crate::hasher::Hasher::new();
                 let resumed = resume_from(&url, &dest, &sidecar, &hasher, cap);
@@ -278,7 +386,7 @@ impl Http {
     async fn download_attempt(
         &self,
         url: &str,
-        cap: u64,
+        cap: &SizeCap,
         file: &mut fs_err::File,
         hasher: &mut crate::hasher::Hasher,
         done: &mut u64,
@@ -310,9 +418,6 @@ impl Http {
         {
             tracing::debug!("resuming {url} at byte {done}");
             *total = content_range(&resp).and_then(|r| r.total);
-            if total.is_some_and(|n| n > cap) {
-                return Err(ErrorKind::TooLarge { url: url.to_owned(), limit: cap });
-            }
         } else {
             if status == StatusCode::PARTIAL_CONTENT && resuming {
                 // A server that lies about ranges: nothing it sent can be spliced, and what is
@@ -348,10 +453,8 @@ impl Http {
                 *done = 0;
             }
             *total = resp.content_length();
-            if total.is_some_and(|n| n > cap) {
-                return Err(ErrorKind::TooLarge { url: url.to_owned(), limit: cap });
-            }
         }
+        too_large(url, *total, cap)?;
         // Only a strong validator makes a resumed file safe to splice.
         *validator = resp
             .headers()
@@ -378,9 +481,8 @@ impl Http {
                 Some(Err(e)) => return Err(net_err(url, e)),
                 Some(Ok(c)) => c,
             };
-            if *done + chunk.len() as u64 > cap {
-                return Err(ErrorKind::TooLarge { url: url.to_owned(), limit: cap });
-            }
+            // Against the announced total too: the cap may have tightened since the headers.
+            too_large(url, Some(*done + chunk.len() as u64).max(*total), cap)?;
             file.write_all(&chunk)?;
             hasher.update(chunk.clone());
             *done += chunk.len() as u64;
@@ -410,6 +512,21 @@ impl Http {
         }
         Ok(())
     }
+}
+
+/// `bytes` (what came, or what the server announced) against the cap as it is now.
+fn too_large(url: &str, bytes: Option<u64>, cap: &SizeCap) -> Result<(), ErrorKind> {
+    let limit = cap.get();
+    match bytes {
+        Some(n) if n > limit => Err(ErrorKind::TooLarge { url: url.to_owned(), limit }),
+        _ => Ok(()),
+    }
+}
+
+/// Drops a partial download and what it knows of its source: it is not to be resumed.
+pub(crate) fn forget_partial(dest: &Path) {
+    let _ = std::fs::remove_file(validator_path(dest));
+    let _ = std::fs::remove_file(dest);
 }
 
 fn validator_path(dest: &Path) -> std::path::PathBuf {
@@ -537,7 +654,19 @@ fn net_err(url: &str, e: reqwest::Error) -> ErrorKind {
 
 #[cfg(test)]
 mod tests {
-    use super::url_allowed;
+    use super::*;
+
+    #[test]
+    fn the_system_roots_are_read_only_for_tls() {
+        let http = Http::new(NetConfig::default()).unwrap();
+        assert!(http.verifier.built.get().is_none(), "building the client read the roots");
+        http.warm_tls();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while http.verifier.built.get().is_none() {
+            assert!(Instant::now() < deadline, "the roots were not read on the spare thread");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
 
     #[test]
     fn plain_http_only_to_loopback_by_address_or_exact_name() {

@@ -190,12 +190,18 @@ pub fn smoke_test(exe: &Path, scratch: &Path, timeout: Duration) -> Result<Repor
     let mut candidate = Candidate::start(exe, scratch, &args)
         .map_err(|e| fail(format!("it does not start: {e}")))?;
     let mut stdout = candidate.take_stdout().expect("piped");
+    let (ended, eof) = std::sync::mpsc::channel();
     let reader = std::thread::spawn(move || {
         let mut out = Vec::new();
         let _ = (&mut stdout).take(64 * 1024).read_to_end(&mut out);
+        let _ = ended.send(());
         out
     });
-    let status = wait_timeout(&mut candidate.0, timeout)
+    let deadline = Instant::now() + timeout;
+    // The end of its output is the end of the run (or a hang past the deadline): reaped right
+    // after that instead of at the next of ever sparser polls.
+    let _ = eof.recv_timeout(timeout);
+    let status = wait_timeout(&mut candidate.0, deadline.saturating_duration_since(Instant::now()))
         .map_err(|e| fail(format!("waiting for it: {e}")))?;
     let Some(status) = status else {
         return Err(fail(format!("it did not finish within {timeout:?}")));
@@ -240,7 +246,7 @@ fn wait_timeout(
     timeout: Duration,
 ) -> std::io::Result<Option<std::process::ExitStatus>> {
     let deadline = Instant::now() + timeout;
-    let mut pause = Duration::from_millis(1);
+    let mut pause = Duration::from_micros(100);
     loop {
         if let Some(s) = child.try_wait()? {
             return Ok(Some(s));

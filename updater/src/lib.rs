@@ -21,7 +21,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 pub use channel::Channel;
-pub use http::{NetConfig, Progress};
+pub use http::{NetConfig, Progress, SizeCap};
 pub use manifest::{LatestStatement, Manifest};
 pub use verify::TrustedKeys;
 
@@ -504,6 +504,9 @@ impl Updater {
             .at(Step::Check);
         }
         let http = http::Http::new(tuning.net.clone()).at(Step::Check)?;
+        if url.scheme() == "https" {
+            http.warm_tls();
+        }
         Ok(Updater {
             source,
             tuning,
@@ -617,7 +620,48 @@ impl Updater {
     ) -> Result<Installed, Error> {
         let ch = &self.source.channel;
         let main_exe = ch.executable_name();
-        let manifest = self.unless_cancelled(Step::Verify, self.manifest(version)).await?;
+        let url = self.source.url(&format!("{version}/archive/default"));
+        let archive = staging.join("archive.zip");
+        // Held until the archive is in staging: a background prefetch or another update using
+        // the same cache files at once would splice their bytes together.
+        let cache = self.lock_cache();
+        let cache_dir = cache.as_ref().map(|(dir, _)| dir.as_path());
+        // Into the cache when there is one, so a download cut here (a failure, a kill) is
+        // resumed by the next run instead of starting over.
+        let part = cache_dir.map(|c| self.cache_path(c, version, "part"));
+        let prefetched = cache_dir.is_some_and(|c| self.cache_path(c, version, "zip").is_file());
+        let (manifest, (size, sha)) = if prefetched {
+            // What the cache holds is usable only once the manifest vouches for it.
+            let manifest = self.unless_cancelled(Step::Verify, self.manifest(version)).await?;
+            hook::point("before-download");
+            match self.take_prefetched(manifest.as_ref(), version, &archive, cache_dir).await {
+                Some(found) => {
+                    on_event(Event::Info(format!(
+                        "using the archive fetched earlier for {version}"
+                    )));
+                    // Progress watchers still see the download finished.
+                    on_event(Event::Progress(Progress {
+                        done: found.0,
+                        total: Some(found.0),
+                        bps: 0.0,
+                    }));
+                    (manifest, found)
+                }
+                None => {
+                    let cap =
+                        manifest.as_ref().map_or(self.tuning.net.max_archive, |m| m.archive.size);
+                    let cap = SizeCap::new(cap);
+                    let got = self
+                        .download_archive(&url, part.as_deref(), &archive, &cap, on_event)
+                        .await?;
+                    (manifest, got)
+                }
+            }
+        } else {
+            hook::point("before-download");
+            self.manifest_beside_download(version, &url, part.as_deref(), &archive, on_event)
+                .await?
+        };
         let verified = manifest.is_some();
         if !verified {
             // Plain http (allowed only to loopback) has no TLS to rely on: say so honestly.
@@ -628,49 +672,6 @@ impl Updater {
                 ch.name()
             )));
         }
-        hook::point("before-download");
-        let url = self.source.url(&format!("{version}/archive/default"));
-        let archive = staging.join("archive.zip");
-        let cap = manifest.as_ref().map(|m| m.archive.size).unwrap_or(self.tuning.net.max_archive);
-        // Held until the archive is in staging: a background prefetch or another update using
-        // the same cache files at once would splice their bytes together.
-        let cache = self.lock_cache();
-        let cache_dir = cache.as_ref().map(|(dir, _)| dir.as_path());
-        let prefetched =
-            self.take_prefetched(manifest.as_ref(), version, &archive, cache_dir).await;
-        let (size, sha) = match prefetched {
-            Some(found) => {
-                on_event(Event::Info(format!("using the archive fetched earlier for {version}")));
-                // Progress watchers still see the download finished.
-                on_event(Event::Progress(Progress {
-                    done: found.0,
-                    total: Some(found.0),
-                    bps: 0.0,
-                }));
-                found
-            }
-            None => {
-                // Into the cache when there is one, so a download cut here (a failure, a kill) is
-                // resumed by the next run instead of starting over.
-                let part = cache_dir.map(|c| self.cache_path(c, version, "part"));
-                on_event(Event::Info(format!("downloading {url}")));
-                let mut progress = |p| on_event(Event::Progress(p));
-                let dest = part.as_deref().unwrap_or(&archive);
-                let download = self.http.download(&url, dest, cap, &mut progress);
-                let got = self
-                    .unless_cancelled(Step::Download, async { Ok(download.await) })
-                    .await?
-                    .map_err(|e| match e {
-                        ErrorKind::Http { status: 404, .. } => ErrorKind::NotFound(url.clone()),
-                        other => other,
-                    })
-                    .at(Step::Download)?;
-                if let Some(part) = &part {
-                    move_file(part, &archive).at(Step::Download)?;
-                }
-                got
-            }
-        };
         drop(cache);
         hook::point("after-download");
         if let Some(m) = &manifest {
@@ -822,7 +823,8 @@ impl Updater {
         let part = self.cache_path(&cache, version, "part");
         let url = self.source.url(&format!("{version}/archive/default"));
         let mut progress = |p| on_event(Event::Progress(p));
-        let download = self.http.download(&url, &part, manifest.archive.size, &mut progress);
+        let cap = SizeCap::new(manifest.archive.size);
+        let download = self.http.download(&url, &part, &cap, &mut progress);
         let fetched = self.unless_cancelled(Step::Download, async { Ok(download.await) }).await;
         // A failed download stays for the next attempt to resume; a complete one that does not
         // match the manifest is junk.
@@ -906,6 +908,83 @@ impl Updater {
             () = self.cancel.cancelled() => Err(ErrorKind::Cancelled).at(step),
             r = work => r,
         }
+    }
+
+    /// The signed manifest and the archive at once: the archive's first bytes need not wait a
+    /// round trip for the manifest. Nothing is trusted before both are in: the manifest caps the
+    /// download as soon as it is verified, the whole archive is checked against it afterwards
+    /// (as when it came first), and a manifest that fails stops the download. When it failed
+    /// verification, what this server sent is not kept for a later resume either; a network
+    /// failure keeps it. The manifest's error comes first when both fail.
+    async fn manifest_beside_download(
+        &self,
+        version: &str,
+        url: &str,
+        part: Option<&Path>,
+        archive: &Path,
+        on_event: &mut (dyn FnMut(Event) + Send),
+    ) -> Result<(Option<Manifest>, (u64, [u8; 32])), Error> {
+        let cap = SizeCap::new(self.tuning.net.max_archive);
+        let refused = CancellationToken::new();
+        let manifest = async {
+            let m = self.unless_cancelled(Step::Verify, self.manifest(version)).await;
+            match &m {
+                Ok(Some(m)) => cap.tighten(m.archive.size),
+                Ok(None) => {}
+                Err(_) => refused.cancel(),
+            }
+            m
+        };
+        let download = async {
+            tokio::select! {
+                biased;
+                () = refused.cancelled() => None,
+                r = self.download_archive(url, part, archive, &cap, on_event) => Some(r),
+            }
+        };
+        let (manifest, downloaded) = tokio::join!(manifest, download);
+        let manifest = match manifest {
+            Ok(m) => m,
+            Err(e) => {
+                if e.kind.class() == ErrorClass::Verification
+                    && let Some(part) = part
+                {
+                    http::forget_partial(part);
+                }
+                return Err(e);
+            }
+        };
+        // Only a failed manifest stops the download, and that returned above.
+        let downloaded = downloaded.unwrap_or(Err(ErrorKind::Cancelled).at(Step::Download))?;
+        Ok((manifest, downloaded))
+    }
+
+    /// Downloads the archive to `archive` in staging, through the cache's partial file `part`
+    /// when there is one; `cap` may tighten while it runs.
+    async fn download_archive(
+        &self,
+        url: &str,
+        part: Option<&Path>,
+        archive: &Path,
+        cap: &SizeCap,
+        on_event: &mut (dyn FnMut(Event) + Send),
+    ) -> Result<(u64, [u8; 32]), Error> {
+        on_event(Event::Info(format!("downloading {url}")));
+        let mut progress = |p| on_event(Event::Progress(p));
+        let dest = part.unwrap_or(archive);
+        let download = self.http.download(url, dest, cap, &mut progress);
+        let got = self
+            .unless_cancelled(Step::Download, async { Ok(download.await) })
+            .await?
+            .map_err(|e| match e {
+                ErrorKind::Http { status: 404, .. } => ErrorKind::NotFound(url.to_owned()),
+                other => other,
+            })
+            .at(Step::Download)?;
+        if let Some(part) = part {
+            move_file(part, archive).at(Step::Download)?;
+        }
+        Ok(got)
     }
 
     fn check_cancelled(&self, step: Step) -> Result<(), Error> {

@@ -190,6 +190,34 @@ fn a_latest_naming_a_version_the_server_does_not_have_fails_cleanly() {
 }
 
 #[test]
+fn a_manifest_refused_while_the_archive_downloads_stops_it_and_keeps_nothing() {
+    let f = fixtures();
+    let broth = Broth::new(true);
+    // The manifest was edited after signing, and is answered only once the archive has been
+    // asked for; the archive trickles, so it is still coming when the manifest is refused.
+    let rel = format!("{}/manifest.json", f.new_version);
+    let text =
+        std::fs::read_to_string(broth.file(&rel)).unwrap().replace("\"size\": ", "\"size\": 9");
+    broth.replace(&rel, text.as_bytes());
+    let archive = broth.archive_path(&f.new_version);
+    broth.server.fault(&broth.path(&rel), Fault::AfterRequestFor(archive.clone()));
+    broth.server.fault(&archive, Fault::Trickle);
+    let inst = Install::new();
+    let started = std::time::Instant::now();
+    // The deadline only bounds the test should the download go on.
+    let out =
+        inst.cmd(&broth, &["-y"]).env("BUTLER_UPGRADE_MAX_TIME_MS", "20000").output().unwrap();
+    assert_failed_with(&out, 6, "verify failed");
+    inst.assert_untouched(&out);
+    // Both were in flight together, and the refusal ended the download (a trickle would take
+    // an hour): the run waited neither for the server's 10 s nor for the archive.
+    assert_eq!(archive_gets(&broth, 0).len(), 1);
+    assert!(started.elapsed() < std::time::Duration::from_secs(9), "{:?}", started.elapsed());
+    // What a server that failed verification sent is not kept to be resumed.
+    assert!(cache_files(&inst).is_empty(), "{:?}", cache_files(&inst));
+}
+
+#[test]
 fn an_unsigned_latest_whose_archive_holds_the_old_version_is_refused() {
     let f = fixtures();
     let broth = Broth::new(false);

@@ -32,6 +32,9 @@ pub(super) enum Fault {
     Hang,
     /// A body that comes at a few hundred bytes per second.
     Trickle,
+    /// Served as usual, but only once a request for this other path has come (or after 10 s):
+    /// shows that the client had both requests in flight together.
+    AfterRequestFor(String),
 }
 
 /// One request as the server saw it.
@@ -150,6 +153,14 @@ fn handle(
             other => other,
         }
     };
+    if let Some(Fault::AfterRequestFor(other)) = &fault {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline
+            && !seen.lock().unwrap().iter().any(|s| s.path == *other)
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
     match fault {
         Some(Fault::Status(code)) => {
             return write!(
