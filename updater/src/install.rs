@@ -198,14 +198,38 @@ pub fn smoke_test(exe: &Path, scratch: &Path, timeout: Duration) -> Result<Repor
         out
     });
     let deadline = Instant::now() + timeout;
-    // The end of its output is the end of the run (or a hang past the deadline): reaped right
-    // after that instead of at the next of ever sparser polls.
-    let _ = eof.recv_timeout(timeout);
-    let status = wait_timeout(&mut candidate.0, deadline.saturating_duration_since(Instant::now()))
-        .map_err(|e| fail(format!("waiting for it: {e}")))?;
-    let Some(status) = status else {
-        return Err(fail(format!("it did not finish within {timeout:?}")));
+    // The end of its output is the end of the run: reaped right after that instead of at the
+    // next of ever sparser polls (which still notice a run that ends with its output held open).
+    let mut output_ended = false;
+    let mut pause = Duration::from_micros(100);
+    let status = loop {
+        let exited = candidate.0.try_wait().map_err(|e| fail(format!("waiting for it: {e}")))?;
+        if output_ended || exited.is_some() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match wait_timeout(&mut candidate.0, left) {
+                Ok(Some(status)) => break status,
+                Ok(None) => return Err(fail(format!("it did not finish within {timeout:?}"))),
+                Err(e) => return Err(fail(format!("waiting for it: {e}"))),
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(fail(format!("it did not finish within {timeout:?}")));
+        }
+        output_ended = eof.recv_timeout(pause.min(left)).is_ok();
+        pause = (pause * 2).min(Duration::from_millis(20));
     };
+    if !output_ended {
+        // It exited, but something it started still holds its output: that goes with its group
+        // (unix), and the output is read no longer than a moment after.
+        output_ended = eof.recv_timeout(Duration::from_millis(100)).is_ok() || {
+            drop(candidate);
+            eof.recv_timeout(Duration::from_secs(1)).is_ok()
+        };
+    }
+    if !output_ended {
+        return Err(fail("it exited, but a process it started kept its output open".into()));
+    }
     let out = reader.join().unwrap_or_default();
     if !status.success() {
         return Err(fail(format!("it exited with {status}")));

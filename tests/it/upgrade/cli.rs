@@ -542,6 +542,35 @@ fn a_new_build_that_hangs_is_refused_and_leaves_no_process_behind() {
 }
 
 #[test]
+fn a_new_build_that_leaves_a_process_holding_its_output_is_refused_promptly() {
+    // The shell exits at once; its background child keeps the smoke test's pipe open for a
+    // minute unless it is stopped with the shell's group.
+    let broth = broth_with_zip(&[("butler", b"#!/bin/sh\nsleep 62.25 &\nexit 0\n".to_vec())]);
+    let inst = Install::new();
+    let mut child = inst
+        .cmd(&broth, &["-y"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("butler upgrade waited for the output a leftover process held");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_failed_with(&out, 9, "printed no version");
+    inst.assert_untouched(&out);
+    let left = std::fs::read_dir("/proc").unwrap().flatten().any(|p| {
+        std::fs::read(p.path().join("cmdline")).is_ok_and(|c| c.windows(5).any(|w| w == b"62.25"))
+    });
+    assert!(!left, "the new build's leftover child is still running");
+}
+
+#[test]
 fn rollback_without_a_previous_build_says_so() {
     let broth = Broth::new(true);
     let inst = Install::new();
