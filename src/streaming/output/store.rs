@@ -105,11 +105,12 @@ impl Checkpointer {
         let (wake, woken) = std::sync::mpsc::sync_channel::<()>(1);
         let stop = Arc::new(AtomicBool::new(false));
         let (worker, stopped) = (Arc::clone(&conn), Arc::clone(&stop));
-        let spawned = std::thread::Builder::new().name("store-checkpoint".into()).spawn(move || {
-            while woken.recv().is_ok() && !stopped.load(Ordering::Acquire) {
-                checkpoint(&worker);
-            }
-        });
+        let spawned =
+            std::thread::Builder::new().name("store-checkpoint".into()).spawn(move || {
+                while woken.recv().is_ok() && !stopped.load(Ordering::Acquire) {
+                    checkpoint(&worker);
+                }
+            });
         let thread = match spawned {
             Ok(t) => t,
             Err(e) => {
@@ -427,8 +428,7 @@ mod tests {
         let mut out = StoreOutput::open(&path, "local", "p").unwrap();
         let limit = 2 << 20;
         out.checkpointer.take();
-        out.checkpointer =
-            Checkpointer::start(&path, &mut out.conn, 256 << 10, limit).unwrap();
+        out.checkpointer = Checkpointer::start(&path, &mut out.conn, 256 << 10, limit).unwrap();
         assert!(out.checkpointer.is_some(), "a file database has a WAL");
         let wal = dir.path().join("b.db-wal");
         let a = stream(1, "a");
