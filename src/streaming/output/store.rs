@@ -1,7 +1,10 @@
 //! The `store` output (the default): streams and entries in the local SQLite database, one
-//! transaction per bundle.
+//! transaction per bundle; a thread of its own copies the write-ahead log into the database.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, params};
@@ -15,9 +18,16 @@ use crate::streaming::writers::WriterLease;
 
 /// WAL bytes between two checkpoints.
 const CHECKPOINT_EVERY: i64 = 4 << 20;
+/// WAL bytes past which the writer waits for a checkpoint, so the next commit starts the WAL
+/// over: while the writer keeps committing, a checkpoint running beside it never catches the
+/// WAL's end, and SQLite only rewinds a WAL whose every frame is in the database.
+const WAL_LIMIT: i64 = 32 << 20;
 
 #[derive(Debug)]
 pub struct StoreOutput {
+    /// Declared before `conn`: the checkpointer stops first, so the writer's connection is the
+    /// last to close and takes the WAL away.
+    checkpointer: Option<Checkpointer>,
     conn: Connection,
     /// Stream id in this butler → row id in `log_streams`.
     rows: HashMap<u64, i64>,
@@ -30,16 +40,7 @@ impl StoreOutput {
     /// Opens the database and claims `project`/`prefix`, which must not hold streams yet (as the
     /// Coordinator refuses to register a prefix twice).
     pub fn open(path: &DbPath, project: &str, prefix: &str) -> Result<Self, OutputError> {
-        let conn = db::open(path)?;
-        // Checkpoint every few MiB of WAL whatever the page size (SQLite counts pages). Letting
-        // the WAL grow as big as the ingest was measured slower, not faster: the checkpoint at
-        // close then copies it all at once, and unlinking the big file alone took ~160 ms.
-        let page_size: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
-        conn.pragma_update(
-            None,
-            "wal_autocheckpoint",
-            (CHECKPOINT_EVERY / page_size.max(512)).max(1),
-        )?;
+        let mut conn = db::open(path)?;
         let used: bool = conn.query_row(
             "SELECT EXISTS (SELECT 1 FROM log_streams WHERE project = ?1 AND prefix = ?2)",
             params![project, prefix],
@@ -60,7 +61,125 @@ impl StoreOutput {
             Ok(n) => tracing::info!("marked {n} stream(s) whose writer died as abandoned"),
             Err(e) => tracing::warn!("could not mark streams of dead writers: {e}"),
         }
-        Ok(StoreOutput { conn, rows: HashMap::new(), lease })
+        let checkpointer = Checkpointer::start(path, &mut conn, CHECKPOINT_EVERY, WAL_LIMIT)?;
+        Ok(StoreOutput { checkpointer, conn, rows: HashMap::new(), lease })
+    }
+}
+
+/// Copies the WAL into the database on its own thread and connection, so the writer only ever
+/// appends to the WAL. Profiled on 256 MiB of text, SQLite's own checkpoint (run inside the
+/// writer's commits) was a third of the writer's time: reading the WAL back, writing the
+/// database and two fsyncs every few MiB. Durability is the same: the same checkpoint, with the
+/// same syncs, on another connection.
+#[derive(Debug)]
+struct Checkpointer {
+    wake: SyncSender<()>,
+    /// Set, then woken, to stop the thread (the WAL hook keeps a `wake` of its own).
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// Also the writer's, for the checkpoint it waits for at `limit`.
+    conn: Arc<Mutex<Connection>>,
+    /// Frames in the WAL after the writer's last commit (SQLite's WAL hook tells).
+    frames: Arc<AtomicI64>,
+    /// `WAL_LIMIT` in frames.
+    limit: i64,
+}
+
+impl Checkpointer {
+    /// Starts checkpointing every `every` bytes of WAL that `writer` commits. `None` when the
+    /// database has no WAL (in memory), or no thread could be had: then SQLite checkpoints
+    /// inside the writer's commits, as it does by default.
+    fn start(
+        path: &DbPath,
+        writer: &mut Connection,
+        every: i64,
+        limit: i64,
+    ) -> Result<Option<Self>, OutputError> {
+        let page_size: i64 = writer.pragma_query_value(None, "page_size", |r| r.get(0))?;
+        let pages = |bytes: i64| (bytes / page_size.max(512)).max(1);
+        let mode: String = writer.pragma_query_value(None, "journal_mode", |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Ok(None);
+        }
+        let conn = Arc::new(Mutex::new(db::open(path)?));
+        let (wake, woken) = std::sync::mpsc::sync_channel::<()>(1);
+        let stop = Arc::new(AtomicBool::new(false));
+        let (worker, stopped) = (Arc::clone(&conn), Arc::clone(&stop));
+        let spawned =
+            std::thread::Builder::new().name("store-checkpoint".into()).spawn(move || {
+                while woken.recv().is_ok() && !stopped.load(Ordering::Acquire) {
+                    checkpoint(&worker);
+                }
+            });
+        let thread = match spawned {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!("no thread for store checkpoints ({e}); the writer checkpoints");
+                writer.pragma_update(None, "wal_autocheckpoint", pages(every))?;
+                return Ok(None);
+            }
+        };
+        let frames = Arc::new(AtomicI64::new(0));
+        let (seen, hook_wake, every) = (Arc::clone(&frames), wake.clone(), pages(every));
+        // Replaces SQLite's autocheckpoint, which lives in the same hook.
+        let mut woken_at = 0i64;
+        writer.wal_hook(Some(move |_: &mut rusqlite::hooks::Wal, n: std::ffi::c_int| {
+            let n = i64::from(n);
+            if n < woken_at {
+                // The WAL started over.
+                woken_at = 0;
+            }
+            if n - woken_at >= every {
+                woken_at = n;
+                // Full: a wake-up is already pending, and it will see these frames too.
+                if let Err(TrySendError::Disconnected(())) = hook_wake.try_send(()) {
+                    tracing::debug!("store checkpointer gone");
+                }
+            }
+            seen.store(n, Ordering::Relaxed);
+            Ok(())
+        }))?;
+        Ok(Some(Checkpointer {
+            wake,
+            stop,
+            thread: Some(thread),
+            conn,
+            frames,
+            limit: pages(limit),
+        }))
+    }
+
+    /// After a commit: at the limit, checkpoint now, while the writer waits, so every frame is
+    /// in the database and the next commit rewinds the WAL (unless a reader still needs it).
+    fn after_commit(&self) {
+        if self.frames.load(Ordering::Relaxed) >= self.limit {
+            checkpoint(&self.conn);
+        }
+    }
+}
+
+/// One passive checkpoint: as much as readers allow, never waiting for them.
+fn checkpoint(conn: &Mutex<Connection>) {
+    let conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+    match conn.wal_checkpoint_v2(None::<&str>, rusqlite::wal::CheckpointMode::PASSIVE) {
+        Ok(_) => {}
+        // Another process is checkpointing this database: it does the work.
+        Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) => {}
+        // As SQLite's own checkpoints: what is committed stays in the WAL, to be copied later.
+        Err(e) => tracing::warn!("checkpointing the log store: {e}"),
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        // Blocks at most until the thread takes a pending wake-up, or returns once it is gone.
+        let _ = self.wake.send(());
+        if let Some(t) = self.thread.take()
+            && t.join().is_err()
+        {
+            tracing::warn!("the store checkpointer panicked");
+        }
     }
 }
 
@@ -117,6 +236,9 @@ impl Output for StoreOutput {
         // entries would be filed under another.
         let mut fresh = Vec::new();
         let sent = self.send_in_transaction(&bundle, &mut fresh);
+        if let Some(c) = &self.checkpointer {
+            c.after_commit();
+        }
         if sent.is_err() {
             for id in fresh {
                 self.rows.remove(&id);
@@ -213,12 +335,17 @@ mod tests {
     }
 
     fn bundle(s: &Arc<StreamInfo>, data: &'static [u8]) -> Bundle {
+        nth_bundle(s, 0, bytes::Bytes::from_static(data))
+    }
+
+    /// A bundle holding the stream's entry `index`.
+    fn nth_bundle(s: &Arc<StreamInfo>, index: u64, data: bytes::Bytes) -> Bundle {
         let log = LogEntry {
-            prefix_index: 0,
-            stream_index: 0,
+            prefix_index: index,
+            stream_index: index,
             sequence: 0,
             time_offset: Duration::ZERO,
-            content: Content::Binary(bytes::Bytes::from_static(data)),
+            content: Content::Binary(data),
         };
         let entry = BundleEntry {
             stream: Arc::clone(s),
@@ -258,5 +385,83 @@ mod tests {
             .collect::<Result<_, _>>()
             .unwrap();
         assert_eq!(rows, [("a".to_owned(), b"a's data".to_vec())]);
+    }
+
+    fn file_len(p: &std::path::Path) -> u64 {
+        std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// `count` distinct 256 KiB blocks, each sent in a bundle of its own; returns what was sent.
+    fn ingest(
+        out: &mut StoreOutput,
+        s: &Arc<StreamInfo>,
+        count: u64,
+        mut after_each: impl FnMut(&StoreOutput),
+    ) -> Vec<u8> {
+        let mut sent = Vec::new();
+        for i in 0..count {
+            let block: Vec<u8> = (0..256 * 1024u32).map(|b| (b as u64 * 31 + i) as u8).collect();
+            sent.extend_from_slice(&block);
+            out.send(nth_bundle(s, i, block.into())).unwrap();
+            after_each(out);
+        }
+        sent
+    }
+
+    fn stored_bytes(path: &DbPath) -> Vec<u8> {
+        let conn = db::open(path).unwrap();
+        let s = store::find_stream(&conn, "local", "p/+/a").unwrap().unwrap();
+        let mut got = Vec::new();
+        store::write_stream(&conn, &s, 0, &mut got).unwrap();
+        got
+    }
+
+    /// A writer that never pauses still gets its WAL rewound: at the limit it waits for a
+    /// checkpoint, so the WAL file stays near the limit instead of growing with the stream (a
+    /// checkpoint beside a busy writer never reaches the WAL's end). A reader between commits
+    /// sees every byte committed so far, and everything is in the database after.
+    #[test]
+    fn the_wal_stays_bounded_while_the_writer_never_pauses() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("b.db");
+        let path = DbPath::File(file.clone());
+        let mut out = StoreOutput::open(&path, "local", "p").unwrap();
+        let limit = 2 << 20;
+        out.checkpointer.take();
+        out.checkpointer = Checkpointer::start(&path, &mut out.conn, 256 << 10, limit).unwrap();
+        assert!(out.checkpointer.is_some(), "a file database has a WAL");
+        let wal = dir.path().join("b.db-wal");
+        let a = stream(1, "a");
+        let mut committed = 0;
+        let sent = ingest(&mut out, &a, 48, |_| {
+            committed += 256 * 1024;
+            // One bundle and the frame headers past the limit, at most.
+            assert!(file_len(&wal) <= limit as u64 + 2 * (256 << 10), "{}", file_len(&wal));
+            assert_eq!(stored_bytes(&path).len(), committed);
+        });
+        drop(out);
+        assert_eq!(stored_bytes(&path), sent);
+        assert_eq!(file_len(&wal), 0, "the last connection checkpoints and removes the WAL");
+    }
+
+    /// The checkpointer thread copies committed frames into the database without the writer.
+    #[test]
+    fn the_checkpointer_copies_the_wal_into_the_database_on_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("b.db");
+        let path = DbPath::File(file.clone());
+        let mut out = StoreOutput::open(&path, "local", "p").unwrap();
+        out.checkpointer.take();
+        // Never waits: only the thread checkpoints.
+        out.checkpointer = Checkpointer::start(&path, &mut out.conn, 256 << 10, 1 << 40).unwrap();
+        let a = stream(1, "a");
+        let sent = ingest(&mut out, &a, 16, |_| {});
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while file_len(&file) < sent.len() as u64 {
+            assert!(std::time::Instant::now() < deadline, "database file {}", file_len(&file));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        drop(out);
+        assert_eq!(stored_bytes(&path), sent);
     }
 }
