@@ -16,6 +16,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0003_log_store.sql"),
     include_str!("migrations/0004_bad_versions.sql"),
     include_str!("migrations/0005_stream_writers.sql"),
+    include_str!("migrations/0006_entry_encoding.sql"),
 ];
 
 /// How long a statement waits for another writer (CLI commands and the daemon share the file).

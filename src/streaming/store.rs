@@ -20,6 +20,63 @@ pub enum StoreError {
     BadPath(String),
 }
 
+/// How an entry's data is stored (`log_entries.encoding`).
+const RAW: i64 = 0;
+const LZ4: i64 = 1;
+/// Entries smaller than this are stored as they are: too little to gain.
+const COMPRESS_FROM: usize = 512;
+/// The largest entry a stored size may claim (datagrams reach 10 MiB): a damaged row cannot
+/// make a reader allocate more.
+const MAX_DECODED: usize = 64 << 20;
+
+/// A stored entry's data that cannot be read back.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum EntryDataError {
+    #[error("unknown data encoding {0} (written by a newer butler?)")]
+    UnknownEncoding(i64),
+    #[error("compressed data is damaged: {0}")]
+    Damaged(String),
+}
+
+/// The form an entry's `data` is stored in, and its `encoding`: compressed into `scratch` when
+/// that saves at least an eighth, else as it is.
+pub(crate) fn encode_entry<'a>(data: &'a [u8], scratch: &'a mut Vec<u8>) -> (&'a [u8], i64) {
+    if data.len() < COMPRESS_FROM || data.len() > MAX_DECODED {
+        return (data, RAW);
+    }
+    scratch.clear();
+    scratch.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    scratch.resize(4 + lz4_flex::block::get_maximum_output_size(data.len()), 0);
+    match lz4_flex::block::compress_into(data, &mut scratch[4..]) {
+        Ok(n) if 4 + n <= data.len() - data.len() / 8 => (&scratch[..4 + n], LZ4),
+        _ => (data, RAW),
+    }
+}
+
+/// An entry's data as it was sent, from its stored form.
+pub(crate) fn decode_entry(encoding: i64, stored: Vec<u8>) -> Result<Vec<u8>, EntryDataError> {
+    match encoding {
+        RAW => Ok(stored),
+        LZ4 => {
+            let damaged = |why: String| EntryDataError::Damaged(why);
+            let (size, block) = stored
+                .split_first_chunk::<4>()
+                .ok_or_else(|| damaged("shorter than its size".into()))?;
+            let size = u32::from_le_bytes(*size) as usize;
+            if size > MAX_DECODED {
+                return Err(damaged(format!("claims {size} bytes")));
+            }
+            let mut data = vec![0; size];
+            match lz4_flex::block::decompress_into(block, &mut data) {
+                Ok(n) if n == size => Ok(data),
+                Ok(n) => Err(damaged(format!("{n} bytes where {size} were stored"))),
+                Err(e) => Err(damaged(e.to_string())),
+            }
+        }
+        other => Err(EntryDataError::UnknownEncoding(other)),
+    }
+}
+
 /// Store reads run on the daemon's database connection, whose closures fail with a `DbError`.
 impl From<StoreError> for crate::db::DbError {
     fn from(e: StoreError) -> Self {
@@ -324,7 +381,7 @@ pub(crate) fn read_entries_bounded(
 ) -> Result<Vec<StoredEntry>, StoreError> {
     query_entries(
         conn,
-        "SELECT stream_index, prefix_index, sequence, time_offset_ns, lines, partial_index, partial_size, partial_last, data
+        "SELECT stream_index, prefix_index, sequence, time_offset_ns, lines, partial_index, partial_size, partial_last, data, encoding
          FROM log_entries WHERE stream_id = ?1 AND stream_index >= ?2 ORDER BY stream_index LIMIT ?3",
         stream_id,
         from_index,
@@ -342,7 +399,7 @@ pub(crate) fn read_entries_before(
 ) -> Result<Vec<StoredEntry>, StoreError> {
     let mut entries = query_entries(
         conn,
-        "SELECT stream_index, prefix_index, sequence, time_offset_ns, lines, partial_index, partial_size, partial_last, data
+        "SELECT stream_index, prefix_index, sequence, time_offset_ns, lines, partial_index, partial_size, partial_last, data, encoding
          FROM log_entries WHERE stream_id = ?1 AND stream_index < ?2 ORDER BY stream_index DESC LIMIT ?3",
         stream_id,
         before_index,
@@ -381,7 +438,13 @@ fn query_entries(
                 time_offset: Duration::from_nanos(r.get::<_, i64>(3)?.max(0) as u64),
                 lines: r.get::<_, i64>(4)? as u64,
                 partial,
-                data: r.get(8)?,
+                data: decode_entry(r.get(9)?, r.get(8)?).map_err(|e| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        8,
+                        rusqlite::types::Type::Blob,
+                        e.into(),
+                    )
+                })?,
             })
         },
     )?;
@@ -485,4 +548,84 @@ pub(crate) fn write_tail(
     }
     w.write_all(&buf[start..])?;
     Ok(end)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log_text(lines: usize) -> Vec<u8> {
+        (0..lines)
+            .flat_map(|i| format!("{i:06} request served in {} ms\n", i % 97).into_bytes())
+            .collect()
+    }
+
+    #[test]
+    fn text_is_stored_compressed_and_reads_back_exactly() {
+        let data = log_text(2000);
+        let mut scratch = Vec::new();
+        let (stored, encoding) = encode_entry(&data, &mut scratch);
+        assert_eq!(encoding, LZ4);
+        assert!(stored.len() < data.len() / 2, "{} of {} bytes", stored.len(), data.len());
+        assert_eq!(decode_entry(encoding, stored.to_vec()).unwrap(), data);
+    }
+
+    #[test]
+    fn small_or_incompressible_data_is_stored_as_it_is() {
+        let mut scratch = Vec::new();
+        let small = b"one short line\n".repeat(10);
+        assert_eq!(encode_entry(&small, &mut scratch), (&small[..], RAW));
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let noise: Vec<u8> = (0..4096)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        assert_eq!(encode_entry(&noise, &mut scratch), (&noise[..], RAW));
+        assert_eq!(decode_entry(RAW, noise.clone()).unwrap(), noise);
+    }
+
+    #[test]
+    fn damaged_or_unknown_data_is_an_error_not_a_panic_or_a_huge_allocation() {
+        let data = log_text(500);
+        let mut scratch = Vec::new();
+        let stored = encode_entry(&data, &mut scratch).0.to_vec();
+        let mut huge = stored.clone();
+        huge[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        let mut short = stored.clone();
+        short[..4].copy_from_slice(&(data.len() as u32 + 1).to_le_bytes());
+        for (bad, why) in [
+            (stored[..stored.len() / 2].to_vec(), "damaged"),
+            (stored[..3].to_vec(), "shorter than its size"),
+            (huge, "claims 4294967295 bytes"),
+            (short, "were stored"),
+        ] {
+            let err = decode_entry(LZ4, bad).unwrap_err().to_string();
+            assert!(err.contains(why), "{err}");
+        }
+        let err = decode_entry(7, stored).unwrap_err().to_string();
+        assert!(err.contains("unknown data encoding 7"), "{err}");
+    }
+
+    #[test]
+    fn a_damaged_row_fails_the_read_with_what_is_wrong() {
+        let conn = crate::db::open(&crate::db::DbPath::Special(":memory:".into())).unwrap();
+        conn.execute(
+            "INSERT INTO log_streams (project, prefix, name, stream_type, content_type, timestamp, created_at)
+             VALUES ('local', 'p', 's', 'text', 'text/plain', '2026-01-01T00:00:00Z', 0)",
+            [],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO log_entries (stream_id, stream_index, prefix_index, sequence, time_offset_ns, data, encoding)
+             VALUES (1, 0, 0, 0, 0, x'0000001000', 1)",
+            [],
+        )
+        .unwrap();
+        let err = read_entries_bounded(&conn, 1, 0, 10, usize::MAX).unwrap_err().to_string();
+        assert!(err.contains("compressed data is damaged"), "{err}");
+    }
 }
