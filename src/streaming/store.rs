@@ -550,6 +550,20 @@ pub(crate) fn write_tail(
     Ok(end)
 }
 
+/// `len` bytes that do not compress (xorshift from `seed`), for tests of what is stored.
+#[cfg(test)]
+pub(crate) fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ seed;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -575,15 +589,7 @@ mod tests {
         let mut scratch = Vec::new();
         let small = b"one short line\n".repeat(10);
         assert_eq!(encode_entry(&small, &mut scratch), (&small[..], RAW));
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let noise: Vec<u8> = (0..4096)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let noise = noise(4096, 0);
         assert_eq!(encode_entry(&noise, &mut scratch), (&noise[..], RAW));
         assert_eq!(decode_entry(RAW, noise.clone()).unwrap(), noise);
     }

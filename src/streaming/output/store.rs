@@ -405,15 +405,7 @@ mod tests {
         let mut sent = Vec::new();
         for i in 0..count {
             // Noise: stored as it is, so the WAL and database grow by what is sent.
-            let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ i;
-            let block: Vec<u8> = (0..256 * 1024u32)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as u8
-                })
-                .collect();
+            let block = store::noise(256 * 1024, i);
             sent.extend_from_slice(&block);
             out.send(nth_bundle(s, i, block.into())).unwrap();
             after_each(out);
