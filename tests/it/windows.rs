@@ -294,7 +294,20 @@ fn net_pipe_streams_from_a_windows_client_arrive_byte_for_byte() {
         &home,
         &["--prefix", "q", "run", "--streamserver-uri", "net.pipe:butler-it-q", "--", &client],
     );
-    assert!(out.status.success(), "{}", stderr(&out));
+    if !out.status.success() {
+        // The client's own error went to its captured stderr, not ours: show what was stored.
+        let stored = run(&exe, &home, &["logs", "ls"]);
+        let errors: Vec<String> = String::from_utf8_lossy(&stored.stdout)
+            .lines()
+            .filter(|l| l.contains("q/+/"))
+            .map(|l| {
+                let path = l.split_whitespace().find(|w| w.starts_with("q/+/")).unwrap_or(l);
+                let cat = run(&exe, &home, &["logs", "cat", path]);
+                format!("{path}: {}", String::from_utf8_lossy(&cat.stdout))
+            })
+            .collect();
+        panic!("run exited with {:?}: {}\nstored: {errors:#?}", out.status, stderr(&out));
+    }
     let out = run(&exe, &home, &["logs", "cat", "q/+/binary"]);
     assert_eq!(out.stdout, bytes);
 }
