@@ -119,6 +119,20 @@ fn ingest(block: &[u8], output: Box<dyn Output>) -> f64 {
     })
 }
 
+/// MiB/s of `block` into a fresh store output, median of `RUNS`.
+fn into_store(block: &[u8]) -> f64 {
+    median(
+        (0..RUNS)
+            .map(|_| {
+                let dir = tempfile::tempdir().unwrap();
+                let db = butler::db::DbPath::File(dir.path().join("b.db"));
+                let out = StoreOutput::open(&db, "bench", "p").unwrap();
+                ingest(block, Box::new(out))
+            })
+            .collect(),
+    )
+}
+
 /// Upstream's BenchmarkButler: N streams of 3 short lines, no buffering, `null`, start to finish.
 fn lifecycle(streams: usize) -> f64 {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
@@ -242,31 +256,12 @@ pub(crate) fn run() {
         INGEST_BYTES >> 20,
         100.0 * null / raw
     );
-    let store = median(
-        (0..RUNS)
-            .map(|i| {
-                let dir = tempfile::tempdir().unwrap();
-                let db = butler::db::DbPath::File(dir.path().join("b.db"));
-                let out = StoreOutput::open(&db, "bench", &format!("p{i}")).unwrap();
-                ingest(&block, Box::new(out))
-            })
-            .collect(),
-    );
+    let store = into_store(&block);
     println!(
         "streaming: text ingestion into the store output (SQLite): {store:.0} MiB/s median of {RUNS} (raw copy {raw:.0} MiB/s; {:.0}% of raw; target >= 400 MiB/s)",
         100.0 * store / raw
     );
-    let varied = varied_block();
-    let store_varied = median(
-        (0..RUNS)
-            .map(|i| {
-                let dir = tempfile::tempdir().unwrap();
-                let db = butler::db::DbPath::File(dir.path().join("b.db"));
-                let out = StoreOutput::open(&db, "bench", &format!("v{i}")).unwrap();
-                ingest(&varied, Box::new(out))
-            })
-            .collect(),
-    );
+    let store_varied = into_store(&varied_block());
     println!(
         "streaming: the same into the store, lines that compress as real logs do (random ids): {store_varied:.0} MiB/s median of {RUNS} (informational)"
     );
