@@ -2,7 +2,7 @@
 CARGO ?= cargo
 SHELL := /bin/bash
 
-.PHONY: help build run test fuzz test-node node-deps api-docs test-browser it-fixtures lint fmt fmt-check bench bench-peer release clean \
+.PHONY: help build run test fuzz test-node node-deps api-docs test-browser it-fixtures lint fmt fmt-check bench bench-peer startup-order release clean \
 	soak windows windows-toolchain lint-windows test-windows wine-prefix windows-386
 
 help: ## list targets
@@ -96,6 +96,11 @@ bench: bench-peer ## release build, then the figures from ../shared/spec/quality
 	BUTLER_BENCH_PEER=$(abspath $(PEER_DIR))/release/butler-bench-peer $(CARGO) bench --locked --bench bench
 
 PEER_DIR := $(or $(CARGO_TARGET_DIR),target)/peer
+startup-order: ## re-record the functions a release daemon runs at start, which its link packs together (needs valgrind)
+	$(CARGO) build --release --locked --bin butler
+	release/startup-order.sh $(or $(CARGO_TARGET_DIR),target)/release/butler release/startup.order
+	$(CARGO) build --release --locked --bin butler
+
 bench-peer: ## the self_update-based updater that make bench times butler upgrade against (dev-only)
 	CARGO_TARGET_DIR=$(PEER_DIR) $(CARGO) build --release --locked --manifest-path tests/bench/peer/Cargo.toml
 
