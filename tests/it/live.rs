@@ -68,6 +68,23 @@ fn logs_tail_f_waits_for_a_stream_and_sees_a_run_child_line_while_it_runs() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // The child starts only once tail -f says it waits: started together, a slow tail could find
+    // the stream already there.
+    let (said, waiting) = std::sync::mpsc::channel();
+    let tail_err = tail.stderr.take().unwrap();
+    let tail_err = std::thread::spawn(move || {
+        let mut err = String::new();
+        for line in BufReader::new(tail_err).lines() {
+            let line = line.unwrap();
+            if line.contains("waiting for live/run/+/out to appear") {
+                let _ = said.send(());
+            }
+            err += &line;
+            err += "\n";
+        }
+        err
+    });
+    waiting.recv_timeout(Duration::from_secs(10)).expect("tail -f says it waits for the stream");
     let mut run = home
         .butler()
         .args([
@@ -102,11 +119,9 @@ fn logs_tail_f_waits_for_a_stream_and_sees_a_run_child_line_while_it_runs() {
     assert_eq!(wait_exit(&mut run, Duration::from_secs(10)).code(), Some(0));
     assert!(
         wait_exit(&mut tail, Duration::from_secs(10)).success(),
-        "tail -f ends with the stream"
+        "tail -f ends with the stream: {}",
+        tail_err.join().unwrap()
     );
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut tail.stderr.take().unwrap(), &mut err).unwrap();
-    assert!(err.contains("waiting for live/run/+/out to appear"), "{err}");
 }
 
 #[test]
