@@ -96,9 +96,12 @@ bench: bench-peer ## release build, then the figures from ../shared/spec/quality
 	BUTLER_BENCH_PEER=$(abspath $(PEER_DIR))/release/butler-bench-peer $(CARGO) bench --locked --bench bench
 
 PEER_DIR := $(or $(CARGO_TARGET_DIR),target)/peer
-startup-order: ## re-record the functions a release daemon runs at start, which its link packs together (needs valgrind)
+startup-order: ## re-record the functions a release daemon runs at start (shipped and bench builds), which its link packs together (needs valgrind)
 	$(CARGO) build --release --locked --bin butler
-	release/startup-order.sh $(or $(CARGO_TARGET_DIR),target)/release/butler release/startup.order
+	cp $(TARGET)/release/butler $(TARGET)/butler-shipped
+	$(CARGO) bench --locked --bench bench --no-run
+	release/startup-order.sh release/startup.order $(TARGET)/butler-shipped $(TARGET)/release/butler
+	rm $(TARGET)/butler-shipped
 	$(CARGO) build --release --locked --bin butler
 
 bench-peer: ## the self_update-based updater that make bench times butler upgrade against (dev-only)

@@ -8,21 +8,29 @@
 # this runs by hand (`make startup-order`) after changes to start-up or to dependencies; the idle
 # RSS figure of `make bench` shows when it is due.
 #
-# usage: release/startup-order.sh BUTLER OUT   (BUTLER: a release build; needs valgrind, python3)
+# Names carry a hash of each crate's build settings, so a build whose dependencies have other
+# features (`cargo bench` unifies in the dev-dependencies') has other names: the list is the union
+# over the builds given.
+#
+# usage: release/startup-order.sh OUT BUTLER...   (release builds; needs valgrind, python3)
 set -euo pipefail
-bin=$(realpath "$1")
-out=$2
+out=$1
+shift
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+: >"$work/all"
+for bin in "$@"; do
+  bin=$(realpath "$bin")
+  rm -f "$work"/*.cg "$work/butler.db"*
 
-# One session as a launcher runs it: start, authenticate, Version.Get, Meta.Shutdown; once on a
-# fresh database (migrations) and once on the one that left behind (the usual start).
-for run in fresh existing; do
-  BUTLER_HOME=$work valgrind --tool=callgrind --demangle=no --callgrind-out-file="$work/$run.cg" \
-    "$bin" --json daemon --transport tcp --keep-alive --dbpath "$work/butler.db" \
-    </dev/null >"$work/$run.out" 2>"$work/$run.err" &
-  daemon=$!
-  python3 - "$work/$run.out" <<'EOF'
+  # One session as a launcher runs it: start, authenticate, Version.Get, Meta.Shutdown; once on a
+  # fresh database (migrations) and once on the one that left behind (the usual start).
+  for run in fresh existing; do
+    BUTLER_HOME=$work valgrind --tool=callgrind --demangle=no --callgrind-out-file="$work/$run.cg" \
+      "$bin" --json daemon --transport tcp --keep-alive --dbpath "$work/butler.db" \
+      </dev/null >"$work/$run.out" 2>"$work/$run.err" &
+    daemon=$!
+    python3 - "$work/$run.out" <<'EOF'
 import json, socket, sys, time
 deadline = time.time() + 60
 while True:
@@ -46,11 +54,13 @@ for i, (method, params) in enumerate([
     if "error" in reply:
         sys.exit(f"{method}: {reply['error']}")
 EOF
-  wait "$daemon" || { cat "$work/$run.err" >&2; exit 1; }
-done
+    wait "$daemon" || { cat "$work/$run.err" >&2; exit 1; }
+  done
 
-# Every function callgrind saw that the binary defines, by its linker (mangled) name.
-nm --defined-only "$bin" | awk '$2 ~ /^[tTwW]$/ { print $3 }' | sort -u >"$work/defined"
-grep -hoE '^c?fn=\([0-9]+\) .+' "$work"/*.cg | sed -E 's/^c?fn=\([0-9]+\) //; s/@.*//' | sort -u \
-  | comm -12 - "$work/defined" >"$out"
+  # Every function callgrind saw that the binary defines, by its linker (mangled) name.
+  nm --defined-only "$bin" | awk '$2 ~ /^[tTwW]$/ { print $3 }' | sort -u >"$work/defined"
+  grep -hoE '^c?fn=\([0-9]+\) .+' "$work"/*.cg | sed -E 's/^c?fn=\([0-9]+\) //; s/@.*//' | sort -u \
+    | comm -12 - "$work/defined" >>"$work/all"
+done
+sort -u "$work/all" >"$out"
 echo "$out: $(wc -l <"$out") functions" >&2
