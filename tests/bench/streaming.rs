@@ -251,15 +251,16 @@ pub(crate) fn run() {
     let block = block();
     // Each null run right after its own raw copy, and the ratio taken per pair: this machine's
     // copy speed drifts by half within a minute, which a ratio of two separate medians takes in.
-    let pairs: Vec<(f64, f64)> = (0..RUNS)
+    let runs: Vec<(f64, Option<f64>)> = (0..RUNS)
         .map(|_| {
             let raw = raw_copy(&block);
-            let null = if only_store { 0.0 } else { ingest(&block, Box::new(NullOutput)) };
-            (raw, null)
+            (raw, (!only_store).then(|| ingest(&block, Box::new(NullOutput))))
         })
         .collect();
-    let raw = median(pairs.iter().map(|p| p.0).collect());
-    if !only_store {
+    let raw = median(runs.iter().map(|r| r.0).collect());
+    let pairs: Vec<(f64, f64)> =
+        runs.iter().filter_map(|&(raw, null)| Some((raw, null?))).collect();
+    if !pairs.is_empty() {
         let null = median(pairs.iter().map(|p| p.1).collect());
         let ratio = median(pairs.iter().map(|(raw, null)| null / raw).collect());
         println!(
