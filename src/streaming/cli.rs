@@ -251,11 +251,7 @@ fn read_credentials(path: &str) -> anyhow::Result<output::auth::Credentials> {
 }
 
 fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")
-        .map_err(runtime)
+    super::butler::runtime().context("starting the async runtime").map_err(runtime)
 }
 
 async fn finish(butler: Butler) -> anyhow::Result<()> {

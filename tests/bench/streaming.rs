@@ -95,7 +95,7 @@ fn raw_copy(block: &[u8]) -> f64 {
 
 /// One text stream through a real stream server into `output`; MiB/s until everything is flushed.
 fn ingest(block: &[u8], output: Box<dyn Output>) -> f64 {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = butler::streaming::butler::runtime().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let uri = format!("unix:{}", dir.path().join("s.sock").display());
     rt.block_on(async {
@@ -142,7 +142,7 @@ fn into_store(block: &[u8]) -> f64 {
 
 /// Upstream's BenchmarkButler: N streams of 3 short lines, no buffering, `null`, start to finish.
 fn lifecycle(streams: usize) -> f64 {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = butler::streaming::butler::runtime().unwrap();
     rt.block_on(async {
         let start = Instant::now();
         let mut cfg = ButlerConfig::new("bench", "bench");
