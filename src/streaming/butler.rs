@@ -707,8 +707,19 @@ mod tests {
                 Bytes::new(),
             )
             .unwrap();
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            let after = read.load(Ordering::Relaxed);
+            // On a loaded machine (Wine in CI) the pipeline can take longer to fill than any fixed
+            // wait: wait until reading stops, then check that it stays stopped.
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let mut after = read.load(Ordering::Relaxed);
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let now = read.load(Ordering::Relaxed);
+                if now == after {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "reading never stopped: {now} bytes read");
+                after = now;
+            }
             tokio::time::sleep(Duration::from_millis(300)).await;
             assert_eq!(
                 read.load(Ordering::Relaxed),
