@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::ops::ControlFlow;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures_util::FutureExt;
@@ -46,6 +46,9 @@ const REPLY_BATCH: usize = 64 * 1024;
 pub(crate) struct Peer {
     pub id: u64,
     out: mpsc::Sender<Vec<u8>>,
+    /// Messages handed to the writer task and not yet written: while any are, the reader's own
+    /// replies queue behind them rather than overtake them (see [`Connection::flush_replies`]).
+    queued: Arc<AtomicUsize>,
     /// Drops the connection at once, even mid-write: a peer past its authentication deadline.
     kill: CancellationToken,
     pending: Mutex<PendingCalls>,
@@ -66,7 +69,9 @@ impl Peer {
 
     /// Queues whole lines, already logged, for the writer.
     async fn send_lines(&self, lines: Vec<u8>) {
+        self.queued.fetch_add(1, Ordering::AcqRel);
         tokio::select! {
+            biased;
             _ = self.out.send(lines) => {}
             _ = self.kill.cancelled() => {}
         }
@@ -146,9 +151,12 @@ where
 {
     let (tx, rx) = mpsc::channel(256);
     let kill = CancellationToken::new();
+    let queued = Arc::new(AtomicUsize::new(0));
+    let writer = Arc::new(tokio::sync::Mutex::new(writer));
     let peer = Arc::new(Peer {
         id: conn_id,
         out: tx,
+        queued: Arc::clone(&queued),
         kill: kill.clone(),
         pending: Mutex::default(),
         call_sent: Notify::new(),
@@ -169,17 +177,21 @@ where
         in_flight: Arc::new(Semaphore::new(daemon.config.max_in_flight)),
         errors: 0,
         replies: Vec::new(),
+        writer: Arc::clone(&writer),
     };
     async move {
-        let writer_task = daemon.tracker.spawn(write_loop(writer, rx, kill.clone()));
+        let writer_task =
+            daemon.tracker.spawn(write_loop(Arc::clone(&writer), rx, queued, kill.clone()));
         let ended = conn.read_loop(reader).await;
         conn.flush_replies().await;
         match ended {
             Ended::Rested(reader) => {
                 let carried = Carried { authenticated: conn.authenticated, flow: conn.flow.take() };
-                // The writer ends once every reply queued so far is written.
+                // The writer task ends once every reply queued so far is written; then the write
+                // half is ours alone.
                 drop(conn);
-                let writer = writer_task.await.ok()?;
+                writer_task.await.ok()?;
+                let writer = Arc::into_inner(writer)?.into_inner();
                 Some(Rested { reader, writer, carried })
             }
             Ended::Closed => {
@@ -198,8 +210,8 @@ where
                         killer.cancel();
                     });
                 }
-                if let Ok(mut writer) = writer_task.await {
-                    let _ = writer.shutdown().await;
+                if writer_task.await.is_ok() {
+                    let _ = writer.lock().await.shutdown().await;
                 }
                 kill.cancel();
                 None
@@ -215,7 +227,7 @@ enum Ended<R> {
     Rested(R),
 }
 
-struct Connection {
+struct Connection<W> {
     daemon: Arc<Daemon>,
     peer: Arc<Peer>,
     token: CancellationToken,
@@ -230,9 +242,11 @@ struct Connection {
     errors: u32,
     /// Replies gathered for the writer (see [`REPLY_BATCH`]); sent before the reader waits.
     replies: Vec<u8>,
+    /// The write half, shared with the writer task.
+    writer: Arc<tokio::sync::Mutex<W>>,
 }
 
-impl Connection {
+impl<W: AsyncWrite + Unpin + Send> Connection<W> {
     async fn read_loop<R: AsyncRead + Unpin>(&mut self, reader: R) -> Ended<R> {
         let mut lines = LineReader::new(reader, self.line_limit());
         let auth_deadline = Instant::now() + self.daemon.config.auth_timeout;
@@ -660,12 +674,34 @@ impl Connection {
         }
     }
 
-    /// Hands the gathered replies to the writer.
+    /// Sends the gathered replies. An authenticated connection whose writer task has nothing
+    /// left to write writes them itself: the reply leaves before the reader goes back to waiting,
+    /// and a call costs no hand-over between tasks. Before authentication they always go through
+    /// the writer task, so a peer that never reads cannot stall the reader past its deadline.
     async fn flush_replies(&mut self) {
-        if !self.replies.is_empty() {
-            let batch = std::mem::take(&mut self.replies);
-            self.peer.send_lines(batch).await;
+        if self.replies.is_empty() {
+            return;
         }
+        if self.authenticated
+            && self.peer.queued.load(Ordering::Acquire) == 0
+            && let Ok(mut writer) = self.writer.try_lock()
+        {
+            let written = tokio::select! {
+                biased;
+                r = async { writer.write_all(&self.replies).await?; writer.flush().await } => r,
+                _ = self.peer.kill.cancelled() => Ok(()),
+            };
+            if let Err(e) = written {
+                tracing::debug!(conn = self.peer.id, error = %e, "Connection write failed");
+            }
+            self.replies.clear();
+            if self.replies.capacity() > 4 * REPLY_BATCH {
+                self.replies = Vec::new();
+            }
+            return;
+        }
+        let batch = std::mem::take(&mut self.replies);
+        self.peer.send_lines(batch).await;
     }
 }
 
@@ -696,33 +732,43 @@ impl AfterReply {
 /// The single writer: batches whatever is queued into one write, flushes when the queue is empty.
 /// Gives the writer back once every sender is gone and the queue is written (or writing failed).
 async fn write_loop<W: AsyncWrite + Unpin>(
-    mut writer: W,
+    writer: Arc<tokio::sync::Mutex<W>>,
     mut rx: mpsc::Receiver<Vec<u8>>,
+    queued: Arc<AtomicUsize>,
     kill: CancellationToken,
-) -> W {
+) {
     const BATCH: usize = 64 * 1024;
     let mut buf = Vec::new();
     while let Some(first) = rx.recv().await {
         buf.extend_from_slice(&first);
+        let mut taken = 1;
         while buf.len() < BATCH {
             match rx.try_recv() {
-                Ok(more) => buf.extend_from_slice(&more),
+                Ok(more) => {
+                    buf.extend_from_slice(&more);
+                    taken += 1;
+                }
                 Err(_) => break,
             }
         }
         let written = tokio::select! {
-            r = async { writer.write_all(&buf).await?; writer.flush().await } => r.is_ok(),
+            r = async {
+                let mut writer = writer.lock().await;
+                writer.write_all(&buf).await?;
+                writer.flush().await
+            } => r.is_ok(),
             _ = kill.cancelled() => false,
         };
+        // Only once they are written may the reader's replies go out ahead of the writer task.
+        queued.fetch_sub(taken, Ordering::AcqRel);
         if !written {
-            return writer;
+            return;
         }
         buf.clear();
         if buf.capacity() > 4 * BATCH {
             buf = Vec::new();
         }
     }
-    writer
 }
 
 /// `Meta.Authenticate`'s secret never reaches a log.

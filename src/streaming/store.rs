@@ -522,7 +522,7 @@ pub(crate) fn write_tail(
         let from = idx.saturating_sub(64);
         let batch = read_entries(conn, stream.id, from, (idx - from) as usize)?;
         for e in batch.into_iter().rev() {
-            newlines += memchr::memchr_iter(b'\n', &e.data).count();
+            newlines += super::cutter::count_newlines(&e.data) as usize;
             chunks.push(e.data);
             if newlines > n {
                 break;
