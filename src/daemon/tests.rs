@@ -18,6 +18,11 @@ const SECRET: &str = "s3cret";
 
 /// A daemon as `serve` builds it, over an in-memory database.
 fn daemon() -> Arc<Daemon> {
+    daemon_with(methods::router())
+}
+
+/// [`daemon`] with its own method table.
+fn daemon_with(router: super::router::Router) -> Arc<Daemon> {
     let mut tuning = butler_updater::Tuning::default();
     tuning.net.retries = 1;
     let conn = db::open(&DbPath::from_arg(":memory:")).expect("an in-memory database");
@@ -40,7 +45,7 @@ fn daemon() -> Arc<Daemon> {
         exe: std::env::current_exe().expect("the test binary"),
         can_hand_over: false,
     };
-    Arc::new(Daemon::new(config, methods::router(), SECRET.into(), db))
+    Arc::new(Daemon::new(config, router, SECRET.into(), db))
 }
 
 /// One client connection, served by `daemon` on a task.
@@ -106,6 +111,31 @@ async fn nothing_but_authentication_is_answered_before_the_secret() {
     assert_eq!(reply["result"]["ok"], true, "{reply}");
     let (reply, _) = c.call(4, "Version.Get", json!({})).await;
     assert_eq!(reply["result"]["version"], format!("v{}", crate::version::VERSION), "{reply}");
+}
+
+#[tokio::test]
+async fn a_reply_the_reader_writes_itself_never_overtakes_what_its_request_sent_first() {
+    // A request that finishes without waiting is answered by the reader, which writes the reply
+    // itself when the writer task has nothing queued; the notifications the request sent went to
+    // that queue first, and must still reach the client first.
+    let mut router = methods::router();
+    router
+        .method("Test.LogThenAnswer", |ctx: super::router::Ctx, _: methods::Empty| async move {
+            for i in 0..3 {
+                ctx.log(crate::report::Level::Info, &format!("note {i}")).await;
+            }
+            Ok(methods::Empty {})
+        })
+        .doc("Three `Log` notifications, then an empty result.")
+        .notifies::<super::notifications::Log<'static>>();
+    let d = daemon_with(router);
+    let mut c = Client::authenticated(&d).await;
+    for id in 1..=50 {
+        let (reply, before) = c.call(id, "Test.LogThenAnswer", json!({})).await;
+        assert_eq!(reply["result"], json!({}), "{reply}");
+        let notes: Vec<_> = before.iter().map(|m| m["params"]["message"].clone()).collect();
+        assert_eq!(notes, [json!("note 0"), json!("note 1"), json!("note 2")], "call {id}");
+    }
 }
 
 #[tokio::test]
