@@ -694,10 +694,8 @@ impl<W: AsyncWrite + Unpin + Send> Connection<W> {
             if let Err(e) = written {
                 tracing::debug!(conn = self.peer.id, error = %e, "Connection write failed");
             }
-            self.replies.clear();
-            if self.replies.capacity() > 4 * REPLY_BATCH {
-                self.replies = Vec::new();
-            }
+            // Freed, as when the writer task takes a batch: an idle connection holds none.
+            self.replies = Vec::new();
             return;
         }
         let batch = std::mem::take(&mut self.replies);
